@@ -1,0 +1,561 @@
+//! Every knob of a run, in one typed tree: `run`, `data`, `model`, `train`.
+//!
+//! One merge point (see `Config::load`): defaults ← TOML file ← `--set section.key=value`
+//! overrides. Overrides are applied to the TOML document *before* it is deserialised, so they go
+//! through the same type and unknown-key checks as the file. Optional paths use `""` for "none"
+//! because TOML has no null and the resolved config must round-trip through TOML.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A configuration problem: names the file or key and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("bad override `--set {raw}`: {message}")]
+    Override { raw: String, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub run: RunConfig,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run name: checkpoints go to `<out_dir>/<name>/`.
+    pub name: String,
+    /// Parent folder of run folders.
+    pub out_dir: PathBuf,
+    /// `auto` (CUDA, else Metal, else CPU), `cpu`, `cuda`, `cuda:N`, `metal`.
+    pub device: String,
+    /// Seeds weight init, data shuffling and dropout; same seed + same data = same run.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongSequences {
+    /// Cut a long sequence into consecutive windows of `context` predictions each.
+    Window,
+    /// Keep only the first window; the rest of the sequence is dropped (and counted).
+    Truncate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Corpus in the line format `<BOS>  tok  …  <EOS>`.
+    pub train_file: PathBuf,
+    /// Separate validation corpus; `""` = split `val_fraction` of `train_file` off instead.
+    pub val_file: PathBuf,
+    /// Fraction of lines held out for validation when `val_file` is empty (deterministic: the
+    /// lines are chosen by a hash of `split_seed` and the line number, so the split does not
+    /// depend on the run seed).
+    pub val_fraction: f64,
+    /// Seed of the train/val split.
+    pub split_seed: u64,
+    /// Tokens seen fewer times than this in the training split become `<unk>`.
+    pub min_freq: u64,
+    /// Largest vocabulary, special tokens included; `0` = no limit. Most frequent tokens win.
+    pub max_size: usize,
+    /// What to do with sequences longer than `model.context` predictions.
+    pub long_sequences: LongSequences,
+    /// Group sequences of similar length into a batch to cut padding (shuffled in chunks, so
+    /// batch order stays random).
+    pub bucket_by_length: bool,
+    /// Folder for the prepared token-id cache; `""` = `<out_dir>/.cache`.
+    pub cache_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// A learned table of `context` position vectors added to the token embedding (GPT-2).
+    Learned,
+    /// Rotary embeddings applied to queries and keys (no parameters, no length table).
+    Rope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    LayerNorm,
+    RmsNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mlp {
+    /// `proj(gelu(fc(x)))`, hidden width `d_ff`.
+    Gelu,
+    /// `proj(silu(gate(x)) * up(x))`, hidden width `d_ff`.
+    SwiGlu,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Vocabulary size. `0` in a config file = take it from the prepared data (the usual case);
+    /// the resolved config saved with a run always holds the real value.
+    pub vocab_size: usize,
+    /// Width of the residual stream (C).
+    pub d_model: usize,
+    pub n_layers: usize,
+    /// Attention heads; must divide `d_model`.
+    pub n_heads: usize,
+    /// Context window T: the most positions the model attends over.
+    pub context: usize,
+    /// MLP hidden width; `0` = 4·d_model for GELU, the multiple of 8 nearest 8/3·d_model for SwiGLU
+    /// (same parameter count as the 4× GELU MLP).
+    pub d_ff: usize,
+    /// Dropout probability on embeddings, attention output and MLP output (training only).
+    pub dropout: f64,
+    pub positions: Positions,
+    pub norm: Norm,
+    pub mlp: Mlp,
+    /// Biases in linear layers and LayerNorm.
+    pub bias: bool,
+    /// Share the LM head with the token embedding (GPT-2 default; saves V·C parameters).
+    pub tie_embeddings: bool,
+    pub norm_eps: f64,
+    /// RoPE base frequency.
+    pub rope_theta: f64,
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+    pub fn hidden_dim(&self) -> usize {
+        match (self.d_ff, self.mlp) {
+            (0, Mlp::Gelu) => 4 * self.d_model,
+            (0, Mlp::SwiGlu) => (8 * self.d_model / 3).div_ceil(8) * 8,
+            (d, _) => d,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Sequences (windows) per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step; gradients are summed over real tokens, so the step's
+    /// loss is the mean over every real target token of all micro-batches.
+    pub grad_accum: usize,
+    /// Stop after this many optimizer steps; `0` = no step limit (then `max_epochs` must be set).
+    pub max_steps: u64,
+    /// Stop after this many passes over the training split; `0` = no epoch limit.
+    pub max_epochs: u64,
+    /// Peak learning rate, reached at the end of warmup.
+    pub lr: f64,
+    /// Floor of the cosine decay, reached at the last step.
+    pub min_lr: f64,
+    /// Linear warmup from ~0 to `lr`.
+    pub warmup_steps: u64,
+    /// Step at which the cosine decay reaches `min_lr`; `0` = the run's last step. Set it to
+    /// continue a run past its original end with the same schedule (nanoGPT's lr_decay_iters).
+    pub decay_steps: u64,
+    /// Decoupled AdamW weight decay, applied to matrices only (not norms, biases or gains).
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global-norm gradient clipping threshold; `0` = off.
+    pub grad_clip: f64,
+    /// Evaluate on the val split every N steps (and at the end); `0` = only at the end.
+    pub eval_every: u64,
+    /// Cap on val batches per evaluation; `0` = the whole split.
+    pub eval_batches: usize,
+    /// Write a metrics line every N steps.
+    pub log_every: u64,
+    /// Write a checkpoint every N steps (and at the end); `0` = only at the end.
+    pub checkpoint_every: u64,
+    /// Step checkpoints kept besides the best one.
+    pub keep_last: usize,
+    /// Stop when val loss has not improved for this many evaluations; `0` = never.
+    pub early_stop_patience: u64,
+    /// Compute dtype; only `f32` for now.
+    pub dtype: String,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: "run".into(),
+            out_dir: "checkpoints".into(),
+            device: "auto".into(),
+            seed: 1337,
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train_file: "data/sample.txt".into(),
+            val_file: PathBuf::new(),
+            val_fraction: 0.1,
+            split_seed: 0,
+            min_freq: 1,
+            max_size: 0,
+            long_sequences: LongSequences::Window,
+            bucket_by_length: true,
+            cache_dir: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 0,
+            d_model: 128,
+            n_layers: 4,
+            n_heads: 4,
+            context: 128,
+            d_ff: 0,
+            dropout: 0.0,
+            positions: Positions::Learned,
+            norm: Norm::LayerNorm,
+            mlp: Mlp::Gelu,
+            bias: true,
+            tie_embeddings: true,
+            norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 16,
+            grad_accum: 1,
+            max_steps: 1000,
+            max_epochs: 0,
+            lr: 3e-4,
+            min_lr: 3e-5,
+            warmup_steps: 100,
+            decay_steps: 0,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            eval_every: 200,
+            eval_batches: 0,
+            log_every: 10,
+            checkpoint_every: 500,
+            keep_last: 2,
+            early_stop_patience: 0,
+            dtype: "f32".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the defaults when `None`), applies `--set` overrides, validates.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                (text, p.display().to_string())
+            }
+            None => (String::new(), "<defaults>".to_string()),
+        };
+        Self::from_toml_str(&text, &origin, overrides)
+    }
+
+    /// `origin` names the source in error messages.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &str,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        // Parse the file alone first so its errors carry the file's own line numbers.
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        };
+        let file_cfg: Config = toml::from_str(text).map_err(parse_err)?;
+        if overrides.is_empty() {
+            file_cfg.validate()?;
+            return Ok(file_cfg);
+        }
+        let mut doc: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        let schema = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse {
+            path: "<defaults>".into(),
+            message: e.to_string(),
+        })?;
+        for raw in overrides {
+            apply_override(&mut doc, &schema, raw)?;
+        }
+        let cfg: Config =
+            Config::deserialize(toml::Value::Table(doc)).map_err(|e| ConfigError::Parse {
+                path: format!("{origin} after --set overrides"),
+                message: e.to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        // Serialising plain structs of numbers, strings and enums cannot fail.
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Checks values the types cannot: each error names the key and the offending value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.model;
+        let t = &self.train;
+        let d = &self.data;
+        let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) || self.run.name == ".."
+        {
+            return bad(
+                "run.name",
+                format!("{:?} must be a plain folder name", self.run.name),
+            );
+        }
+        if m.d_model == 0 || m.n_layers == 0 || m.n_heads == 0 || m.context == 0 {
+            return bad(
+                "model",
+                "d_model, n_layers, n_heads and context must all be > 0".into(),
+            );
+        }
+        if !m.d_model.is_multiple_of(m.n_heads) {
+            return bad(
+                "model.n_heads",
+                format!("{} does not divide d_model = {}", m.n_heads, m.d_model),
+            );
+        }
+        if m.positions == Positions::Rope && !m.head_dim().is_multiple_of(2) {
+            return bad(
+                "model.positions",
+                format!(
+                    "rope needs an even head dimension, got d_model/n_heads = {}",
+                    m.head_dim()
+                ),
+            );
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return bad("model.dropout", format!("{} is not in [0, 1)", m.dropout));
+        }
+        if m.norm_eps <= 0.0 || m.rope_theta <= 0.0 {
+            return bad(
+                "model.norm_eps",
+                "norm_eps and rope_theta must be > 0".into(),
+            );
+        }
+        if t.batch_size == 0 {
+            return bad("train.batch_size", "must be > 0".into());
+        }
+        if t.grad_accum == 0 {
+            return bad("train.grad_accum", "must be > 0".into());
+        }
+        if t.max_steps == 0 && t.max_epochs == 0 {
+            return bad(
+                "train.max_steps",
+                "set max_steps or max_epochs (both are 0, the run would never end)".into(),
+            );
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return bad("train.lr", format!("{} must be a positive number", t.lr));
+        }
+        if !(0.0..=t.lr).contains(&t.min_lr) {
+            return bad(
+                "train.min_lr",
+                format!("{} must be in [0, lr = {}]", t.min_lr, t.lr),
+            );
+        }
+        if t.weight_decay < 0.0 {
+            return bad(
+                "train.weight_decay",
+                format!("{} must be >= 0", t.weight_decay),
+            );
+        }
+        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
+            return bad(
+                "train.beta1",
+                format!("betas must be in [0, 1), got {} and {}", t.beta1, t.beta2),
+            );
+        }
+        if t.eps <= 0.0 || t.grad_clip < 0.0 {
+            return bad("train.eps", "eps must be > 0 and grad_clip >= 0".into());
+        }
+        if t.log_every == 0 {
+            return bad("train.log_every", "must be > 0".into());
+        }
+        if t.dtype != "f32" {
+            return bad(
+                "train.dtype",
+                format!("{:?} is not supported yet; use \"f32\"", t.dtype),
+            );
+        }
+        if d.val_file.as_os_str().is_empty() && !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
+            return bad(
+                "data.val_fraction",
+                format!(
+                    "{} must be in (0, 1) when data.val_file is empty",
+                    d.val_fraction
+                ),
+            );
+        }
+        if d.min_freq == 0 {
+            return bad("data.min_freq", "must be >= 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Applies one `section.key=value` to the TOML document. The value is typed by the schema (the
+/// default config): an integer key takes an integer, a string key takes the raw text.
+fn apply_override(
+    doc: &mut toml::Table,
+    schema: &toml::Table,
+    raw: &str,
+) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Override {
+        raw: raw.to_string(),
+        message,
+    };
+    let (key, value) = raw
+        .split_once('=')
+        .ok_or_else(|| err("expected section.key=value".into()))?;
+    let (section, field) = key.trim().split_once('.').ok_or_else(|| {
+        err(format!(
+            "`{key}` has no section; expected section.key=value"
+        ))
+    })?;
+    let section_schema = schema
+        .get(section)
+        .and_then(|v| v.as_table())
+        .ok_or_else(|| {
+            let names: Vec<_> = schema.keys().map(String::as_str).collect();
+            err(format!(
+                "unknown section `{section}`; known: {}",
+                names.join(", ")
+            ))
+        })?;
+    let example = section_schema.get(field).ok_or_else(|| {
+        let names: Vec<_> = section_schema.keys().map(String::as_str).collect();
+        err(format!(
+            "unknown key `{section}.{field}`; known keys of [{section}]: {}",
+            names.join(", ")
+        ))
+    })?;
+    let value = value.trim();
+    let typed = match example {
+        toml::Value::Integer(_) => {
+            value
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| {
+                    err(format!(
+                        "`{section}.{field}` takes an integer, got {value:?}"
+                    ))
+                })?
+        }
+        toml::Value::Float(_) => value
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| err(format!("`{section}.{field}` takes a number, got {value:?}")))?,
+        toml::Value::Boolean(_) => {
+            value
+                .parse::<bool>()
+                .map(toml::Value::Boolean)
+                .map_err(|_| {
+                    err(format!(
+                        "`{section}.{field}` takes true or false, got {value:?}"
+                    ))
+                })?
+        }
+        _ => toml::Value::String(value.trim_matches('"').to_string()),
+    };
+    let table = doc
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| err(format!("`{section}` in the config file is not a table")))?;
+    table.insert(field.to_string(), typed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let cfg = Config::default();
+        let back = Config::from_toml_str(&cfg.to_toml(), "t", &[]).unwrap();
+        assert_eq!(cfg, back);
+    }
+
+    #[test]
+    fn override_sets_typed_value() {
+        let cfg = Config::from_toml_str(
+            "",
+            "t",
+            &["train.lr=0.01".into(), "model.norm=rmsnorm".into()],
+        )
+        .unwrap();
+        assert_eq!(cfg.train.lr, 0.01);
+        assert_eq!(cfg.model.norm, Norm::RmsNorm);
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let e = Config::from_toml_str("[train]\nlrr = 1.0\n", "x.toml", &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("lrr") && msg.contains("x.toml"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_override_key_is_named() {
+        let e = Config::from_toml_str("", "t", &["train.lrr=1".into()]).unwrap_err();
+        assert!(e.to_string().contains("train.lrr"), "{e}");
+    }
+
+    #[test]
+    fn wrongly_typed_override_is_rejected() {
+        let e = Config::from_toml_str("", "t", &["train.batch_size=abc".into()]).unwrap_err();
+        assert!(e.to_string().contains("integer"), "{e}");
+    }
+
+    #[test]
+    fn heads_must_divide_width() {
+        let e =
+            Config::from_toml_str("[model]\nd_model = 10\nn_heads = 3\n", "t", &[]).unwrap_err();
+        assert!(e.to_string().contains("model.n_heads"), "{e}");
+    }
+
+    #[test]
+    fn swiglu_hidden_width_matches_gelu_parameter_count() {
+        let m = ModelConfig {
+            mlp: Mlp::SwiGlu,
+            d_model: 384,
+            ..ModelConfig::default()
+        };
+        // 3 matrices of C×H ≈ 2 matrices of C×4C when H ≈ 8C/3.
+        assert_eq!(m.hidden_dim(), 1024);
+    }
+}

@@ -1,0 +1,69 @@
+//! Choosing where tensors live: `auto` = CUDA, else Metal, else CPU.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+
+/// Parses `auto|cpu|cuda|cuda:N|metal` and opens the device. `auto` falls back to the CPU with a
+/// one-line notice when no GPU backend is compiled in or none answers; an explicit `cuda` or
+/// `metal` that cannot be opened is an error.
+pub fn select(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    match spec.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(auto()),
+        "metal" => open_metal(0),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .with_context(|| format!("device {s:?}: expected cuda:N with N a GPU index"))?,
+                None => 0,
+            };
+            open_cuda(ordinal)
+        }
+        other => bail!("unknown device {other:?}: use auto, cpu, cuda, cuda:N or metal"),
+    }
+}
+
+fn auto() -> Device {
+    if candle_core::utils::cuda_is_available() {
+        match Device::new_cuda(0) {
+            Ok(d) => return d,
+            Err(e) => eprintln!("note: CUDA is compiled in but unusable ({e}); using the CPU"),
+        }
+    }
+    if candle_core::utils::metal_is_available() {
+        match Device::new_metal(0) {
+            Ok(d) => return d,
+            Err(e) => eprintln!("note: Metal is compiled in but unusable ({e}); using the CPU"),
+        }
+    }
+    Device::Cpu
+}
+
+fn open_cuda(ordinal: usize) -> Result<Device> {
+    if !candle_core::utils::cuda_is_available() {
+        bail!("device cuda requested, but this lmtrain was built without CUDA: rebuild with `cargo build --release --features cuda`, or use --device cpu");
+    }
+    Device::new_cuda(ordinal).with_context(|| {
+        format!("cannot open CUDA device {ordinal}: is the NVIDIA driver installed and the GPU visible (nvidia-smi)?")
+    })
+}
+
+fn open_metal(ordinal: usize) -> Result<Device> {
+    if !candle_core::utils::metal_is_available() {
+        bail!("device metal requested, but this lmtrain was built without Metal: rebuild with `cargo build --release --features metal`, or use --device cpu");
+    }
+    Device::new_metal(ordinal).with_context(|| format!("cannot open Metal device {ordinal}"))
+}
+
+/// A short human name for logs: `cpu`, `cuda:0`, `metal:0`.
+pub fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => {
+            format!("cpu ({} threads)", candle_core::utils::get_num_threads())
+        }
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
