@@ -1,0 +1,134 @@
+//! The whole model: embeddings, blocks, final norm and LM head.
+
+use super::attention::{attention_mask, KvCache};
+use super::block::{Block, Step};
+use super::norm::Norm;
+use super::positions::{LearnedPositions, Rope};
+use super::{Mode, INIT_STD};
+use crate::config::{ModelConfig, Positions};
+use candle_core::{bail, Module, Result, Tensor};
+use candle_nn::{Init, Linear, VarBuilder};
+
+/// A GPT: `tok_emb` (+ `pos_emb`) → dropout → `blocks.{i}` → `ln_f` → `lm_head` (or the tied
+/// token embedding). Weight names and shapes: see the table in [`crate::model`].
+#[derive(Debug, Clone)]
+pub struct Gpt {
+    cfg: ModelConfig,
+    tok_emb: Tensor,
+    pos_emb: Option<LearnedPositions>,
+    rope: Option<Rope>,
+    blocks: Vec<Block>,
+    ln_f: Norm,
+    head: Linear,
+}
+
+impl Gpt {
+    /// Builds the model on `vb` (a seeded [`super::init_model`] backend, a `VarMap`, or
+    /// safetensors); dtype and device come from `vb`.
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.vocab_size == 0 || cfg.n_heads == 0 || !cfg.d_model.is_multiple_of(cfg.n_heads) {
+            bail!(
+                "bad model config: vocab_size {} must be > 0 and n_heads {} must divide d_model {}",
+                cfg.vocab_size,
+                cfg.n_heads,
+                cfg.d_model
+            )
+        }
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
+        let emb_shape = (cfg.vocab_size, cfg.d_model);
+        let tok_emb = vb
+            .pp("tok_emb")
+            .get_with_hints(emb_shape, "weight", normal)?;
+        let (pos_emb, rope) = match cfg.positions {
+            Positions::Learned => (Some(LearnedPositions::new(cfg, vb.pp("pos_emb"))?), None),
+            Positions::Rope => (None, Some(Rope::new(cfg, vb.clone())?)),
+        };
+        let blocks = (0..cfg.n_layers)
+            .map(|i| Block::new(cfg, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = Norm::new(cfg, vb.pp("ln_f"))?;
+        let head = if cfg.tie_embeddings {
+            tok_emb.clone()
+        } else {
+            vb.pp("lm_head")
+                .get_with_hints(emb_shape, "weight", normal)?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            tok_emb,
+            pos_emb,
+            rope,
+            blocks,
+            ln_f,
+            head: Linear::new(head, None),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// `ids (B, T)` u32, `key_mask (B, T)` f32 with 1.0 = real token and 0.0 = pad (`None` =
+    /// all real) → logits `(B, T, V)` in the model's dtype. Pad keys are invisible to every
+    /// query; pad query rows still produce (meaningless, finite) logits for the loss to mask.
+    pub fn forward_t(
+        &self,
+        ids: &Tensor,
+        key_mask: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<Tensor> {
+        self.run(ids, key_mask, mode, None)
+    }
+
+    /// Incremental decoding: `ids (B, t)` are the next `t` positions after the `cache.len()`
+    /// cached ones (B must match earlier calls; 1 is typical); returns their logits `(B, t, V)`
+    /// and appends their keys and values to `cache`. An error when a learned-position model
+    /// would pass `cfg.context`; RoPE models may continue past it (quality degrades).
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.run(ids, None, &Mode::Eval, Some(cache))
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        key_mask: Option<&Tensor>,
+        mode: &Mode,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let c = self.cfg.d_model;
+        let x = self.tok_emb.index_select(&ids.flatten_all()?, 0)?; // (B*T, C)
+        let mut x = x.reshape((b, t, c))?; // (B, T, C)
+        if let Some(pos) = &self.pos_emb {
+            x = pos.forward(&x, offset)?; // (B, T, C)
+        }
+        let p = self.cfg.dropout;
+        x = mode.dropout(&x, p, "emb")?;
+        let rope = match &self.rope {
+            Some(r) => Some(r.tables(offset, t)?),
+            None => None,
+        };
+        let mask = attention_mask(t, offset, key_mask, x.device())?; // (B | 1, 1, T, S)
+        let step = Step {
+            mask: &mask,
+            rope: rope.as_ref(),
+            mode,
+            dropout: p,
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let slot = match cache.as_mut() {
+                Some(c) => Some(c.layer(i)?),
+                None => None,
+            };
+            x = block.forward(&x, &step, slot)?; // (B, T, C)
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        self.head.forward(&self.ln_f.forward(&x)?) // (B, T, C) @ (C, V) = (B, T, V)
+    }
+}

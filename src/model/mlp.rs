@@ -1,0 +1,82 @@
+//! The position-wise MLP: GELU (GPT-2) or SwiGLU.
+
+use super::{linear, residual_std, INIT_STD};
+use crate::config::{Mlp, ModelConfig};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+/// GELU: `proj(gelu(fc(x)))` with `fc.weight (F, C)`, `proj.weight (C, F)`.
+/// SwiGLU: `proj(silu(gate(x)) * up(x))` with `gate.weight`, `up.weight (F, C)`,
+/// `proj.weight (C, F)`. GELU is the tanh approximation (`Tensor::gelu`), as in GPT-2; both it
+/// and `silu` are unary ops with a backward in candle-core.
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    Gelu {
+        fc: Linear,
+        proj: Linear,
+    },
+    SwiGlu {
+        gate: Linear,
+        up: Linear,
+        proj: Linear,
+    },
+}
+
+impl FeedForward {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, f, bias) = (cfg.d_model, cfg.hidden_dim(), cfg.bias);
+        let proj = linear(f, c, bias, residual_std(cfg), vb.pp("proj"))?;
+        Ok(match cfg.mlp {
+            Mlp::Gelu => Self::Gelu {
+                fc: linear(c, f, bias, INIT_STD, vb.pp("fc"))?,
+                proj,
+            },
+            Mlp::SwiGlu => Self::SwiGlu {
+                gate: linear(c, f, bias, INIT_STD, vb.pp("gate"))?,
+                up: linear(c, f, bias, INIT_STD, vb.pp("up"))?,
+                proj,
+            },
+        })
+    }
+
+    /// `x (B, T, C)` → `(B, T, C)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Gelu { fc, proj } => proj.forward(&fc.forward(x)?.gelu()?), // (B, T, F) -> (B, T, C)
+            Self::SwiGlu { gate, up, proj } => {
+                let hidden = (gate.forward(x)?.silu()? * up.forward(x)?)?; // (B, T, F)
+                proj.forward(&hidden) // (B, T, C)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn gelu_is_the_tanh_approximation() {
+        let dev = Device::Cpu;
+        let one = |w: f64| Linear::new(Tensor::new(&[[w]], &dev).unwrap(), None);
+        let mlp = FeedForward::Gelu {
+            fc: one(1.0),
+            proj: one(1.0),
+        };
+        let xs = [-2.0f64, -0.5, 0.7, 1.5];
+        let x = Tensor::new(&xs, &dev).unwrap().reshape((1, 4, 1)).unwrap();
+        let y: Vec<f64> = mlp
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let k = (2.0 / std::f64::consts::PI).sqrt();
+        for (x, y) in xs.iter().zip(y) {
+            let want = 0.5 * x * (1.0 + (k * (x + 0.044715 * x.powi(3))).tanh());
+            assert!((y - want).abs() < 1e-9, "gelu({x}) = {y}, want {want}");
+        }
+    }
+}

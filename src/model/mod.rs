@@ -1,0 +1,186 @@
+//! The transformer: a pre-norm GPT (GPT-2 layout) with a choice of learned or rotary positions,
+//! LayerNorm or RMSNorm, and GELU or SwiGLU MLPs.
+//!
+//! Shape legend used in the `// (..)` comments throughout this module:
+//! `B` batch, `T` time (positions in this call), `S` cached + new key positions,
+//! `C` d_model, `H` heads, `D` head dim (`C / H`), `V` vocab, `F` MLP hidden width.
+//!
+//! Files in data-flow order: [`norm`], [`positions`], [`attention`], [`mlp`], [`block`],
+//! [`gpt`], then [`init`] (seeded weight init) and [`loss`].
+//!
+//! Every op used is differentiable in candle 0.11: the fused `candle_nn` softmax / norm / rotary
+//! kernels have no backward and are deliberately not used (see the gradient-flow tests).
+//! Internals run in the input dtype, except that norms and the attention softmax upcast half
+//! precision (`f16`/`bf16`) to `f32`; an `f64` model stays `f64` end to end (the
+//! finite-difference test relies on that).
+//!
+//! # Weights
+//!
+//! Every parameter, in the order of [`weight_table`] (`{i}` runs over `0..n_layers`; the
+//! `Init` column is what [`init_model`] draws, `L` = `n_layers`):
+//!
+//! | name | shape | present when | init |
+//! |---|---|---|---|
+//! | `tok_emb.weight` | (V, C) | always | N(0, 0.02) |
+//! | `pos_emb.weight` | (context, C) | `positions = learned` | N(0, 0.02) |
+//! | `blocks.{i}.ln1.weight` | (C) | always | 1 |
+//! | `blocks.{i}.ln1.bias` | (C) | `norm = layernorm` and `bias` | 0 |
+//! | `blocks.{i}.attn.qkv.weight` | (3C, C) | always | N(0, 0.02) |
+//! | `blocks.{i}.attn.qkv.bias` | (3C) | `bias` | 0 |
+//! | `blocks.{i}.attn.proj.weight` | (C, C) | always | N(0, 0.02/√(2L)) |
+//! | `blocks.{i}.attn.proj.bias` | (C) | `bias` | 0 |
+//! | `blocks.{i}.ln2.weight` | (C) | always | 1 |
+//! | `blocks.{i}.ln2.bias` | (C) | `norm = layernorm` and `bias` | 0 |
+//! | `blocks.{i}.mlp.fc.weight` | (F, C) | `mlp = gelu` | N(0, 0.02) |
+//! | `blocks.{i}.mlp.fc.bias` | (F) | `mlp = gelu` and `bias` | 0 |
+//! | `blocks.{i}.mlp.gate.weight` | (F, C) | `mlp = swiglu` | N(0, 0.02) |
+//! | `blocks.{i}.mlp.gate.bias` | (F) | `mlp = swiglu` and `bias` | 0 |
+//! | `blocks.{i}.mlp.up.weight` | (F, C) | `mlp = swiglu` | N(0, 0.02) |
+//! | `blocks.{i}.mlp.up.bias` | (F) | `mlp = swiglu` and `bias` | 0 |
+//! | `blocks.{i}.mlp.proj.weight` | (C, F) | always | N(0, 0.02/√(2L)) |
+//! | `blocks.{i}.mlp.proj.bias` | (C) | `bias` | 0 |
+//! | `ln_f.weight` | (C) | always | 1 |
+//! | `ln_f.bias` | (C) | `norm = layernorm` and `bias` | 0 |
+//! | `lm_head.weight` | (V, C) | `tie_embeddings = false` | N(0, 0.02) |
+//!
+//! With tied embeddings the head multiplies by `tok_emb.weight`. RMSNorm never has a bias.
+
+pub mod attention;
+pub mod block;
+pub mod gpt;
+pub mod init;
+pub mod loss;
+pub mod mlp;
+pub mod norm;
+pub mod positions;
+
+pub use attention::KvCache;
+pub use gpt::Gpt;
+pub use init::{init_model, init_model_dtype};
+pub use loss::masked_nll_sum;
+
+use crate::config::{Mlp, ModelConfig, Norm, Positions};
+use crate::rng::Rng;
+use candle_core::{DType, Result, Tensor};
+use candle_nn::{Init, Linear, VarBuilder};
+
+/// What a forward pass is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No dropout.
+    Eval,
+    /// Dropout on (when `cfg.dropout > 0`). Each dropout site draws its mask on the host from
+    /// `Rng::derive(dropout_seed, "dropout/<site>")`, sites being `emb`, `blocks.{i}.attn` and
+    /// `blocks.{i}.mlp`: the same seed gives the same masks, so pass a fresh seed for every
+    /// micro-batch (e.g. derived from the run seed, step and micro-batch index).
+    Train { dropout_seed: u64 },
+}
+
+impl Mode {
+    /// Inverted dropout of `x` with probability `p` at the named site; the identity (no work at
+    /// all) in eval mode or when `p == 0`.
+    pub(crate) fn dropout(&self, x: &Tensor, p: f64, site: &str) -> Result<Tensor> {
+        let seed = match self {
+            Mode::Train { dropout_seed } if p > 0.0 => *dropout_seed,
+            _ => return Ok(x.clone()),
+        };
+        let mut rng = Rng::derive(seed, &format!("dropout/{site}"));
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.next_f64() < p { 0.0 } else { keep })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// The dtype norms and softmax compute in: half precision is upcast to `f32`, others kept.
+pub(crate) fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    }
+}
+
+/// A linear layer `(.., in) -> (.., out)` whose weight is drawn N(0, `std`) and bias (when
+/// `bias`) starts at 0. Weight names: `weight (out, in)`, `bias (out)`.
+pub(crate) fn linear(
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    std: f64,
+    vb: VarBuilder,
+) -> Result<Linear> {
+    let init = Init::Randn {
+        mean: 0.0,
+        stdev: std,
+    };
+    let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+    let bias = if bias {
+        Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+/// Standard deviation of ordinary weight matrices and embeddings (GPT-2).
+pub(crate) const INIT_STD: f64 = 0.02;
+
+/// Standard deviation of the residual output projections: `0.02 / sqrt(2 L)` (GPT-2), so the
+/// residual stream's variance does not grow with depth.
+pub(crate) fn residual_std(cfg: &ModelConfig) -> f64 {
+    INIT_STD / (2.0 * cfg.n_layers as f64).sqrt()
+}
+
+/// Every weight name and shape of a model with this config, in the order of the table in the
+/// module docs.
+pub fn weight_table(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (v, c, f) = (cfg.vocab_size, cfg.d_model, cfg.hidden_dim());
+    let norm_bias = cfg.norm == Norm::LayerNorm && cfg.bias;
+    let mut table: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut push = |name: String, shape: Vec<usize>, present: bool| {
+        if present {
+            table.push((name, shape));
+        }
+    };
+    push("tok_emb.weight".into(), vec![v, c], true);
+    push(
+        "pos_emb.weight".into(),
+        vec![cfg.context, c],
+        cfg.positions == Positions::Learned,
+    );
+    for i in 0..cfg.n_layers {
+        let p = format!("blocks.{i}");
+        push(format!("{p}.ln1.weight"), vec![c], true);
+        push(format!("{p}.ln1.bias"), vec![c], norm_bias);
+        push(format!("{p}.attn.qkv.weight"), vec![3 * c, c], true);
+        push(format!("{p}.attn.qkv.bias"), vec![3 * c], cfg.bias);
+        push(format!("{p}.attn.proj.weight"), vec![c, c], true);
+        push(format!("{p}.attn.proj.bias"), vec![c], cfg.bias);
+        push(format!("{p}.ln2.weight"), vec![c], true);
+        push(format!("{p}.ln2.bias"), vec![c], norm_bias);
+        let inputs: &[&str] = match cfg.mlp {
+            Mlp::Gelu => &["fc"],
+            Mlp::SwiGlu => &["gate", "up"],
+        };
+        for name in inputs {
+            push(format!("{p}.mlp.{name}.weight"), vec![f, c], true);
+            push(format!("{p}.mlp.{name}.bias"), vec![f], cfg.bias);
+        }
+        push(format!("{p}.mlp.proj.weight"), vec![c, f], true);
+        push(format!("{p}.mlp.proj.bias"), vec![c], cfg.bias);
+    }
+    push("ln_f.weight".into(), vec![c], true);
+    push("ln_f.bias".into(), vec![c], norm_bias);
+    push("lm_head.weight".into(), vec![v, c], !cfg.tie_embeddings);
+    table
+}
+
+/// Number of trainable parameters (tied embeddings counted once).
+pub fn param_count(cfg: &ModelConfig) -> usize {
+    weight_table(cfg)
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>())
+        .sum()
+}

@@ -1,0 +1,180 @@
+//! Position information: a learned table added to the token embeddings (GPT-2), or rotary
+//! embeddings (RoPE) applied to queries and keys inside attention.
+//!
+//! RoPE is written in the rotate-half form with plain ops; `candle_nn::rotary_emb` has no
+//! backward.
+
+use super::INIT_STD;
+use crate::config::ModelConfig;
+use candle_core::{bail, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+/// The learned position table `weight (context, C)`.
+#[derive(Debug, Clone)]
+pub struct LearnedPositions {
+    table: Tensor,
+}
+
+impl LearnedPositions {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
+        let table = vb.get_with_hints((cfg.context, cfg.d_model), "weight", init)?;
+        Ok(Self { table })
+    }
+
+    /// Adds the vectors of positions `offset..offset + T` to `x (B, T, C)`; an error when they
+    /// run past the table.
+    pub fn forward(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        let context = self.table.dim(0)?;
+        if offset + t > context {
+            bail!(
+                "positions {offset}..{} exceed the learned context of {context}",
+                offset + t
+            )
+        }
+        x.broadcast_add(&self.table.narrow(0, offset, t)?) // (B, T, C) + (T, C)
+    }
+}
+
+/// Cos/sin tables of RoPE for a run of positions: both `(T, D)`, each frequency repeated for
+/// the two halves of the head dimension.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Rotary embeddings with base `cfg.rope_theta`; no parameters. Tables for positions
+/// `0..context` are precomputed; positions past it (long sampling) are computed on demand.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    head_dim: usize,
+    theta: f64,
+    table: RopeTables,
+}
+
+impl Rope {
+    /// Uses `vb` only for its device and dtype.
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let head_dim = cfg.head_dim();
+        if !head_dim.is_multiple_of(2) {
+            bail!("rope needs an even head dimension, got {head_dim}")
+        }
+        let mut rope = Self {
+            head_dim,
+            theta: cfg.rope_theta,
+            table: RopeTables {
+                cos: Tensor::zeros(0, vb.dtype(), vb.device())?,
+                sin: Tensor::zeros(0, vb.dtype(), vb.device())?,
+            },
+        };
+        rope.table = rope.compute(0, cfg.context, &rope.table.cos)?;
+        Ok(rope)
+    }
+
+    /// The tables for positions `offset..offset + t`.
+    pub fn tables(&self, offset: usize, t: usize) -> Result<RopeTables> {
+        if offset + t <= self.table.cos.dim(0)? {
+            return Ok(RopeTables {
+                cos: self.table.cos.narrow(0, offset, t)?, // (T, D)
+                sin: self.table.sin.narrow(0, offset, t)?, // (T, D)
+            });
+        }
+        self.compute(offset, t, &self.table.cos)
+    }
+
+    /// Angles `pos · theta^(-2i/D)` in f64 on the host, stored as f32 and then cast to the
+    /// dtype (and device) of `like`.
+    fn compute(&self, offset: usize, t: usize, like: &Tensor) -> Result<RopeTables> {
+        let half = self.head_dim / 2;
+        let mut cos = Vec::with_capacity(t * self.head_dim);
+        let mut sin = Vec::with_capacity(t * self.head_dim);
+        for pos in offset..offset + t {
+            let row: Vec<f64> = (0..half)
+                .map(|i| pos as f64 * self.theta.powf(-2.0 * i as f64 / self.head_dim as f64))
+                .collect();
+            for _ in 0..2 {
+                cos.extend(row.iter().map(|a| a.cos() as f32));
+                sin.extend(row.iter().map(|a| a.sin() as f32));
+            }
+        }
+        let shape = (t, self.head_dim);
+        let make = |v: Vec<f32>| Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype());
+        Ok(RopeTables {
+            cos: make(cos)?,
+            sin: make(sin)?,
+        })
+    }
+}
+
+/// Rotates `x (B, H, T, D)` by its positions: `x·cos + rotate_half(x)·sin`, where
+/// `rotate_half([x1, x2]) = [-x2, x1]` over the two halves of `D`.
+pub fn apply_rope(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?; // (B, H, T, D/2)
+    let x2 = x.narrow(D::Minus1, half, half)?; // (B, H, T, D/2)
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // (B, H, T, D)
+    x.broadcast_mul(&tables.cos)? + rotated.broadcast_mul(&tables.sin)? // (B, H, T, D) * (T, D)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Positions;
+    use candle_core::{DType, Device};
+
+    fn rope(context: usize) -> Rope {
+        let cfg = ModelConfig {
+            d_model: 8,
+            n_heads: 2,
+            context,
+            positions: Positions::Rope,
+            ..ModelConfig::default()
+        };
+        Rope::new(&cfg, VarBuilder::zeros(DType::F64, &Device::Cpu)).unwrap()
+    }
+
+    fn dot(a: &Tensor, b: &Tensor) -> f64 {
+        (a * b)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn rotation_keeps_norm_and_scores_depend_on_relative_position_only() {
+        let r = rope(4);
+        let dev = Device::Cpu;
+        let q = Tensor::new(&[0.3f64, -1.0, 0.5, 2.0], &dev).unwrap();
+        let k = Tensor::new(&[1.0f64, 0.2, -0.7, 0.4], &dev).unwrap();
+        let at = |x: &Tensor, pos: usize| {
+            let x = x.reshape((1, 1, 1, 4)).unwrap();
+            apply_rope(&x, &r.tables(pos, 1).unwrap()).unwrap()
+        };
+        let (q3, k1) = (at(&q, 3), at(&k, 1));
+        // Tables are stored as f32, so cos² + sin² = 1 only to ~1e-7.
+        assert!((dot(&q3, &q3) - dot(&q, &q)).abs() < 1e-6);
+        // Positions 3 and 1 (inside the table) vs 12 and 10 (computed on demand): same gap.
+        let (q12, k10) = (at(&q, 12), at(&k, 10));
+        assert!((dot(&q3, &k1) - dot(&q12, &k10)).abs() < 1e-6);
+        // And a different gap gives a different score.
+        assert!((dot(&q3, &k1) - dot(&at(&q, 3), &at(&k, 0))).abs() > 1e-3);
+    }
+
+    #[test]
+    fn position_zero_is_the_identity() {
+        let x = Tensor::new(&[1.0f64, 2.0, 3.0, 4.0], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 4))
+            .unwrap();
+        let y = apply_rope(&x, &rope(2).tables(0, 1).unwrap()).unwrap();
+        let diff = (y - &x).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(diff.to_scalar::<f64>().unwrap(), 0.0);
+    }
+}
