@@ -1,0 +1,159 @@
+//! Evaluation: the one loss path shared with training, and `lmtrain eval` over a checkpoint.
+//!
+//! The loss is the mean negative log-likelihood per real target token (nats): every token after
+//! `<BOS>` is predicted, `<EOS>` included, padding never counts. Perplexity = e^loss, bits per
+//! token = loss / ln 2.
+
+use crate::data::batch::{make_windows, Batch, Batcher};
+use crate::data::dataset::{self, TokenSeqs};
+use crate::model::{masked_nll_sum, Gpt, Mode};
+use crate::train::checkpoint::{self, Pick};
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Σ −log p(target) over the batch's real targets, a scalar. Training divides it by the step's
+/// token count; evaluation sums it over the split. With right padding the real inputs are exactly
+/// the real targets' positions, so `mask` doubles as the attention key mask.
+pub fn loss_sum(model: &Gpt, batch: &Batch, mode: &Mode) -> candle_core::Result<Tensor> {
+    let logits = model.forward_t(&batch.ids, Some(&batch.mask), mode)?; // (B, T, V)
+    masked_nll_sum(&logits, &batch.targets, &batch.mask)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalResult {
+    /// Mean NLL per real target token, nats.
+    pub loss: f64,
+    pub tokens: u64,
+    pub seconds: f64,
+}
+
+impl EvalResult {
+    pub fn perplexity(&self) -> f64 {
+        self.loss.exp()
+    }
+    pub fn bits_per_token(&self) -> f64 {
+        self.loss / std::f64::consts::LN_2
+    }
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Mean loss over the batches of `plan` (the first `max_batches` of them; 0 = all), no dropout.
+pub fn evaluate(
+    model: &Gpt,
+    seqs: &TokenSeqs,
+    batcher: &Batcher,
+    plan: &[Vec<usize>],
+    device: &Device,
+    max_batches: usize,
+) -> Result<EvalResult> {
+    let start = Instant::now();
+    let take = if max_batches == 0 {
+        plan.len()
+    } else {
+        max_batches.min(plan.len())
+    };
+    let (mut nll, mut tokens) = (0.0f64, 0u64);
+    for idx in &plan[..take] {
+        let batch = batcher.make_batch(seqs, idx, crate::data::vocab::Vocab::PAD_ID, device)?;
+        nll += loss_sum(model, &batch, &Mode::Eval)?.to_scalar::<f32>()? as f64;
+        tokens += batch.n_tokens as u64;
+    }
+    Ok(EvalResult {
+        loss: nll / tokens.max(1) as f64,
+        tokens,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// How `lmtrain eval` was invoked.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// A run folder (its best checkpoint) or a `step-…` folder.
+    pub checkpoint: PathBuf,
+    /// A corpus in the line format; default: the run's own val split.
+    pub data: Option<PathBuf>,
+    pub device: String,
+    /// Sequences per batch; default: the run's `train.batch_size`.
+    pub batch_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub checkpoint: PathBuf,
+    pub step: u64,
+    /// What was scored: a file, or "val split of <train_file>".
+    pub data: String,
+    pub loss: f64,
+    pub perplexity: f64,
+    pub bits_per_token: f64,
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    /// Fraction of scored tokens that are `<unk>` (only for `--data`).
+    pub unk_rate: Option<f64>,
+}
+
+pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
+    let device = crate::device::select(&opts.device)?;
+    let loaded = checkpoint::load_model(&opts.checkpoint, Pick::Best, &device)?;
+    let cfg = &loaded.config;
+    let (seqs, source, unk_rate) = match &opts.data {
+        Some(path) => {
+            let (seqs, unk) = dataset::encode_file(path, &loaded.vocab)?;
+            (seqs, path.display().to_string(), Some(unk))
+        }
+        None => {
+            let prepared = dataset::prepare(&cfg.data, &crate::train::session::cache_root(cfg), false)
+                .with_context(|| {
+                    format!(
+                        "re-creating the run's val split from {} (pass --data FILE to score another corpus)",
+                        cfg.data.train_file.display()
+                    )
+                })?;
+            let key = prepared
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            if key.as_deref() != Some(loaded.state.data_key.as_str()) {
+                anyhow::bail!(
+                    "{} changed since the run trained on it (data key {} vs {}): its val split is no longer the run's; pass --data FILE to score a corpus explicitly",
+                    cfg.data.train_file.display(),
+                    key.unwrap_or_default(),
+                    loaded.state.data_key
+                );
+            }
+            let source = format!("val split of {}", cfg.data.train_file.display());
+            (prepared.val, source, None)
+        }
+    };
+    let (windows, _) = make_windows(&seqs, cfg.model.context, cfg.data.long_sequences);
+    let batcher = Batcher::new(
+        windows,
+        opts.batch_size.unwrap_or(cfg.train.batch_size),
+        false,
+        0,
+    );
+    let r = evaluate(
+        &loaded.model,
+        &seqs,
+        &batcher,
+        &batcher.sequential_plan(),
+        &device,
+        0,
+    )?;
+    Ok(EvalReport {
+        checkpoint: loaded.dir,
+        step: loaded.state.step,
+        data: source,
+        loss: r.loss,
+        perplexity: r.perplexity(),
+        bits_per_token: r.bits_per_token(),
+        tokens: r.tokens,
+        tokens_per_s: r.tokens_per_s(),
+        unk_rate,
+    })
+}

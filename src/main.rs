@@ -1,0 +1,219 @@
+//! `lmtrain` command line: clap definitions and dispatch only.
+//!
+//! Exit codes: 0 success, 1 error (printed as `error:` with a `Caused by:` chain), 2 usage error.
+
+use clap::{Args, Parser, Subcommand};
+use lmtrain::{data, eval, sample, train};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "lmtrain",
+    version,
+    about = "Train small GPT-style language models with candle"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the vocabulary and the token-id cache for a config's corpus.
+    Prepare(PrepareArgs),
+    /// Train a model (prepares the data first when its cache is missing or stale).
+    Train(TrainArgs),
+    /// Loss, perplexity and bits per token of a checkpoint.
+    Eval(EvalArgs),
+    /// Generate text from a checkpoint.
+    Sample(SampleArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML config file (see configs/); defaults are used for keys it leaves out.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override a config value: `--set train.lr=1e-3` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// Device: auto (CUDA, else Metal, else CPU), cpu, cuda, cuda:N, metal. Overrides run.device.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl ConfigArgs {
+    fn overrides(&self) -> Vec<String> {
+        let mut all = self.set.clone();
+        if let Some(d) = &self.device {
+            all.push(format!("run.device={d}"));
+        }
+        all
+    }
+}
+
+#[derive(Args)]
+struct PrepareArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Rebuild even when a cache for the same corpus and settings exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Continue a run: its folder (newest checkpoint) or one step-… folder.
+    #[arg(long, value_name = "RUN_OR_CHECKPOINT")]
+    resume: Option<PathBuf>,
+    /// Replace an existing run folder of the same name.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A run folder (its best checkpoint) or a step-… folder.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Corpus to score; default: the run's validation split.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Sequences per batch (default: the run's train.batch_size).
+    #[arg(long)]
+    batch_size: Option<usize>,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// A run folder (its best checkpoint) or a step-… folder.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Start of the text: corpus token format (`<BOS>  党  中`) or plain text split into characters.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    #[arg(long, default_value_t = 100)]
+    max_new_tokens: usize,
+    /// Softmax temperature; 0 = greedy.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Sample among the k most likely tokens; 0 = all.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling threshold; 1.0 = off.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  Caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Prepare(a) => {
+            let cfg =
+                lmtrain::config::Config::load(a.config.config.as_deref(), &a.config.overrides())?;
+            let root = train::session::cache_root(&cfg);
+            let p = data::dataset::prepare(&cfg.data, &root, a.force)?;
+            println!(
+                "{} {}",
+                if p.reused { "reused" } else { "prepared" },
+                p.dir.display()
+            );
+            println!("{}", p.stats.summary());
+        }
+        Command::Train(a) => {
+            let opts = train::TrainOptions {
+                config: a.config.config.clone(),
+                overrides: a.config.overrides(),
+                resume: a.resume,
+                overwrite: a.overwrite,
+                quiet: false,
+            };
+            let s = train::run(&opts)?;
+            println!(
+                "done: {} steps, {} tokens in {:.1} s ({:.0} tokens/s), train loss {:.4}{}",
+                s.steps,
+                s.tokens_seen,
+                s.wall_s,
+                s.tokens_per_s,
+                s.final_train_loss,
+                s.last_eval
+                    .as_ref()
+                    .map(|e| format!(
+                        ", val loss {:.4} ({:.3} bits/token)",
+                        e.loss,
+                        e.bits_per_token()
+                    ))
+                    .unwrap_or_default()
+            );
+            println!("checkpoints: {}", s.run_dir.display());
+        }
+        Command::Eval(a) => {
+            let r = eval::run(&eval::EvalOptions {
+                checkpoint: a.checkpoint,
+                data: a.data,
+                device: a.device,
+                batch_size: a.batch_size,
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "checkpoint      {} (step {})",
+                    r.checkpoint.display(),
+                    r.step
+                );
+                println!("data            {}", r.data);
+                println!("loss            {:.4} nats/token", r.loss);
+                println!("perplexity      {:.3}", r.perplexity);
+                println!("bits per token  {:.4}", r.bits_per_token);
+                println!("tokens          {}", r.tokens);
+                println!("tokens/s        {:.0}", r.tokens_per_s);
+                if let Some(u) = r.unk_rate {
+                    println!("unk rate        {:.4}", u);
+                }
+            }
+        }
+        Command::Sample(a) => {
+            let s = sample::run(&sample::SampleOptions {
+                checkpoint: a.checkpoint,
+                prompt: a.prompt,
+                max_new_tokens: a.max_new_tokens,
+                temperature: a.temperature,
+                top_k: a.top_k,
+                top_p: a.top_p,
+                seed: a.seed,
+                device: a.device,
+            })?;
+            println!("{}", s.text());
+            if s.context_full {
+                eprintln!("note: stopped at the end of the model's context window");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

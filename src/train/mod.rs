@@ -1,0 +1,20 @@
+//! Training: the optimizer and its schedule, the loop, checkpoints and metrics.
+//!
+//! `session` sets a run up (config, device, data, model, run folder); `trainer` owns the loop;
+//! `optimizer`, `schedule` are pure training math; `checkpoint`, `metrics` are what a run leaves
+//! on disk.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod optimizer;
+pub mod schedule;
+pub mod session;
+pub mod trainer;
+
+pub use session::{Session, TrainOptions};
+pub use trainer::TrainSummary;
+
+/// Sets up a run and trains it to its end.
+pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
+    trainer::train(Session::open(opts)?)
+}

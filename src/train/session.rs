@@ -1,0 +1,255 @@
+//! Everything a training run needs, set up once: resolved config, device, prepared data,
+//! batchers, model and run folder — fresh or restored from a checkpoint.
+
+use super::checkpoint::{self, Pick, TrainState};
+use super::optimizer::AdamW;
+use crate::config::Config;
+use crate::data::batch::{make_windows, Batcher};
+use crate::data::dataset::{self, Prepared};
+use crate::model::{self, Gpt};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Var};
+use candle_nn::VarMap;
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// How `lmtrain train` was invoked.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// TOML config; with `resume` it is optional (the checkpoint's config is the base).
+    pub config: Option<PathBuf>,
+    /// `section.key=value` overrides, applied after the file.
+    pub overrides: Vec<String>,
+    /// A run folder or a `step-…` folder to continue from.
+    pub resume: Option<PathBuf>,
+    /// Replace an existing run folder instead of refusing to touch it.
+    pub overwrite: bool,
+    /// Print less (tests).
+    pub quiet: bool,
+}
+
+pub struct Session {
+    pub config: Config,
+    pub device: Device,
+    pub data: Prepared,
+    pub data_key: String,
+    pub train_batcher: Batcher,
+    pub val_batcher: Batcher,
+    pub varmap: VarMap,
+    pub model: Gpt,
+    pub run_dir: PathBuf,
+    /// The checkpoint folder this run continues from.
+    pub resume_from: Option<PathBuf>,
+    /// No progress output (tests).
+    pub quiet: bool,
+}
+
+impl Session {
+    pub fn open(opts: &TrainOptions) -> Result<Self> {
+        let resume_from = opts
+            .resume
+            .as_deref()
+            .map(|p| checkpoint::resolve(p, Pick::Latest))
+            .transpose()?;
+        let mut config = resolve_config(opts, resume_from.as_deref())?;
+        let device = crate::device::select(&config.run.device)?;
+        let cache_root = cache_root(&config);
+        let data = dataset::prepare(&config.data, &cache_root, false)
+            .with_context(|| format!("preparing {}", config.data.train_file.display()))?;
+        // The cache folder's name is the hash of the corpus bytes and every data setting.
+        let data_key = data
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let vocab = data.vocab.len();
+        if config.model.vocab_size != 0 && config.model.vocab_size != vocab {
+            bail!(
+                "model.vocab_size = {} but the prepared vocabulary has {vocab} tokens: set it to 0 (take it from the data)",
+                config.model.vocab_size
+            );
+        }
+        config.model.vocab_size = vocab;
+
+        let (train_w, train_stats) = make_windows(
+            &data.train,
+            config.model.context,
+            config.data.long_sequences,
+        );
+        let (val_w, _) = make_windows(&data.val, config.model.context, config.data.long_sequences);
+        if train_w.is_empty() || val_w.is_empty() {
+            bail!(
+                "{}: the train or val split has no sequence to learn from",
+                config.data.train_file.display()
+            );
+        }
+        let t = &config.train;
+        let train_batcher = Batcher::new(
+            train_w,
+            t.batch_size,
+            config.data.bucket_by_length,
+            config.run.seed,
+        );
+        let val_batcher = Batcher::new(val_w, t.batch_size, false, config.run.seed);
+
+        let (varmap, model) = model::init_model(&config.model, config.run.seed, &device)?;
+        let run_dir = match &resume_from {
+            Some(ckpt) => {
+                let state = checkpoint::load_state(ckpt)?;
+                if state.data_key != data_key {
+                    bail!(
+                        "{}: the prepared data differs from the checkpoint's (data key {} vs {}): resume with the same corpus and data settings",
+                        ckpt.display(), data_key, state.data_key
+                    );
+                }
+                checkpoint::load_weights(&varmap, ckpt, &device)?;
+                ckpt.parent().map(Path::to_path_buf).unwrap_or_default()
+            }
+            None => new_run_dir(&config, opts.overwrite)?,
+        };
+        checkpoint::write_synced(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+        if !opts.quiet {
+            eprintln!("device: {}", crate::device::describe(&device));
+            eprintln!("run folder: {}", run_dir.display());
+            if let Some(c) = &resume_from {
+                eprintln!("resuming from {}", c.display());
+            }
+            eprintln!(
+                "data: {} (cache {}{})",
+                config.data.train_file.display(),
+                data.dir.display(),
+                if data.reused { ", reused" } else { "" }
+            );
+            eprintln!("{}", data.stats.summary());
+            eprintln!(
+                "windows: {} train ({} long sequences, {} extra windows, {} targets dropped), padding {:.1}% of slots",
+                train_stats.windows, train_stats.long_sequences, train_stats.extra_windows,
+                train_stats.dropped_targets,
+                100.0 * train_batcher.padding_fraction(&train_batcher.epoch_plan(0))
+            );
+            eprintln!("model: {} parameters", model::param_count(&config.model));
+            eprintln!("resolved config:\n{}", config.to_toml());
+        }
+        Ok(Self {
+            config,
+            device,
+            data,
+            data_key,
+            train_batcher,
+            val_batcher,
+            varmap,
+            model,
+            run_dir,
+            resume_from,
+            quiet: opts.quiet,
+        })
+    }
+
+    pub fn varmap_params(&self) -> Vec<(String, Var)> {
+        let map = self.varmap.data().lock();
+        match map {
+            Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// Optimizer steps the run will take: `max_steps`, or what `max_epochs` allows, the smaller.
+    pub fn total_steps(&self) -> u64 {
+        let t = &self.config.train;
+        let per_epoch =
+            (self.train_batcher.batches_per_epoch() as u64).div_ceil(t.grad_accum as u64);
+        match (t.max_steps, t.max_epochs) {
+            (s, 0) => s,
+            (0, e) => e * per_epoch,
+            (s, e) => s.min(e * per_epoch),
+        }
+    }
+
+    pub fn val_plan(&self) -> Vec<Vec<usize>> {
+        self.val_batcher.sequential_plan()
+    }
+
+    /// Writes a checkpoint and prunes old ones (only after the new one is complete).
+    pub fn save_checkpoint(&self, state: &TrainState, opt: &AdamW) -> Result<PathBuf> {
+        let weights: HashMap<_, _> = self
+            .varmap_params()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect();
+        let dir = checkpoint::save(
+            &self.run_dir,
+            state,
+            &self.config,
+            &self.data.vocab,
+            &weights,
+            &opt.state_tensors(),
+        )?;
+        checkpoint::prune(&self.run_dir, self.config.train.keep_last, state.best_step)?;
+        Ok(dir)
+    }
+}
+
+/// Where prepared data is cached: `data.cache_dir`, else `<out_dir>/.cache`.
+pub fn cache_root(config: &Config) -> PathBuf {
+    if config.data.cache_dir.as_os_str().is_empty() {
+        config.run.out_dir.join(".cache")
+    } else {
+        config.data.cache_dir.clone()
+    }
+}
+
+/// Fresh run: the config file (or defaults) + overrides. Resume: the checkpoint's config, or the
+/// given file, + overrides; the architecture must stay the checkpoint's.
+fn resolve_config(opts: &TrainOptions, ckpt: Option<&Path>) -> Result<Config> {
+    let Some(ckpt) = ckpt else {
+        return Ok(Config::load(opts.config.as_deref(), &opts.overrides)?);
+    };
+    let saved = checkpoint::load_config(ckpt)?;
+    let file = opts
+        .config
+        .clone()
+        .unwrap_or_else(|| ckpt.join("config.toml"));
+    let mut cfg = Config::load(Some(&file), &opts.overrides)?;
+    if cfg.model.vocab_size == 0 {
+        cfg.model.vocab_size = saved.model.vocab_size;
+    }
+    if let Some(field) = first_difference(&cfg.model, &saved.model) {
+        bail!(
+            "cannot resume {}: model.{field} differs from the checkpoint's; the architecture comes from the checkpoint (drop the override or start a new run)",
+            ckpt.display()
+        );
+    }
+    cfg.run.name = saved.run.name;
+    Ok(cfg)
+}
+
+/// The first field (by TOML key) in which two serialisable values differ.
+pub fn first_difference<T: serde::Serialize>(a: &T, b: &T) -> Option<String> {
+    let a = toml::Table::try_from(a).ok()?;
+    let b = toml::Table::try_from(b).ok()?;
+    a.iter()
+        .find(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .or_else(|| b.keys().find(|k| !a.contains_key(*k)).cloned())
+}
+
+fn new_run_dir(config: &Config, overwrite: bool) -> Result<PathBuf> {
+    let dir = config.run.out_dir.join(&config.run.name);
+    if dir.exists() && !checkpoint::list(&dir)?.is_empty() {
+        if !overwrite {
+            bail!(
+                "run folder {} already holds checkpoints: continue it with `--resume {}`, pick another name with `--set run.name=NAME`, or replace it with `--overwrite`",
+                dir.display(),
+                dir.display()
+            );
+        }
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating run folder {}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,316 @@
+//! The training loop: micro-batches → masked loss → accumulated gradients → clip → AdamW step,
+//! with evaluation, metrics, checkpoints and early stopping around it.
+
+use super::checkpoint::{self, TrainState};
+use super::metrics::MetricsLog;
+use super::optimizer::{self, AdamW, AdamWParams};
+use super::schedule::lr_at;
+use super::session::Session;
+use crate::data::batch::Batcher;
+use crate::eval::{self, EvalResult};
+use crate::model::Mode;
+use crate::rng::Rng;
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub tokens_seen: u64,
+    /// Mean loss of the last logged window of steps.
+    pub final_train_loss: f64,
+    pub last_eval: Option<EvalResult>,
+    pub best_val_loss: Option<f64>,
+    /// Real target tokens per second over this invocation's steps.
+    pub tokens_per_s: f64,
+    pub wall_s: f64,
+    pub stopped_early: bool,
+}
+
+/// Why the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    MaxSteps,
+    MaxEpochs,
+    Patience,
+}
+
+/// Where the next micro-batch comes from: (epoch, index into that epoch's plan).
+struct Cursor<'a> {
+    batcher: &'a Batcher,
+    epoch: u64,
+    index: usize,
+    plan: Vec<Vec<usize>>,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(batcher: &'a Batcher, epoch: u64, index: usize) -> Self {
+        let plan = batcher.epoch_plan(epoch);
+        Self {
+            batcher,
+            epoch,
+            index,
+            plan,
+        }
+    }
+
+    /// The next micro-batch's window indices, or `None` once `max_epochs` (0 = no limit) passes.
+    fn next(&mut self, max_epochs: u64) -> Option<Vec<usize>> {
+        if self.index >= self.plan.len() {
+            self.epoch += 1;
+            self.index = 0;
+            self.plan = self.batcher.epoch_plan(self.epoch);
+        }
+        if max_epochs > 0 && self.epoch >= max_epochs {
+            return None;
+        }
+        self.index += 1;
+        self.plan.get(self.index - 1).cloned()
+    }
+}
+
+pub fn train(s: Session) -> Result<TrainSummary> {
+    let cfg = s.config.clone();
+    let t = &cfg.train;
+    let pad = crate::data::vocab::Vocab::PAD_ID;
+    let params = s.varmap_params();
+    let mut opt = AdamW::new(
+        params,
+        AdamWParams {
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+        },
+    )?;
+    let mut state = match s.resume_from.clone() {
+        Some(dir) => {
+            let state = checkpoint::load_state(&dir)?;
+            let moments = checkpoint::load_tensors(&dir, "optimizer.safetensors", &s.device)?;
+            opt.load_state(moments, state.step)
+                .with_context(|| format!("restoring optimizer state from {}", dir.display()))?;
+            state
+        }
+        None => TrainState {
+            format_version: checkpoint::FORMAT_VERSION,
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            tokens_seen: 0,
+            seed: cfg.run.seed,
+            best_val_loss: None,
+            best_step: None,
+            evals_since_best: 0,
+            last_val_loss: None,
+            elapsed_s: 0.0,
+            data_key: s.data_key.clone(),
+        },
+    };
+    let elapsed_before = state.elapsed_s;
+    let mut log = MetricsLog::open(&s.run_dir, s.resume_from.as_ref().map(|_| state.step))?;
+    let total_steps = s.total_steps();
+    let decay_end = if t.decay_steps > 0 {
+        t.decay_steps
+    } else {
+        total_steps
+    };
+    let val_plan = s.val_plan();
+    let mut cursor = Cursor::new(&s.train_batcher, state.epoch, state.batch_in_epoch);
+
+    let progress = Progress::new(total_steps, state.step, s.quiet);
+    let bar = &progress.bar;
+    let started = Instant::now();
+    let start_step = state.step;
+    let start_tokens = state.tokens_seen;
+    let (mut window_loss, mut window_tokens, mut window_steps) = (0.0f64, 0u64, 0u64);
+    let mut window_start = Instant::now();
+    let mut final_train_loss = f64::NAN;
+    let mut last_eval: Option<EvalResult> = None;
+    let stop = loop {
+        if t.max_steps > 0 && state.step >= t.max_steps {
+            break Stop::MaxSteps;
+        }
+        // Collect the step's micro-batches first: the loss is the mean over all their tokens.
+        let mut micro = Vec::with_capacity(t.grad_accum);
+        for _ in 0..t.grad_accum {
+            match cursor.next(t.max_epochs) {
+                Some(idx) => {
+                    micro.push(
+                        s.train_batcher
+                            .make_batch(&s.data.train, &idx, pad, &s.device)?,
+                    )
+                }
+                None => break,
+            }
+        }
+        if micro.is_empty() {
+            break Stop::MaxEpochs;
+        }
+        let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
+        let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
+        let mut nll_total = 0.0f64;
+        for (k, batch) in micro.iter().enumerate() {
+            let mode = Mode::Train {
+                dropout_seed: Rng::derive(cfg.run.seed, &format!("dropout/{}/{k}", state.step))
+                    .next_u64(),
+            };
+            let nll = eval::loss_sum(&s.model, batch, &mode)?; // scalar: Σ over real targets
+            let scaled = (&nll / step_tokens.max(1) as f64)?;
+            optimizer::accumulate(&mut grads, opt.params(), &scaled.backward()?)?;
+            nll_total += nll.to_scalar::<f32>()? as f64;
+        }
+        let norm = optimizer::global_norm(&grads)?;
+        let lr = lr_at(state.step, t.lr, t.min_lr, t.warmup_steps, decay_end);
+        opt.step(&grads, lr, optimizer::clip_factor(norm, t.grad_clip))?;
+        state.step += 1;
+        state.tokens_seen += step_tokens as u64;
+        state.epoch = cursor.epoch;
+        state.batch_in_epoch = cursor.index;
+        let loss = nll_total / step_tokens.max(1) as f64;
+        window_loss += nll_total;
+        window_tokens += step_tokens as u64;
+        window_steps += 1;
+
+        let last = (t.max_steps > 0 && state.step >= t.max_steps)
+            || (t.max_epochs > 0
+                && cursor.index >= cursor.plan.len()
+                && cursor.epoch + 1 >= t.max_epochs);
+        if state.step % t.log_every == 0 || last {
+            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+            let tok_s = window_tokens as f64 / secs;
+            final_train_loss = window_loss / window_tokens.max(1) as f64;
+            log.write(&json!({
+                "kind": "train", "step": state.step, "loss": final_train_loss, "step_loss": loss,
+                "lr": lr, "grad_norm": norm, "tokens_per_s": tok_s, "tokens_seen": state.tokens_seen,
+                "epoch": state.epoch, "step_ms": 1000.0 * secs / window_steps as f64,
+                "elapsed_s": state.elapsed_s + started.elapsed().as_secs_f64(),
+            }))?;
+            bar.set_message(format!(
+                "loss {final_train_loss:.4} lr {lr:.2e} {:.0} tok/s{}",
+                tok_s,
+                state
+                    .last_val_loss
+                    .map(|v| format!(" val {v:.4}"))
+                    .unwrap_or_default()
+            ));
+            if progress.plain && state.step % (total_steps / 10).max(1) < t.log_every {
+                // No terminal (CI, a log file): a plain line every ~10% instead of the bar.
+                progress.say(format!("step {:>6}/{total_steps}  loss {final_train_loss:.4}  lr {lr:.2e}  {tok_s:.0} tok/s", state.step));
+            }
+            (window_loss, window_tokens, window_steps) = (0.0, 0, 0);
+            window_start = Instant::now();
+        }
+        bar.set_position(state.step);
+
+        let (mut early_stop, mut improved) = (false, false);
+        if (t.eval_every > 0 && state.step % t.eval_every == 0) || last {
+            let r = eval::evaluate(
+                &s.model,
+                &s.data.val,
+                &s.val_batcher,
+                &val_plan,
+                &s.device,
+                t.eval_batches,
+            )?;
+            improved = record_eval(&mut state, &r);
+            early_stop =
+                t.early_stop_patience > 0 && state.evals_since_best >= t.early_stop_patience;
+            log.write(&json!({
+                "kind": "eval", "step": state.step, "val_loss": r.loss, "val_ppl": r.perplexity(),
+                "val_bits_per_token": r.bits_per_token(), "val_tokens": r.tokens,
+                "tokens_seen": state.tokens_seen,
+            }))?;
+            progress.say(format!(
+                "step {:>6}  train loss {final_train_loss:.4}  val loss {:.4}  val ppl {:.2}  bits/token {:.3}",
+                state.step, r.loss, r.perplexity(), r.bits_per_token()
+            ));
+            last_eval = Some(r);
+        }
+        // Also on a new best val loss, so the best model is always kept on disk.
+        let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
+        if periodic || improved || last || early_stop {
+            state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+            s.save_checkpoint(&state, &opt)?;
+        }
+        if early_stop {
+            break Stop::Patience;
+        }
+    };
+    // A stop that the in-loop `last` test did not foresee (epochs exhausted mid-step) still
+    // leaves a final checkpoint behind.
+    if checkpoint::list(&s.run_dir)?.last().map(|(st, _)| *st) != Some(state.step)
+        && state.step > start_step
+    {
+        state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+        s.save_checkpoint(&state, &opt)?;
+    }
+    bar.finish_and_clear();
+    let wall_s = started.elapsed().as_secs_f64();
+    Ok(TrainSummary {
+        run_dir: s.run_dir.clone(),
+        steps: state.step,
+        tokens_seen: state.tokens_seen,
+        final_train_loss,
+        last_eval,
+        best_val_loss: state.best_val_loss,
+        tokens_per_s: (state.tokens_seen - start_tokens) as f64 / wall_s.max(1e-9),
+        wall_s,
+        stopped_early: stop == Stop::Patience,
+    })
+}
+
+/// Updates the best/patience bookkeeping; true when this evaluation is a new best.
+fn record_eval(state: &mut TrainState, r: &EvalResult) -> bool {
+    state.last_val_loss = Some(r.loss);
+    let improved = state.best_val_loss.is_none_or(|b| r.loss < b);
+    if improved {
+        state.best_val_loss = Some(r.loss);
+        state.best_step = Some(state.step);
+        state.evals_since_best = 0;
+    } else {
+        state.evals_since_best += 1;
+    }
+    improved
+}
+
+/// Progress output: an indicatif bar on a terminal, plain lines on stderr otherwise (CI, log
+/// files), nothing when quiet (tests).
+struct Progress {
+    bar: ProgressBar,
+    plain: bool,
+}
+
+impl Progress {
+    fn new(total: u64, at: u64, quiet: bool) -> Self {
+        if quiet {
+            return Self {
+                bar: ProgressBar::hidden(),
+                plain: false,
+            };
+        }
+        let bar = ProgressBar::new(total);
+        let style = ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{elapsed_precise} < {eta_precise}] {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_position(at);
+        let plain = bar.is_hidden();
+        Self { bar, plain }
+    }
+
+    /// A line above the bar (or a plain line).
+    fn say(&self, line: String) {
+        if self.plain {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The binary: bad input gives a non-zero exit and a clear message, never a panic; the happy
+//! path trains, evaluates and samples.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn lmtrain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+        .args(args)
+        .output()
+        .expect("run lmtrain")
+}
+
+/// Asserts a clean failure whose stderr mentions every one of `needles`.
+fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains("error"), "no error line: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
+
+#[test]
+fn unknown_config_key_is_named() {
+    let dir = common::temp_dir("cli-key");
+    let cfg = common::write_config(&dir, "[train]\nlearning_rate = 0.1\n");
+    let out = lmtrain(&["train", "--config", cfg.to_str().unwrap()]);
+    assert_fails_with(&out, &["learning_rate", "config.toml"]);
+}
+
+#[test]
+fn bad_override_is_named() {
+    let out = lmtrain(&["train", "--set", "train.batch_size=many"]);
+    assert_fails_with(&out, &["train.batch_size", "integer"]);
+    let out = lmtrain(&["train", "--set", "trian.lr=1"]);
+    assert_fails_with(&out, &["trian"]);
+    let out = lmtrain(&["train", "--set", "train.lr"]);
+    assert_fails_with(&out, &["section.key=value"]);
+}
+
+#[test]
+fn invalid_value_is_named() {
+    let out = lmtrain(&["train", "--set", "model.n_heads=3"]);
+    assert_fails_with(&out, &["model.n_heads"]);
+}
+
+#[test]
+fn missing_files_are_named() {
+    let out = lmtrain(&["train", "--config", "no/such/config.toml"]);
+    assert_fails_with(&out, &["no/such/config.toml"]);
+    let dir = common::temp_dir("cli-missing");
+    let cfg = common::write_config(
+        &dir,
+        &common::tiny_config(&dir, 2).replace(
+            common::sample_corpus().to_str().unwrap(),
+            "no/such/corpus.txt",
+        ),
+    );
+    let out = lmtrain(&["train", "--config", cfg.to_str().unwrap()]);
+    assert_fails_with(&out, &["no/such/corpus.txt"]);
+    let out = lmtrain(&["eval", "--checkpoint", "no/such/run"]);
+    assert_fails_with(&out, &["no/such/run"]);
+}
+
+#[test]
+fn bad_corpus_line_is_reported_with_file_and_line() {
+    let dir = common::temp_dir("cli-corpus");
+    let corpus = dir.join("bad.txt");
+    std::fs::write(
+        &corpus,
+        "<BOS>  a  b  <EOS>\n<BOS>  c  d  <EOS>\n<BOS>  a  b\n",
+    )
+    .unwrap();
+    let cfg = common::write_config(
+        &dir,
+        &common::tiny_config(&dir, 2).replace(
+            common::sample_corpus().to_str().unwrap(),
+            corpus.to_str().unwrap(),
+        ),
+    );
+    let out = lmtrain(&["train", "--config", cfg.to_str().unwrap()]);
+    assert_fails_with(&out, &["bad.txt:3"]);
+}
+
+#[test]
+fn train_eval_sample_end_to_end() {
+    let dir = common::temp_dir("cli-e2e");
+    let cfg = common::write_config(&dir, &common::tiny_config(&dir, 4));
+    let out = lmtrain(&["train", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = dir.join("t");
+
+    // A second fresh run into the same folder must not silently destroy the first.
+    let again = lmtrain(&["train", "--config", cfg.to_str().unwrap()]);
+    assert_fails_with(&again, &["--resume"]);
+
+    let out = lmtrain(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let loss = v["loss"].as_f64().unwrap();
+    let ppl = v["perplexity"].as_f64().unwrap();
+    let bits = v["bits_per_token"].as_f64().unwrap();
+    assert!(v["tokens"].as_u64().unwrap() > 0);
+    assert!((ppl - loss.exp()).abs() < 1e-6 * ppl);
+    assert!((bits - loss / std::f64::consts::LN_2).abs() < 1e-9);
+
+    let out = lmtrain(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--data",
+        common::sample_corpus().to_str().unwrap(),
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = lmtrain(&[
+        "sample",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--prompt",
+        "党中",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "10",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.trim().chars().count() <= 5, "{text}");
+}

@@ -1,0 +1,64 @@
+//! Helpers shared by the integration tests: temp folders and tiny configs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A fresh, empty folder under the system temp dir, unique per call.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "lmtrain-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+pub fn sample_corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample.txt")
+}
+
+/// A config for a model small enough to train a few dozen steps in seconds on one core.
+pub fn tiny_config(out_dir: &Path, max_steps: u64) -> String {
+    format!(
+        r#"
+[run]
+name = "t"
+out_dir = "{out}"
+device = "cpu"
+seed = 7
+
+[data]
+train_file = "{corpus}"
+val_fraction = 0.2
+
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+context = 32
+
+[train]
+batch_size = 4
+max_steps = {max_steps}
+lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 5
+eval_every = 0
+log_every = 1
+checkpoint_every = 0
+"#,
+        out = out_dir.display(),
+        corpus = sample_corpus().display(),
+    )
+}
+
+/// Writes `text` as `dir/config.toml` and returns its path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("config.toml");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
