@@ -173,3 +173,41 @@ fn checkpoint_round_trip_gives_identical_logits() {
         b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
 }
+
+#[test]
+fn gradient_accumulation_matches_one_larger_batch() {
+    // Without bucketing, a plan of batches of 4 is the plan of batches of 2 taken in pairs, so
+    // 2 micro-batches of 2 must give the step a batch of 4 gives: the loss and gradient are
+    // both means over the same real tokens.
+    let run = |tag: &str, batch: &str, accum: &str| {
+        let dir = common::temp_dir(tag);
+        let cfg = common::write_config(&dir, &common::tiny_config(&dir, 3));
+        let extra = ["data.bucket_by_length=false", batch, accum];
+        train::run(&opts(&cfg, &extra)).unwrap().run_dir
+    };
+    let big = step_losses(&run("accum1", "train.batch_size=4", "train.grad_accum=1"));
+    let acc = step_losses(&run("accum2", "train.batch_size=2", "train.grad_accum=2"));
+    assert_eq!(big.len(), 3);
+    for ((step, x), (_, y)) in big.iter().zip(&acc) {
+        // Different padding and summation order: float rounding only.
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "step {step}: {x} vs {y}");
+    }
+}
+
+#[test]
+fn max_epochs_ends_the_run_after_one_pass() {
+    let dir = common::temp_dir("epochs");
+    let cfg = common::write_config(&dir, &common::tiny_config(&dir, 0));
+    let o = opts(&cfg, &["train.max_epochs=1", "train.grad_accum=2"]);
+    let per_epoch = train::Session::open(&o)
+        .unwrap()
+        .train_batcher
+        .batches_per_epoch() as u64;
+    let s = train::run(&TrainOptions {
+        overwrite: true,
+        ..o
+    })
+    .unwrap();
+    assert_eq!(s.steps, per_epoch.div_ceil(2));
+    assert!(s.last_eval.is_some());
+}

@@ -73,6 +73,13 @@ impl<'a> Cursor<'a> {
         self.index += 1;
         self.plan.get(self.index - 1).cloned()
     }
+
+    /// True when `next` would return `None`: the last allowed epoch is used up.
+    fn exhausted(&self, max_epochs: u64) -> bool {
+        max_epochs > 0
+            && (self.epoch >= max_epochs
+                || (self.index >= self.plan.len() && self.epoch + 1 >= max_epochs))
+    }
 }
 
 pub fn train(s: Session) -> Result<TrainSummary> {
@@ -177,10 +184,7 @@ pub fn train(s: Session) -> Result<TrainSummary> {
         window_tokens += step_tokens as u64;
         window_steps += 1;
 
-        let last = (t.max_steps > 0 && state.step >= t.max_steps)
-            || (t.max_epochs > 0
-                && cursor.index >= cursor.plan.len()
-                && cursor.epoch + 1 >= t.max_epochs);
+        let last = (t.max_steps > 0 && state.step >= t.max_steps) || cursor.exhausted(t.max_epochs);
         if state.step % t.log_every == 0 || last {
             let secs = window_start.elapsed().as_secs_f64().max(1e-9);
             let tok_s = window_tokens as f64 / secs;
@@ -242,14 +246,6 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             break Stop::Patience;
         }
     };
-    // A stop that the in-loop `last` test did not foresee (epochs exhausted mid-step) still
-    // leaves a final checkpoint behind.
-    if checkpoint::list(&s.run_dir)?.last().map(|(st, _)| *st) != Some(state.step)
-        && state.step > start_step
-    {
-        state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        s.save_checkpoint(&state, &opt)?;
-    }
     bar.finish_and_clear();
     let wall_s = started.elapsed().as_secs_f64();
     Ok(TrainSummary {
