@@ -133,7 +133,6 @@ pub fn train(s: Session) -> Result<TrainSummary> {
     let progress = Progress::new(total_steps, state.step, s.quiet);
     let bar = &progress.bar;
     let started = Instant::now();
-    let start_step = state.step;
     let start_tokens = state.tokens_seen;
     let (mut window_loss, mut window_tokens, mut window_steps) = (0.0f64, 0u64, 0u64);
     let mut window_start = Instant::now();
