@@ -170,6 +170,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ))
                     .unwrap_or_default()
             );
+            if let (Some(loss), Some(step)) = (s.best_val_loss, s.best_step) {
+                println!(
+                    "best val loss {loss:.4} ({:.3} bits/token) at step {step}{}",
+                    loss / std::f64::consts::LN_2,
+                    if s.stopped_early {
+                        "; stopped early"
+                    } else {
+                        ""
+                    }
+                );
+            }
             println!("checkpoints: {}", s.run_dir.display());
         }
         Command::Eval(a) => {

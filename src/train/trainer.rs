@@ -27,6 +27,7 @@ pub struct TrainSummary {
     pub final_train_loss: f64,
     pub last_eval: Option<EvalResult>,
     pub best_val_loss: Option<f64>,
+    pub best_step: Option<u64>,
     /// Real target tokens per second over this invocation's steps.
     pub tokens_per_s: f64,
     pub wall_s: f64,
@@ -254,6 +255,7 @@ pub fn train(s: Session) -> Result<TrainSummary> {
         final_train_loss,
         last_eval,
         best_val_loss: state.best_val_loss,
+        best_step: state.best_step,
         tokens_per_s: (state.tokens_seen - start_tokens) as f64 / wall_s.max(1e-9),
         wall_s,
         stopped_early: stop == Stop::Patience,
