@@ -189,6 +189,12 @@ pub struct TrainConfig {
     pub keep_last: usize,
     /// Stop when val loss has not improved for this many evaluations; `0` = never.
     pub early_stop_patience: u64,
+    /// Stop after this many consecutive steps with a non-finite loss or gradient norm (their
+    /// updates are skipped); the last good checkpoint stays as it was.
+    pub max_bad_steps: u64,
+    /// Skip the update of a step whose loss lies more than this many standard deviations above
+    /// the last 100 steps' losses (llm.c's outlier guard); `0` = off.
+    pub spike_zscore: f64,
     /// Compute dtype; only `f32` for now.
     pub dtype: String,
 }
@@ -263,6 +269,8 @@ impl Default for TrainConfig {
             checkpoint_every: 500,
             keep_last: 2,
             early_stop_patience: 0,
+            max_bad_steps: 5,
+            spike_zscore: 0.0,
             dtype: "f32".into(),
         }
     }
@@ -400,6 +408,15 @@ impl Config {
         }
         if t.eps <= 0.0 || t.grad_clip < 0.0 {
             return bad("train.eps", "eps must be > 0 and grad_clip >= 0".into());
+        }
+        if t.max_bad_steps == 0 {
+            return bad("train.max_bad_steps", "must be >= 1".into());
+        }
+        if t.spike_zscore < 0.0 {
+            return bad(
+                "train.spike_zscore",
+                format!("{} must be >= 0 (0 = off)", t.spike_zscore),
+            );
         }
         if t.log_every == 0 {
             return bad("train.log_every", "must be > 0".into());

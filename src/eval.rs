@@ -7,7 +7,8 @@
 use crate::data::batch::{make_windows, Batch, Batcher};
 use crate::data::dataset::{self, TokenSeqs};
 use crate::model::{masked_nll_sum, Gpt, Mode};
-use crate::train::checkpoint::{self, Pick};
+use crate::train::checkpoint::Pick;
+use crate::train::restore;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -99,7 +100,7 @@ pub struct EvalReport {
 
 pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     let device = crate::device::select(&opts.device)?;
-    let loaded = checkpoint::load_model(&opts.checkpoint, Pick::Best, &device)?;
+    let loaded = restore::load_model(&opts.checkpoint, Pick::Best, &device)?;
     let cfg = &loaded.config;
     let (seqs, source, unk_rate) = match &opts.data {
         Some(path) => {

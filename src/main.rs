@@ -151,7 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 overrides: a.config.overrides(),
                 resume: a.resume,
                 overwrite: a.overwrite,
-                quiet: false,
+                ..Default::default()
             };
             let s = train::run(&opts)?;
             println!(

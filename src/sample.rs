@@ -9,7 +9,8 @@ use crate::data::format::{BOS, EOS};
 use crate::data::vocab::Vocab;
 use crate::model::KvCache;
 use crate::rng::Rng;
-use crate::train::checkpoint::{self, Pick};
+use crate::train::checkpoint::Pick;
+use crate::train::restore;
 use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor};
 use std::path::PathBuf;
@@ -110,7 +111,7 @@ pub fn pick(logits: &[f32], temperature: f64, top_k: usize, top_p: f64, rng: &mu
 
 pub fn run(opts: &SampleOptions) -> Result<Sample> {
     let device = crate::device::select(&opts.device)?;
-    let loaded = checkpoint::load_model(&opts.checkpoint, Pick::Best, &device)?;
+    let loaded = restore::load_model(&opts.checkpoint, Pick::Best, &device)?;
     let context = loaded.config.model.context;
     let prompt = prompt_tokens(&opts.prompt);
     if prompt.len() > context {

@@ -5,6 +5,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use lmtrain::train::checkpoint::{self, Pick};
+use lmtrain::train::restore;
 use lmtrain::train::{self, metrics, TrainOptions};
 use std::path::Path;
 
@@ -85,13 +86,13 @@ fn resume_continues_exactly_like_an_uninterrupted_run() {
         assert!((x - y).abs() <= 1e-5 * x.abs(), "step {step}: {x} vs {y}");
     }
     // And the final weights agree.
-    let wa = checkpoint::load_tensors(
+    let wa = restore::load_tensors(
         &checkpoint::resolve(&a.run_dir, Pick::Latest).unwrap(),
         "model.safetensors",
         &Device::Cpu,
     )
     .unwrap();
-    let wb = checkpoint::load_tensors(
+    let wb = restore::load_tensors(
         &checkpoint::resolve(&b.run_dir, Pick::Latest).unwrap(),
         "model.safetensors",
         &Device::Cpu,
@@ -148,6 +149,8 @@ fn checkpoint_round_trip_gives_identical_logits() {
     let state = checkpoint::TrainState {
         format_version: checkpoint::FORMAT_VERSION,
         step: 1,
+        optimizer_steps: 1,
+        guard: Default::default(),
         epoch: 0,
         batch_in_epoch: 1,
         tokens_seen: 10,
@@ -159,8 +162,8 @@ fn checkpoint_round_trip_gives_identical_logits() {
         elapsed_s: 0.0,
         data_key: session.data_key.clone(),
     };
-    let ckpt = session.save_checkpoint(&state, &opt).unwrap();
-    let loaded = checkpoint::load_model(&ckpt, Pick::Latest, &Device::Cpu).unwrap();
+    let ckpt = session.save_checkpoint(&state, &opt, false).unwrap();
+    let loaded = restore::load_model(&ckpt, Pick::Latest, &Device::Cpu).unwrap();
     assert_eq!(loaded.state, state);
     assert_eq!(loaded.vocab.len(), session.data.vocab.len());
     let ids = Tensor::new(&[[2u32, 5, 9, 11, 3]], &Device::Cpu).unwrap();

@@ -10,16 +10,17 @@
 //!     state.json           TrainState: step, data position, best val loss, format version …
 //!     config.toml          resolved config (architecture is taken from here on resume)
 //!     tokenizer.json       the vocabulary (Hugging Face tokenizers format)
+//!     manifest.json        size and SHA-256 of each file above (written last)
 //! ```
 //! A checkpoint is written into `.tmp-step-…/`, each file fsynced, then renamed into place and the
 //! run folder fsynced: a crash leaves either the old set of checkpoints or the new one, never a
-//! half-written `step-…` folder. `state.json` is written last, so a folder without it is ignored.
+//! half-written `step-…` folder. A folder without `manifest.json` is ignored, and loading
+//! verifies every file against it (see `manifest`).
 
 use crate::config::Config;
 use crate::data::vocab::Vocab;
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
@@ -27,14 +28,27 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Bumped when the checkpoint layout changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The files of a checkpoint besides the manifest.
+pub const FILES: [&str; 5] = [
+    "model.safetensors",
+    "optimizer.safetensors",
+    "tokenizer.json",
+    "config.toml",
+    "state.json",
+];
 
 /// Everything besides tensors that an exact resume needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     pub format_version: u32,
-    /// Optimizer steps completed.
+    /// Training steps completed (each consumed its batches, whether or not it updated).
     pub step: u64,
+    /// Updates the optimizer applied (t of AdamW's bias correction): `step` minus skipped steps.
+    pub optimizer_steps: u64,
+    /// Skipped-update bookkeeping (non-finite or spiking steps).
+    pub guard: super::guard::GuardState,
     /// Data position: the epoch, and the index of the next micro-batch in that epoch's plan.
     pub epoch: u64,
     pub batch_in_epoch: usize,
@@ -58,7 +72,9 @@ pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
-/// Writes one checkpoint of `run_dir` atomically and returns its folder.
+/// Writes one checkpoint of `run_dir` atomically and returns its folder. On failure the
+/// temporary folder is removed and every earlier checkpoint is untouched. `inject_failure`
+/// (tests only) makes the write fail midway as a full disk would.
 pub fn save(
     run_dir: &Path,
     state: &TrainState,
@@ -66,6 +82,7 @@ pub fn save(
     vocab: &Vocab,
     weights: &HashMap<String, Tensor>,
     optimizer: &HashMap<String, Tensor>,
+    inject_failure: bool,
 ) -> Result<PathBuf> {
     let name = step_dir_name(state.step);
     let final_dir = run_dir.join(&name);
@@ -74,13 +91,30 @@ pub fn save(
         fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
     }
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // Test hook (scripts/chaos-resume.sh): pause between files so that kills land mid-write.
+    let pause = std::env::var("LMTRAIN_TEST_CHECKPOINT_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis);
+    let pause = || pause.map(std::thread::sleep);
     let write = || -> Result<()> {
         candle_core::safetensors::save(weights, tmp.join("model.safetensors"))
             .context("writing model.safetensors")?;
+        pause();
+        if inject_failure {
+            let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "injected fault");
+            return Err(full).context("writing optimizer.safetensors");
+        }
         candle_core::safetensors::save(optimizer, tmp.join("optimizer.safetensors"))
             .context("writing optimizer.safetensors")?;
+        pause();
         vocab.save(&tmp.join("tokenizer.json"))?;
         write_synced(&tmp.join("config.toml"), config.to_toml().as_bytes())?;
+        pause();
+        write_synced(
+            &tmp.join("state.json"),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )?;
         for f in [
             "model.safetensors",
             "optimizer.safetensors",
@@ -90,19 +124,58 @@ pub fn save(
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("syncing {f}"))?;
         }
-        // Last: a checkpoint folder counts only once its state.json exists.
-        write_synced(
-            &tmp.join("state.json"),
-            serde_json::to_string_pretty(state)?.as_bytes(),
-        )?;
-        if final_dir.exists() {
-            fs::remove_dir_all(&final_dir)?;
-        }
-        fs::rename(&tmp, &final_dir)?;
+        // Last: a checkpoint folder counts only once its manifest exists.
+        super::manifest::write(&tmp, &FILES)?;
+        replace_dir(&tmp, &final_dir)?;
         sync_dir(run_dir)
     };
-    write().with_context(|| format!("writing checkpoint {}", final_dir.display()))?;
+    write().map_err(|e| {
+        let _ = fs::remove_dir_all(&tmp);
+        e.context(format!("writing checkpoint {}", final_dir.display()))
+    })?;
     Ok(final_dir)
+}
+
+/// Renames `from` to `to`; an existing `to` (a checkpoint of the same step written before a
+/// resume) is moved aside first and deleted only after the new one is in place.
+fn replace_dir(from: &Path, to: &Path) -> Result<()> {
+    if !to.exists() {
+        return Ok(fs::rename(from, to)?);
+    }
+    let aside = to.with_file_name(format!(
+        ".old-{}",
+        to.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let _ = fs::remove_dir_all(&aside);
+    fs::rename(to, &aside)?;
+    fs::rename(from, to)?;
+    fs::remove_dir_all(&aside)?;
+    Ok(())
+}
+
+/// Repairs what a crash during `save` can leave in a run folder: a checkpoint moved aside by
+/// `replace_dir` whose replacement never arrived is put back; temporary folders are removed.
+pub fn recover(run_dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(run_dir).with_context(|| format!("reading {}", run_dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(original) = name.strip_prefix(".old-") {
+            let target = run_dir.join(original);
+            if target.exists() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::rename(&path, &target)?;
+            }
+        } else if name.starts_with(".tmp-") {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a whole file and fsyncs it.
@@ -121,7 +194,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The complete checkpoints of a run folder (those with a state.json), oldest first.
+/// The complete checkpoints of a run folder (those with a manifest), oldest first.
 pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     let entries = fs::read_dir(run_dir)
@@ -134,7 +207,7 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
             .and_then(|n| n.strip_prefix("step-"))
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(step) = step {
-            if path.join("state.json").is_file() {
+            if path.join(super::manifest::MANIFEST).is_file() {
                 out.push((step, path));
             }
         }
@@ -152,9 +225,14 @@ pub enum Pick {
     Best,
 }
 
-/// `path` is a checkpoint folder (has state.json) or a run folder holding `step-…` folders.
+/// The checkpoint `path` means, verified against its manifest. `path` is a checkpoint folder
+/// (it must verify) or a run folder: there the newest checkpoint that verifies is used (and for
+/// `Best`, the best one it names, when that verifies too); each skipped checkpoint is reported
+/// on stderr with the reason.
 pub fn resolve(path: &Path, pick: Pick) -> Result<PathBuf> {
-    if path.join("state.json").is_file() {
+    if path.join(super::manifest::MANIFEST).is_file() || path.join("state.json").is_file() {
+        super::manifest::verify(path)
+            .with_context(|| format!("checkpoint {} fails verification", path.display()))?;
         return Ok(path.to_path_buf());
     }
     if !path.is_dir() {
@@ -164,21 +242,36 @@ pub fn resolve(path: &Path, pick: Pick) -> Result<PathBuf> {
         );
     }
     let all = list(path)?;
-    let Some((_, latest)) = all.last() else {
+    let mut newest = None;
+    for (_, dir) in all.iter().rev() {
+        match super::manifest::verify(dir).and_then(|_| load_state(dir)) {
+            Ok(state) => {
+                newest = Some((dir.clone(), state));
+                break;
+            }
+            Err(e) => eprintln!("warning: skipping checkpoint {}: {e:#}", dir.display()),
+        }
+    }
+    let Some((latest, state)) = newest else {
         bail!(
-            "{} holds no checkpoint (no step-…/state.json): train first, or pass another folder",
-            path.display()
+            "{} holds no usable checkpoint ({} found, none verifies): train anew, or restore a copy",
+            path.display(),
+            all.len()
         );
     };
     if pick == Pick::Best {
-        let state = load_state(latest)?;
-        if let Some(best) = state.best_step {
-            if let Some((_, dir)) = all.iter().find(|(s, _)| *s == best) {
-                return Ok(dir.clone());
+        if let Some((_, best)) = all.iter().find(|(s, _)| Some(*s) == state.best_step) {
+            match super::manifest::verify(best) {
+                Ok(()) => return Ok(best.clone()),
+                Err(e) => eprintln!(
+                    "warning: best checkpoint {} fails verification ({e:#}); using {}",
+                    best.display(),
+                    latest.display()
+                ),
             }
         }
     }
-    Ok(latest.clone())
+    Ok(latest)
 }
 
 pub fn load_state(dir: &Path) -> Result<TrainState> {
@@ -200,17 +293,6 @@ pub fn load_config(dir: &Path) -> Result<Config> {
     Ok(Config::load(Some(&dir.join("config.toml")), &[])?)
 }
 
-/// Loads a safetensors file of a checkpoint onto `device`, naming the file on failure.
-pub fn load_tensors(dir: &Path, file: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let path = dir.join(file);
-    candle_core::safetensors::load(&path, device).with_context(|| {
-        format!(
-            "reading {}: the checkpoint is damaged or incomplete",
-            path.display()
-        )
-    })
-}
-
 /// Deletes old step folders: keeps the newest `keep_last` and the best one. Runs only after a new
 /// checkpoint is complete, so the last good one is never removed first.
 pub fn prune(run_dir: &Path, keep_last: usize, best_step: Option<u64>) -> Result<()> {
@@ -223,66 +305,4 @@ pub fn prune(run_dir: &Path, keep_last: usize, best_step: Option<u64>) -> Result
         }
     }
     Ok(())
-}
-
-/// Copies a checkpoint's weights into the model's variables; every variable must be present with
-/// its exact shape.
-pub fn load_weights(varmap: &VarMap, ckpt: &Path, device: &Device) -> Result<()> {
-    let mut tensors = load_tensors(ckpt, "model.safetensors", device)?;
-    let map = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("model variables are poisoned by an earlier panic"))?;
-    for (name, var) in map.iter() {
-        let t = tensors.remove(name).with_context(|| {
-            format!("{}/model.safetensors lacks tensor `{name}`", ckpt.display())
-        })?;
-        if t.dims() != var.as_tensor().dims() {
-            bail!(
-                "{}/model.safetensors: `{name}` has shape {:?}, the model expects {:?}",
-                ckpt.display(),
-                t.dims(),
-                var.as_tensor().dims()
-            );
-        }
-        var.set(&t.to_dtype(var.as_tensor().dtype())?)
-            .with_context(|| format!("loading `{name}`"))?;
-    }
-    Ok(())
-}
-
-/// A checkpoint opened for evaluation or sampling.
-pub struct LoadedModel {
-    pub dir: PathBuf,
-    pub config: Config,
-    pub state: TrainState,
-    pub vocab: Vocab,
-    pub model: crate::model::Gpt,
-    pub device: Device,
-}
-
-/// Opens the checkpoint `path` means (see `resolve`) on `device`: config, vocabulary, weights.
-pub fn load_model(path: &Path, pick: Pick, device: &Device) -> Result<LoadedModel> {
-    let dir = resolve(path, pick)?;
-    let config = load_config(&dir)?;
-    let state = load_state(&dir)?;
-    let vocab = Vocab::load(&dir.join("tokenizer.json"))?;
-    if vocab.len() != config.model.vocab_size {
-        bail!(
-            "{}: tokenizer.json has {} tokens but config.toml says model.vocab_size = {}",
-            dir.display(),
-            vocab.len(),
-            config.model.vocab_size
-        );
-    }
-    let (varmap, model) = crate::model::init_model(&config.model, config.run.seed, device)?;
-    load_weights(&varmap, &dir, device)?;
-    Ok(LoadedModel {
-        dir,
-        config,
-        state,
-        vocab,
-        model,
-        device: device.clone(),
-    })
 }

@@ -1,17 +1,20 @@
 //! Training: the optimizer and its schedule, the loop, checkpoints and metrics.
 //!
 //! `session` sets a run up (config, device, data, model, run folder); `trainer` owns the loop;
-//! `optimizer`, `schedule` are pure training math; `checkpoint`, `metrics` are what a run leaves
-//! on disk.
+//! `optimizer`, `schedule`, `guard` are training math; `checkpoint` (with `manifest`), `metrics` are
+//! what a run leaves on disk, and `restore` reads checkpoints back.
 
 pub mod checkpoint;
+pub mod guard;
+pub mod manifest;
 pub mod metrics;
 pub mod optimizer;
+pub mod restore;
 pub mod schedule;
 pub mod session;
 pub mod trainer;
 
-pub use session::{Session, TrainOptions};
+pub use session::{Faults, Session, TrainOptions};
 pub use trainer::TrainSummary;
 
 /// Sets up a run and trains it to its end.

@@ -27,6 +27,19 @@ pub struct TrainOptions {
     pub overwrite: bool,
     /// Print less (tests).
     pub quiet: bool,
+    /// Failures to inject (tests only).
+    #[doc(hidden)]
+    pub faults: Faults,
+}
+
+/// Failures a test can inject into a run, by 1-based step number.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Steps whose loss is replaced by NaN.
+    pub nan_loss_at: Vec<u64>,
+    /// Steps whose checkpoint write fails midway, as on a full disk.
+    pub fail_checkpoint_at: Vec<u64>,
 }
 
 pub struct Session {
@@ -43,6 +56,7 @@ pub struct Session {
     pub resume_from: Option<PathBuf>,
     /// No progress output (tests).
     pub quiet: bool,
+    pub faults: Faults,
 }
 
 impl Session {
@@ -103,11 +117,12 @@ impl Session {
                         ckpt.display(), data_key, state.data_key
                     );
                 }
-                checkpoint::load_weights(&varmap, ckpt, &device)?;
+                super::restore::load_weights(&varmap, ckpt, &device)?;
                 ckpt.parent().map(Path::to_path_buf).unwrap_or_default()
             }
             None => new_run_dir(&config, opts.overwrite)?,
         };
+        checkpoint::recover(&run_dir)?;
         checkpoint::write_synced(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
         if !opts.quiet {
             eprintln!("device: {}", crate::device::describe(&device));
@@ -143,6 +158,7 @@ impl Session {
             run_dir,
             resume_from,
             quiet: opts.quiet,
+            faults: opts.faults.clone(),
         })
     }
 
@@ -175,7 +191,12 @@ impl Session {
     }
 
     /// Writes a checkpoint and prunes old ones (only after the new one is complete).
-    pub fn save_checkpoint(&self, state: &TrainState, opt: &AdamW) -> Result<PathBuf> {
+    pub fn save_checkpoint(
+        &self,
+        state: &TrainState,
+        opt: &AdamW,
+        inject_failure: bool,
+    ) -> Result<PathBuf> {
         let weights: HashMap<_, _> = self
             .varmap_params()
             .into_iter()
@@ -188,6 +209,7 @@ impl Session {
             &self.data.vocab,
             &weights,
             &opt.state_tensors(),
+            inject_failure,
         )?;
         checkpoint::prune(&self.run_dir, self.config.train.keep_last, state.best_step)?;
         Ok(dir)

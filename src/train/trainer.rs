@@ -2,15 +2,17 @@
 //! with evaluation, metrics, checkpoints and early stopping around it.
 
 use super::checkpoint::{self, TrainState};
+use super::guard::{GuardState, Verdict};
 use super::metrics::MetricsLog;
 use super::optimizer::{self, AdamW, AdamWParams};
+use super::restore;
 use super::schedule::lr_at;
 use super::session::Session;
 use crate::data::batch::Batcher;
 use crate::eval::{self, EvalResult};
 use crate::model::Mode;
 use crate::rng::Rng;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -100,14 +102,16 @@ pub fn train(s: Session) -> Result<TrainSummary> {
     let mut state = match s.resume_from.clone() {
         Some(dir) => {
             let state = checkpoint::load_state(&dir)?;
-            let moments = checkpoint::load_tensors(&dir, "optimizer.safetensors", &s.device)?;
-            opt.load_state(moments, state.step)
+            let moments = restore::load_tensors(&dir, "optimizer.safetensors", &s.device)?;
+            opt.load_state(moments, state.optimizer_steps)
                 .with_context(|| format!("restoring optimizer state from {}", dir.display()))?;
             state
         }
         None => TrainState {
             format_version: checkpoint::FORMAT_VERSION,
             step: 0,
+            optimizer_steps: 0,
+            guard: GuardState::default(),
             epoch: 0,
             batch_in_epoch: 0,
             tokens_seen: 0,
@@ -172,25 +176,55 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             optimizer::accumulate(&mut grads, opt.params(), &scaled.backward()?)?;
             nll_total += nll.to_scalar::<f32>()? as f64;
         }
+        if s.faults.nan_loss_at.contains(&(state.step + 1)) {
+            nll_total = f64::NAN;
+        }
         let norm = optimizer::global_norm(&grads)?;
         let lr = lr_at(state.step, t.lr, t.min_lr, t.warmup_steps, decay_end);
-        opt.step(&grads, lr, optimizer::clip_factor(norm, t.grad_clip))?;
+        let loss = nll_total / step_tokens.max(1) as f64;
+        match state.guard.judge(loss, norm, t.spike_zscore) {
+            Verdict::Apply => {
+                opt.step(&grads, lr, optimizer::clip_factor(norm, t.grad_clip))?;
+                state.optimizer_steps += 1;
+                window_loss += nll_total;
+                window_tokens += step_tokens as u64;
+                window_steps += 1;
+            }
+            Verdict::Skip { non_finite } => {
+                let reason = if non_finite {
+                    "non-finite loss or gradient"
+                } else {
+                    "loss spike"
+                };
+                log.write(&json!({
+                    "kind": "skip", "step": state.step + 1, "reason": reason, "loss": loss,
+                    "grad_norm": norm, "skipped_steps": state.guard.skipped_steps,
+                }))?;
+                progress.say(format!(
+                    "warning: step {}: {reason} (loss {loss}, grad norm {norm}); update skipped",
+                    state.step + 1
+                ));
+            }
+        }
         state.step += 1;
         state.tokens_seen += step_tokens as u64;
         state.epoch = cursor.epoch;
         state.batch_in_epoch = cursor.index;
-        let loss = nll_total / step_tokens.max(1) as f64;
-        window_loss += nll_total;
-        window_tokens += step_tokens as u64;
-        window_steps += 1;
+        if state.guard.bad_streak >= t.max_bad_steps {
+            bail!(
+                "{} consecutive steps (up to step {}) had a non-finite loss or gradient norm, so training stopped (train.max_bad_steps = {}). Their updates were skipped and the checkpoints in {} are intact: resume from one with a lower train.lr, or check the data",
+                state.guard.bad_streak, state.step, t.max_bad_steps, s.run_dir.display()
+            );
+        }
 
         let last = (t.max_steps > 0 && state.step >= t.max_steps) || cursor.exhausted(t.max_epochs);
-        if state.step % t.log_every == 0 || last {
+        if (state.step % t.log_every == 0 || last) && window_steps > 0 {
             let secs = window_start.elapsed().as_secs_f64().max(1e-9);
             let tok_s = window_tokens as f64 / secs;
             final_train_loss = window_loss / window_tokens.max(1) as f64;
             log.write(&json!({
                 "kind": "train", "step": state.step, "loss": final_train_loss, "step_loss": loss,
+                "optimizer_steps": state.optimizer_steps,
                 "lr": lr, "grad_norm": norm, "tokens_per_s": tok_s, "tokens_seen": state.tokens_seen,
                 "epoch": state.epoch, "step_ms": 1000.0 * secs / window_steps as f64,
                 "elapsed_s": state.elapsed_s + started.elapsed().as_secs_f64(),
@@ -240,7 +274,22 @@ pub fn train(s: Session) -> Result<TrainSummary> {
         let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
         if periodic || improved || last || early_stop {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-            s.save_checkpoint(&state, &opt)?;
+            let inject = s.faults.fail_checkpoint_at.contains(&state.step);
+            if let Err(e) = s.save_checkpoint(&state, &opt, inject) {
+                if last || early_stop {
+                    return Err(e.context(
+                        "the final checkpoint could not be written; the earlier checkpoints are intact",
+                    ));
+                }
+                // A failed periodic write (a full disk, say) costs one interval at most:
+                // training goes on and the next interval tries again.
+                progress.say(format!(
+                    "warning: {e:#}; training continues, the previous checkpoint is intact"
+                ));
+                log.write(&json!({
+                    "kind": "checkpoint_error", "step": state.step, "error": format!("{e:#}"),
+                }))?;
+            }
         }
         if early_stop {
             break Stop::Patience;

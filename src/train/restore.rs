@@ -1,0 +1,95 @@
+//! Reading checkpoints back: weights into a model's variables, and a whole model for eval/sample.
+//! Every tensor is checked by name, shape and dtype before use, so an untrusted or damaged file
+//! gives an error naming the tensor, never a panic or a silent partial load.
+
+use super::checkpoint::{load_config, load_state, resolve, Pick, TrainState};
+use crate::config::Config;
+use crate::data::vocab::Vocab;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Loads a safetensors file of a checkpoint onto `device`, naming the file on failure.
+pub fn load_tensors(dir: &Path, file: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let path = dir.join(file);
+    candle_core::safetensors::load(&path, device).with_context(|| {
+        format!(
+            "reading {}: the checkpoint is damaged or incomplete",
+            path.display()
+        )
+    })
+}
+
+/// Copies a checkpoint's weights into the model's variables; every variable must be present with
+/// its exact shape.
+pub fn load_weights(varmap: &VarMap, ckpt: &Path, device: &Device) -> Result<()> {
+    let mut tensors = load_tensors(ckpt, "model.safetensors", device)?;
+    let map = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("model variables are poisoned by an earlier panic"))?;
+    for (name, var) in map.iter() {
+        let t = tensors.remove(name).with_context(|| {
+            format!("{}/model.safetensors lacks tensor `{name}`", ckpt.display())
+        })?;
+        if !matches!(
+            t.dtype(),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) {
+            bail!(
+                "{}/model.safetensors: `{name}` has dtype {:?}, expected a float type",
+                ckpt.display(),
+                t.dtype()
+            );
+        }
+        if t.dims() != var.as_tensor().dims() {
+            bail!(
+                "{}/model.safetensors: `{name}` has shape {:?}, the model expects {:?}",
+                ckpt.display(),
+                t.dims(),
+                var.as_tensor().dims()
+            );
+        }
+        var.set(&t.to_dtype(var.as_tensor().dtype())?)
+            .with_context(|| format!("loading `{name}`"))?;
+    }
+    Ok(())
+}
+
+/// A checkpoint opened for evaluation or sampling.
+pub struct LoadedModel {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub state: TrainState,
+    pub vocab: Vocab,
+    pub model: crate::model::Gpt,
+    pub device: Device,
+}
+
+/// Opens the checkpoint `path` means (see `resolve`) on `device`: config, vocabulary, weights.
+pub fn load_model(path: &Path, pick: Pick, device: &Device) -> Result<LoadedModel> {
+    let dir = resolve(path, pick)?;
+    let config = load_config(&dir)?;
+    let state = load_state(&dir)?;
+    let vocab = Vocab::load(&dir.join("tokenizer.json"))?;
+    if vocab.len() != config.model.vocab_size {
+        bail!(
+            "{}: tokenizer.json has {} tokens but config.toml says model.vocab_size = {}",
+            dir.display(),
+            vocab.len(),
+            config.model.vocab_size
+        );
+    }
+    let (varmap, model) = crate::model::init_model(&config.model, config.run.seed, device)?;
+    load_weights(&varmap, &dir, device)?;
+    Ok(LoadedModel {
+        dir,
+        config,
+        state,
+        vocab,
+        model,
+        device: device.clone(),
+    })
+}
