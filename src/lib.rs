@@ -4,6 +4,7 @@
 //! `model` (the transformer) and `train` (optimizer, schedule, loop, checkpoints); `eval` and
 //! `sample` read checkpoints. Nothing downstream reaches back upstream.
 
+pub mod baseline;
 pub mod config;
 pub mod data;
 pub mod device;

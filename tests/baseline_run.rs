@@ -1,0 +1,87 @@
+//! `baseline::run` over a real (tiny) run folder: the report, `baseline.json`, step folders,
+//! an extra corpus, and the errors.
+
+mod common;
+
+use lmtrain::baseline::{self, BaselineOptions};
+use lmtrain::train::{self, TrainOptions};
+use std::path::{Path, PathBuf};
+
+/// Trains the tiny config for 2 steps and returns its run folder.
+fn tiny_run(tag: &str) -> PathBuf {
+    let dir = common::temp_dir(tag);
+    let cfg = common::write_config(&dir, &common::tiny_config(&dir.join("out"), 2));
+    let opts = TrainOptions {
+        config: Some(cfg),
+        quiet: true,
+        ..Default::default()
+    };
+    train::run(&opts).unwrap().run_dir
+}
+
+fn opts(run: &Path, order: usize, data: Option<PathBuf>) -> BaselineOptions {
+    BaselineOptions {
+        run: run.to_path_buf(),
+        order,
+        data,
+    }
+}
+
+#[test]
+fn run_scores_the_val_split_and_saves_the_report() {
+    let run_dir = tiny_run("baseline-run");
+    assert!(baseline::load_report(&run_dir).unwrap().is_none());
+    let data = Some(common::sample_corpus());
+    let report = baseline::run(&opts(&run_dir, 3, data)).unwrap();
+    assert_eq!(report.order, 3);
+    assert!(report.val_tokens > 0 && report.train_tokens > 0);
+    assert!(report.val_bits_per_token.is_finite() && report.val_bits_per_token > 0.0);
+    let ppl = report.val_bits_per_token.exp2();
+    assert!((report.val_perplexity - ppl).abs() < 1e-9 * ppl);
+    assert!(!report.data_key.is_empty());
+    let (path, bpt, tokens) = report.data.clone().unwrap();
+    assert!(path.ends_with("sample.txt") && bpt > 0.0 && tokens > report.val_tokens);
+
+    let saved = baseline::load_report(&run_dir).unwrap().unwrap();
+    assert_eq!(saved.val_bits_per_token, report.val_bits_per_token);
+    assert_eq!(saved.data_key, report.data_key);
+    // Atomic write: no temporary file is left behind.
+    let names: Vec<String> = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".tmp")), "{names:?}");
+}
+
+#[test]
+fn a_step_folder_reports_into_its_run_folder() {
+    let run_dir = tiny_run("baseline-step");
+    let step =
+        lmtrain::train::checkpoint::resolve(&run_dir, train::checkpoint::Pick::Latest).unwrap();
+    let from_step = baseline::run(&opts(&step, 2, None)).unwrap();
+    assert!(from_step.data.is_none());
+    assert!(run_dir.join(baseline::REPORT_FILE).is_file());
+    assert!(!step.join(baseline::REPORT_FILE).exists());
+    // The same split either way.
+    let from_run = baseline::run(&opts(&run_dir, 2, None)).unwrap();
+    assert_eq!(from_run.val_bits_per_token, from_step.val_bits_per_token);
+    assert_eq!(from_run.val_tokens, from_step.val_tokens);
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let dir = common::temp_dir("baseline-errors");
+    let err = format!("{:#}", baseline::run(&opts(&dir, 5, None)).unwrap_err());
+    assert!(err.contains("neither a run folder"), "{err}");
+
+    std::fs::write(dir.join(baseline::REPORT_FILE), "{ not json").unwrap();
+    let err = format!("{:#}", baseline::load_report(&dir).unwrap_err());
+    assert!(
+        err.contains("parsing") && err.contains("baseline.json"),
+        "{err}"
+    );
+
+    let run_dir = tiny_run("baseline-order");
+    let err = format!("{:#}", baseline::run(&opts(&run_dir, 0, None)).unwrap_err());
+    assert!(err.contains("order 0"), "{err}");
+}
