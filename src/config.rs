@@ -187,6 +187,9 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Step checkpoints kept besides the best one.
     pub keep_last: usize,
+    /// Order of the Kneser-Ney n-gram baseline computed at the start of a run (on the same split
+    /// and vocabulary) and printed beside every evaluation; `0` = none.
+    pub baseline_order: usize,
     /// Stop when val loss has not improved for this many evaluations; `0` = never.
     pub early_stop_patience: u64,
     /// Stop after this many consecutive steps with a non-finite loss or gradient norm (their
@@ -268,6 +271,7 @@ impl Default for TrainConfig {
             log_every: 10,
             checkpoint_every: 500,
             keep_last: 2,
+            baseline_order: 5,
             early_stop_patience: 0,
             max_bad_steps: 5,
             spike_zscore: 0.0,
@@ -323,6 +327,15 @@ impl Config {
             })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Where prepared data is cached: `data.cache_dir`, else `<run.out_dir>/.cache`.
+    pub fn cache_root(&self) -> PathBuf {
+        if self.data.cache_dir.as_os_str().is_empty() {
+            self.run.out_dir.join(".cache")
+        } else {
+            self.data.cache_dir.clone()
+        }
     }
 
     pub fn to_toml(&self) -> String {
@@ -408,6 +421,12 @@ impl Config {
         }
         if t.eps <= 0.0 || t.grad_clip < 0.0 {
             return bad("train.eps", "eps must be > 0 and grad_clip >= 0".into());
+        }
+        if t.baseline_order > 8 {
+            return bad(
+                "train.baseline_order",
+                format!("{} is more than 8 (0 = no baseline)", t.baseline_order),
+            );
         }
         if t.max_bad_steps == 0 {
             return bad("train.max_bad_steps", "must be >= 1".into());

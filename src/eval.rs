@@ -96,6 +96,8 @@ pub struct EvalReport {
     pub tokens_per_s: f64,
     /// Fraction of scored tokens that are `<unk>` (only for `--data`).
     pub unk_rate: Option<f64>,
+    /// The run's Kneser-Ney baseline on the same data (val split only): order and bits/token.
+    pub baseline: Option<(usize, f64)>,
 }
 
 pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
@@ -108,22 +110,19 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             (seqs, path.display().to_string(), Some(unk))
         }
         None => {
-            let prepared = dataset::prepare(&cfg.data, &crate::train::session::cache_root(cfg), false)
+            let prepared = dataset::prepare(&cfg.data, &cfg.cache_root(), false)
                 .with_context(|| {
                     format!(
                         "re-creating the run's val split from {} (pass --data FILE to score another corpus)",
                         cfg.data.train_file.display()
                     )
                 })?;
-            let key = prepared
-                .dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned());
-            if key.as_deref() != Some(loaded.state.data_key.as_str()) {
+            let key = prepared.key();
+            if key != loaded.state.data_key {
                 anyhow::bail!(
                     "{} changed since the run trained on it (data key {} vs {}): its val split is no longer the run's; pass --data FILE to score a corpus explicitly",
                     cfg.data.train_file.display(),
-                    key.unwrap_or_default(),
+                    key,
                     loaded.state.data_key
                 );
             }
@@ -146,6 +145,12 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         &device,
         0,
     )?;
+    let baseline = match (&opts.data, loaded.dir.parent()) {
+        (None, Some(run_dir)) => crate::baseline::load_report(run_dir)?
+            .filter(|b| b.data_key == loaded.state.data_key)
+            .map(|b| (b.order, b.val_bits_per_token)),
+        _ => None,
+    };
     Ok(EvalReport {
         checkpoint: loaded.dir,
         step: loaded.state.step,
@@ -156,5 +161,6 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         tokens: r.tokens,
         tokens_per_s: r.tokens_per_s(),
         unk_rate,
+        baseline,
     })
 }

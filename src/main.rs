@@ -3,7 +3,7 @@
 //! Exit codes: 0 success, 1 error (printed as `error:` with a `Caused by:` chain), 2 usage error.
 
 use clap::{Args, Parser, Subcommand};
-use lmtrain::{data, eval, sample, train};
+use lmtrain::{baseline, data, eval, sample, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,6 +28,8 @@ enum Command {
     Eval(EvalArgs),
     /// Generate text from a checkpoint.
     Sample(SampleArgs),
+    /// Kneser-Ney n-gram baseline on a run's own split and vocabulary (bits per token).
+    Baseline(BaselineArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +119,22 @@ struct SampleArgs {
     device: String,
 }
 
+#[derive(Args)]
+struct BaselineArgs {
+    /// A run folder (checkpoints/<run>) or one of its step-… folders.
+    #[arg(long)]
+    run: PathBuf,
+    /// N-gram order.
+    #[arg(long, default_value_t = 5)]
+    order: usize,
+    /// Also score this corpus (encoded with the run's vocabulary).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -136,7 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prepare(a) => {
             let cfg =
                 lmtrain::config::Config::load(a.config.config.as_deref(), &a.config.overrides())?;
-            let root = train::session::cache_root(&cfg);
+            let root = cfg.cache_root();
             let p = data::dataset::prepare(&cfg.data, &root, a.force)?;
             println!(
                 "{} {}",
@@ -207,6 +225,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(u) = r.unk_rate {
                     println!("unk rate        {:.4}", u);
                 }
+                if let Some((order, bits)) = r.baseline {
+                    println!("KN-{order} baseline  {bits:.4} bits/token (same split)");
+                }
             }
         }
         Command::Sample(a) => {
@@ -223,6 +244,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", s.text());
             if s.context_full {
                 eprintln!("note: stopped at the end of the model's context window");
+            }
+        }
+        Command::Baseline(a) => {
+            let r = baseline::run(&baseline::BaselineOptions {
+                run: a.run,
+                order: a.order,
+                data: a.data,
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "Kneser-Ney order {}: val {:.4} bits/token, perplexity {:.2}, {} tokens ({:.1} s)",
+                    r.order, r.val_bits_per_token, r.val_perplexity, r.val_tokens, r.seconds
+                );
+                if let Some((path, bits, tokens)) = &r.data {
+                    println!("{path}: {bits:.4} bits/token over {tokens} tokens");
+                }
             }
         }
     }

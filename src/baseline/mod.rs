@@ -10,9 +10,8 @@ mod ngrams;
 pub use kn::{KneserNey, Score};
 
 use crate::config::Config;
-use crate::data::dataset;
+use crate::data::dataset::{self, Prepared};
 use crate::train::checkpoint;
-use crate::train::session::cache_root;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -56,23 +55,28 @@ pub fn run(opts: &BaselineOptions) -> Result<BaselineReport> {
     let start = Instant::now();
     let (config, run_dir) = resolve_run(&opts.run)?;
     let prepared =
-        dataset::prepare(&config.data, &cache_root(&config), false).with_context(|| {
+        dataset::prepare(&config.data, &config.cache_root(), false).with_context(|| {
             format!(
                 "re-creating the run's split from {}",
                 config.data.train_file.display()
             )
         })?;
-    // The cache folder's name is the hash of the corpus bytes and every data setting.
-    let data_key = prepared
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let data_key = prepared.key();
     check_data_key(&run_dir, &data_key, &config)?;
-    let model = KneserNey::train(&prepared.train, prepared.vocab.len(), opts.order)
-        .with_context(|| format!("training the order-{} Kneser-Ney baseline", opts.order))?;
+    let mut report = compute(&prepared, opts.order, opts.data.as_deref())?;
+    report.seconds = start.elapsed().as_secs_f64();
+    write_report(&run_dir, &report)?;
+    Ok(report)
+}
+
+/// Trains KN of `order` on a prepared train split and scores its val split (and `data`, encoded
+/// with the same vocabulary).
+pub fn compute(prepared: &Prepared, order: usize, data: Option<&Path>) -> Result<BaselineReport> {
+    let start = Instant::now();
+    let model = KneserNey::train(&prepared.train, prepared.vocab.len(), order)
+        .with_context(|| format!("training the order-{order} Kneser-Ney baseline"))?;
     let val = model.score(&prepared.val);
-    let data = match &opts.data {
+    let data = match data {
         Some(path) => {
             let (seqs, _unk) = dataset::encode_file(path, &prepared.vocab).with_context(|| {
                 format!("encoding {} with the run's vocabulary", path.display())
@@ -83,8 +87,8 @@ pub fn run(opts: &BaselineOptions) -> Result<BaselineReport> {
         None => None,
     };
     let train = &prepared.train;
-    let report = BaselineReport {
-        order: opts.order,
+    Ok(BaselineReport {
+        order,
         val_bits_per_token: val.bits_per_token(),
         val_perplexity: val.perplexity(),
         val_tokens: val.tokens,
@@ -92,10 +96,8 @@ pub fn run(opts: &BaselineOptions) -> Result<BaselineReport> {
         train_tokens: train.total_tokens().saturating_sub(train.len()) as u64,
         data,
         seconds: start.elapsed().as_secs_f64(),
-        data_key,
-    };
-    write_report(&run_dir, &report)?;
-    Ok(report)
+        data_key: prepared.key(),
+    })
 }
 
 /// Reads `<run>/baseline.json` if present (None when absent).
@@ -155,7 +157,7 @@ fn check_data_key(run_dir: &Path, key: &str, config: &Config) -> Result<()> {
 
 /// Writes the report to a temporary file, then renames it into place, so a reader never sees
 /// half a report.
-fn write_report(run_dir: &Path, report: &BaselineReport) -> Result<()> {
+pub fn write_report(run_dir: &Path, report: &BaselineReport) -> Result<()> {
     let path = run_dir.join(REPORT_FILE);
     let tmp = run_dir.join(format!(".{REPORT_FILE}.tmp-{}", std::process::id()));
     let json = serde_json::to_string_pretty(report)?;

@@ -108,6 +108,17 @@ pub struct Prepared {
     pub reused: bool,
 }
 
+impl Prepared {
+    /// The cache key (the folder's name): a hash of the corpus bytes and every data setting, so
+    /// two runs with the same key trained on the same split and vocabulary.
+    pub fn key(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
 /// Prepares `cfg`'s corpus into `cache_root/<key>/`, or loads it from there when already
 /// prepared (unless `force`). The vocabulary comes from the train split only.
 pub fn prepare(cfg: &DataConfig, cache_root: &Path, force: bool) -> anyhow::Result<Prepared> {

@@ -3,6 +3,7 @@
 
 use super::checkpoint::{self, Pick, TrainState};
 use super::optimizer::AdamW;
+use crate::baseline::{self, BaselineReport};
 use crate::config::Config;
 use crate::data::batch::{make_windows, Batcher};
 use crate::data::dataset::{self, Prepared};
@@ -57,6 +58,8 @@ pub struct Session {
     /// No progress output (tests).
     pub quiet: bool,
     pub faults: Faults,
+    /// The n-gram baseline's val bits per token, to print beside the model's.
+    pub baseline: Option<BaselineReport>,
 }
 
 impl Session {
@@ -68,15 +71,10 @@ impl Session {
             .transpose()?;
         let mut config = resolve_config(opts, resume_from.as_deref())?;
         let device = crate::device::select(&config.run.device)?;
-        let cache_root = cache_root(&config);
+        let cache_root = config.cache_root();
         let data = dataset::prepare(&config.data, &cache_root, false)
             .with_context(|| format!("preparing {}", config.data.train_file.display()))?;
-        // The cache folder's name is the hash of the corpus bytes and every data setting.
-        let data_key = data
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let data_key = data.key();
         let vocab = data.vocab.len();
         if config.model.vocab_size != 0 && config.model.vocab_size != vocab {
             bail!(
@@ -124,6 +122,7 @@ impl Session {
         };
         checkpoint::recover(&run_dir)?;
         checkpoint::write_synced(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+        let baseline = ensure_baseline(&run_dir, &data, config.train.baseline_order);
         if !opts.quiet {
             eprintln!("device: {}", crate::device::describe(&device));
             eprintln!("run folder: {}", run_dir.display());
@@ -144,6 +143,14 @@ impl Session {
                 100.0 * train_batcher.padding_fraction(&train_batcher.epoch_plan(0))
             );
             eprintln!("model: {} parameters", model::param_count(&config.model));
+            if let Some(b) = &baseline {
+                eprintln!(
+                    "baseline: Kneser-Ney order {} on the same split: {:.4} bits/token ({:.3} nats)",
+                    b.order,
+                    b.val_bits_per_token,
+                    b.val_bits_per_token * std::f64::consts::LN_2
+                );
+            }
             eprintln!("resolved config:\n{}", config.to_toml());
         }
         Ok(Self {
@@ -159,6 +166,7 @@ impl Session {
             resume_from,
             quiet: opts.quiet,
             faults: opts.faults.clone(),
+            baseline,
         })
     }
 
@@ -216,12 +224,25 @@ impl Session {
     }
 }
 
-/// Where prepared data is cached: `data.cache_dir`, else `<out_dir>/.cache`.
-pub fn cache_root(config: &Config) -> PathBuf {
-    if config.data.cache_dir.as_os_str().is_empty() {
-        config.run.out_dir.join(".cache")
-    } else {
-        config.data.cache_dir.clone()
+/// The run's baseline report: reused when it matches the data and order, computed otherwise
+/// (seconds even for PKU). A failure only costs the comparison, so it is a warning.
+fn ensure_baseline(run_dir: &Path, data: &Prepared, order: usize) -> Option<BaselineReport> {
+    if order == 0 {
+        return None;
+    }
+    if let Ok(Some(r)) = baseline::load_report(run_dir) {
+        if r.order == order && r.data_key == data.key() {
+            return Some(r);
+        }
+    }
+    let report = baseline::compute(data, order, None)
+        .and_then(|r| baseline::write_report(run_dir, &r).map(|_| r));
+    match report {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("warning: no n-gram baseline for this run: {e:#}");
+            None
+        }
     }
 }
 

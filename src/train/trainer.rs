@@ -259,13 +259,18 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             improved = record_eval(&mut state, &r);
             early_stop =
                 t.early_stop_patience > 0 && state.evals_since_best >= t.early_stop_patience;
+            let kn = s.baseline.as_ref().map(|b| b.val_bits_per_token);
             log.write(&json!({
                 "kind": "eval", "step": state.step, "val_loss": r.loss, "val_ppl": r.perplexity(),
                 "val_bits_per_token": r.bits_per_token(), "val_tokens": r.tokens,
-                "tokens_seen": state.tokens_seen,
+                "tokens_seen": state.tokens_seen, "baseline_bits_per_token": kn,
             }))?;
+            let vs_kn = match &s.baseline {
+                Some(b) => format!(" (KN-{} {:.3})", b.order, b.val_bits_per_token),
+                None => String::new(),
+            };
             progress.say(format!(
-                "step {:>6}  train loss {final_train_loss:.4}  val loss {:.4}  val ppl {:.2}  bits/token {:.3}",
+                "step {:>6}  train loss {final_train_loss:.4}  val loss {:.4}  val ppl {:.2}  bits/token {:.3}{vs_kn}",
                 state.step, r.loss, r.perplexity(), r.bits_per_token()
             ));
             last_eval = Some(r);
