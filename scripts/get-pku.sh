@@ -8,14 +8,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=data/pku
+# The fixed split the baseline test vector uses: the first 18,510 lines train, the last 974 val.
+split() {
+  mkdir -p data/pku-split
+  head -n 18510 "$dest/train.txt" >data/pku-split/train.txt
+  tail -n 974 "$dest/train.txt" >data/pku-split/val.txt
+  echo "wrote data/pku-split/{train,val}.txt (18,510 / 974 lines)"
+}
 if [ -f "$dest/train.txt" ]; then
-  echo "data/pku/train.txt already present"; exit 0
+  echo "data/pku/train.txt already present"; split; exit 0
 fi
 shared=../shared/data/pku
 if [ -f "$shared/train.txt" ]; then
   rm -rf "$dest"
   ln -s "$(cd "$shared" && pwd)" "$dest"
   echo "linked $dest -> $shared"
+  split
   exit 0
 fi
 url="${PKU_URL:-http://sighan.cs.uchicago.edu/bakeoff2005/data/icwb2-data.zip}"
@@ -43,3 +51,4 @@ PY
 mkdir -p "$dest"
 mv "$tmp/train.txt" "$dest/train.txt"
 echo "wrote $dest/train.txt"
+split
