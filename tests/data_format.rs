@@ -1,26 +1,10 @@
 //! The corpus line format: parsing data/sample.txt, every kind of bad line, file-level errors.
 
+mod common;
+
 use lmtrain::data::format::{format_line, parse_line, read_corpus, LineError};
 use lmtrain::rng::Rng;
 use std::path::{Path, PathBuf};
-
-fn sample_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample.txt")
-}
-
-/// A fresh folder under the system temp dir, unique per test and process.
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "lmtrain-test-format-{name}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
@@ -30,8 +14,8 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 #[test]
 fn sample_token_counts_match_character_counts() {
-    let seqs = read_corpus(&sample_path()).unwrap();
-    let text = std::fs::read_to_string(sample_path()).unwrap();
+    let seqs = read_corpus(&common::sample_corpus()).unwrap();
+    let text = std::fs::read_to_string(common::sample_corpus()).unwrap();
     // Independent count: each token of the sample is one character, so the tokens of a line are
     // its characters once the markers and spaces are removed.
     let expected: Vec<usize> = text
@@ -59,7 +43,7 @@ fn sample_token_counts_match_character_counts() {
 
 #[test]
 fn format_line_inverts_parse_line_on_the_sample() {
-    let text = std::fs::read_to_string(sample_path()).unwrap();
+    let text = std::fs::read_to_string(common::sample_corpus()).unwrap();
     for line in text.lines() {
         let toks = parse_line(line).unwrap().unwrap();
         assert_eq!(format_line(&toks), line);
@@ -100,7 +84,7 @@ fn every_bad_line_kind_is_reported_with_file_and_line() {
         (b"<BOS>  a\0  <EOS>", "NUL byte"),
         (b"<BOS>  a  \xff\xfe  <EOS>", "invalid UTF-8"),
     ];
-    let dir = temp_dir("badlines");
+    let dir = common::temp_dir("badlines");
     for (i, (bad, what)) in cases.iter().enumerate() {
         let mut bytes = b"<BOS>  x  y  <EOS>\n\n".to_vec();
         bytes.extend_from_slice(bad);
@@ -121,7 +105,7 @@ fn every_bad_line_kind_is_reported_with_file_and_line() {
 
 #[test]
 fn crlf_is_accepted_and_blank_lines_are_skipped() {
-    let dir = temp_dir("crlf");
+    let dir = common::temp_dir("crlf");
     let lf = write(&dir, "lf.txt", b"<BOS>  a  b  <EOS>\n\n<BOS>  c  <EOS>\n");
     let crlf = write(
         &dir,
@@ -152,7 +136,7 @@ fn exact_special_tokens_are_allowed_as_tokens() {
 
 #[test]
 fn file_level_errors_name_the_path() {
-    let dir = temp_dir("files");
+    let dir = common::temp_dir("files");
     let missing = dir.join("missing.txt");
     let empty = write(&dir, "empty.txt", b"");
     let blank = write(&dir, "blank.txt", b"\n  \n\t\n");

@@ -1,27 +1,12 @@
 //! `prepare`: the cache layout, reuse and invalidation, the split, stats, corrupt caches, PKU.
 
+mod common;
+
 use lmtrain::config::DataConfig;
 use lmtrain::data::dataset::{encode_file, prepare, Prepared};
 use lmtrain::data::format::read_corpus;
 use lmtrain::data::vocab::Vocab;
-use std::path::{Path, PathBuf};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "lmtrain-test-prepare-{name}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn sample_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample.txt")
-}
+use std::path::Path;
 
 fn cfg(train: &Path) -> DataConfig {
     DataConfig {
@@ -51,8 +36,8 @@ fn all_seqs(p: &Prepared) -> Vec<Vec<u32>> {
 
 #[test]
 fn prepares_the_sample_then_reuses_the_cache() {
-    let root = temp_dir("sample");
-    let c = cfg(&sample_path());
+    let root = common::temp_dir("sample");
+    let c = cfg(&common::sample_corpus());
     let p = prepare(&c, &root, false).unwrap();
     assert!(!p.reused);
     for f in [
@@ -68,7 +53,7 @@ fn prepares_the_sample_then_reuses_the_cache() {
     assert_eq!(entries(&root).len(), 1, "{:?}", entries(&root));
 
     // Stats computed independently from the parsed corpus.
-    let seqs = read_corpus(&sample_path()).unwrap();
+    let seqs = read_corpus(&common::sample_corpus()).unwrap();
     let s = &p.stats;
     assert_eq!(s.lines, 6);
     assert_eq!(s.tokens, seqs.iter().map(|s| s.len() + 2).sum::<usize>());
@@ -123,30 +108,32 @@ fn prepares_the_sample_then_reuses_the_cache() {
 
 #[test]
 fn the_key_follows_corpus_bytes_and_settings_not_the_path() {
-    let root = temp_dir("keys");
-    let work = temp_dir("keys-corpus");
-    let base = prepare(&cfg(&sample_path()), &root, false).unwrap().dir;
+    let root = common::temp_dir("keys");
+    let work = common::temp_dir("keys-corpus");
+    let base = prepare(&cfg(&common::sample_corpus()), &root, false)
+        .unwrap()
+        .dir;
     let key = |c: &DataConfig| prepare(c, &root, false).unwrap();
     let c2 = DataConfig {
         min_freq: 2,
-        ..cfg(&sample_path())
+        ..cfg(&common::sample_corpus())
     };
     assert_ne!(key(&c2).dir, base);
     let c3 = DataConfig {
         max_size: 50,
-        ..cfg(&sample_path())
+        ..cfg(&common::sample_corpus())
     };
     let small = key(&c3);
     assert_ne!(small.dir, base);
     assert_eq!(small.vocab.len(), 50);
     let c4 = DataConfig {
         split_seed: 9,
-        ..cfg(&sample_path())
+        ..cfg(&common::sample_corpus())
     };
     assert_ne!(key(&c4).dir, base);
     // Same bytes elsewhere: same key, reused. One byte more: a new key.
     let copy = work.join("copy.txt");
-    std::fs::copy(sample_path(), &copy).unwrap();
+    std::fs::copy(common::sample_corpus(), &copy).unwrap();
     let same = key(&cfg(&copy));
     assert!(same.reused);
     assert_eq!(same.dir, base);
@@ -163,8 +150,8 @@ fn the_key_follows_corpus_bytes_and_settings_not_the_path() {
 
 #[test]
 fn bad_corpus_leaves_no_cache_behind() {
-    let root = temp_dir("bad");
-    let work = temp_dir("bad-corpus");
+    let root = common::temp_dir("bad");
+    let work = common::temp_dir("bad-corpus");
     let bad = work.join("bad.txt");
     std::fs::write(&bad, "<BOS>  a  <EOS>\n<BOS>  b c  <EOS>\n").unwrap();
     let e = prepare(&cfg(&bad), &root, false).unwrap_err().to_string();
@@ -184,14 +171,16 @@ fn bad_corpus_leaves_no_cache_behind() {
 
 #[test]
 fn corrupt_cache_is_reported_with_the_file() {
-    let root = temp_dir("corrupt");
-    let p = prepare(&cfg(&sample_path()), &root, false).unwrap();
+    let root = common::temp_dir("corrupt");
+    let p = prepare(&cfg(&common::sample_corpus()), &root, false).unwrap();
     let bin = p.dir.join("train.bin");
     let bytes = std::fs::read(&bin).unwrap();
     std::fs::write(&bin, &bytes[..bytes.len() - 2]).unwrap();
     let e = format!(
         "{:#}",
-        prepare(&cfg(&sample_path()), &root, false).err().unwrap()
+        prepare(&cfg(&common::sample_corpus()), &root, false)
+            .err()
+            .unwrap()
     );
     assert!(e.contains("train.bin") && e.contains("truncated"), "{e}");
     // An id beyond the vocabulary is caught too.
@@ -200,7 +189,9 @@ fn corrupt_cache_is_reported_with_the_file() {
     std::fs::write(&bin, bad).unwrap();
     let e = format!(
         "{:#}",
-        prepare(&cfg(&sample_path()), &root, false).err().unwrap()
+        prepare(&cfg(&common::sample_corpus()), &root, false)
+            .err()
+            .unwrap()
     );
     assert!(
         e.contains("train.bin") && e.contains("vocabulary size"),
@@ -210,19 +201,29 @@ fn corrupt_cache_is_reported_with_the_file() {
     std::fs::write(&bin, bytes).unwrap();
     let e = format!(
         "{:#}",
-        prepare(&cfg(&sample_path()), &root, false).err().unwrap()
+        prepare(&cfg(&common::sample_corpus()), &root, false)
+            .err()
+            .unwrap()
     );
     assert!(e.contains("val.idx"), "{e}");
     // `force` rebuilds over it.
-    assert!(!prepare(&cfg(&sample_path()), &root, true).unwrap().reused);
-    assert!(prepare(&cfg(&sample_path()), &root, false).unwrap().reused);
+    assert!(
+        !prepare(&cfg(&common::sample_corpus()), &root, true)
+            .unwrap()
+            .reused
+    );
+    assert!(
+        prepare(&cfg(&common::sample_corpus()), &root, false)
+            .unwrap()
+            .reused
+    );
     std::fs::remove_dir_all(root).unwrap();
 }
 
 #[test]
 fn split_is_deterministic_nonempty_and_near_the_fraction() {
-    let root = temp_dir("split");
-    let work = temp_dir("split-corpus");
+    let root = common::temp_dir("split");
+    let work = common::temp_dir("split-corpus");
     let one = work.join("one.txt");
     std::fs::write(&one, "<BOS>  a  <EOS>\n").unwrap();
     let e = prepare(&cfg(&one), &root, false).err().unwrap().to_string();
@@ -268,13 +269,13 @@ fn split_is_deterministic_nonempty_and_near_the_fraction() {
 
 #[test]
 fn val_file_and_encode_file_count_unknown_tokens() {
-    let root = temp_dir("valfile");
-    let work = temp_dir("valfile-corpus");
+    let root = common::temp_dir("valfile");
+    let work = common::temp_dir("valfile-corpus");
     let val = work.join("val.txt");
     std::fs::write(&val, "<BOS>  党  zz  <EOS>\n<BOS>  zz  <EOS>\n").unwrap();
     let c = DataConfig {
         val_file: val.clone(),
-        ..cfg(&sample_path())
+        ..cfg(&common::sample_corpus())
     };
     let p = prepare(&c, &root, false).unwrap();
     assert_eq!((p.stats.train_lines, p.stats.val_lines), (6, 2));
@@ -291,8 +292,8 @@ fn val_file_and_encode_file_count_unknown_tokens() {
 
 #[test]
 fn a_vocabulary_over_65536_ids_is_stored_as_u32() {
-    let root = temp_dir("wide");
-    let work = temp_dir("wide-corpus");
+    let root = common::temp_dir("wide");
+    let work = common::temp_dir("wide-corpus");
     let train = work.join("train.txt");
     let toks: Vec<String> = (0..65_533).map(|i| format!("w{i}")).collect();
     let refs: Vec<&str> = toks.iter().map(String::as_str).collect();
@@ -330,7 +331,7 @@ fn prepares_the_pku_corpus_when_present() {
         println!("skipped: {} not found (shared data absent)", path.display());
         return;
     }
-    let root = temp_dir("pku");
+    let root = common::temp_dir("pku");
     let c = DataConfig {
         val_fraction: 0.05,
         ..cfg(&path)

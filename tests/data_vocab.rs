@@ -1,21 +1,10 @@
 //! The vocabulary: fixed special ids, frequency order, limits, save/load, HF compatibility.
 
+mod common;
+
 use lmtrain::data::format::read_corpus;
 use lmtrain::data::vocab::{Vocab, SPECIALS};
-use std::path::{Path, PathBuf};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "lmtrain-test-vocab-{name}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use std::path::Path;
 
 fn seqs(lines: &[&str]) -> Vec<Vec<String>> {
     lines
@@ -86,7 +75,7 @@ fn corpus_tokens_spelled_like_specials_map_to_them() {
 
 #[test]
 fn save_load_round_trip() {
-    let dir = temp_dir("roundtrip");
+    let dir = common::temp_dir("roundtrip");
     let v = Vocab::build(&sample(), 1, 0).unwrap();
     let path = dir.join("tokenizer.json");
     v.save(&path).unwrap();
@@ -103,7 +92,7 @@ fn save_load_round_trip() {
 
 #[test]
 fn load_errors_name_the_path() {
-    let dir = temp_dir("loaderr");
+    let dir = common::temp_dir("loaderr");
     let missing = dir.join("nope.json");
     let e = format!("{:#}", Vocab::load(&missing).unwrap_err());
     assert!(e.contains("nope.json"), "{e}");
@@ -127,7 +116,7 @@ fn load_errors_name_the_path() {
 /// whitespace-separated line gives the ids this crate trains on.
 #[test]
 fn saved_tokenizer_loads_in_hf_tokenizers_with_the_same_ids() {
-    let dir = temp_dir("hf");
+    let dir = common::temp_dir("hf");
     let data = sample();
     let v = Vocab::build(&data[..4], 1, 0).unwrap();
     let path = dir.join("tokenizer.json");
