@@ -3,7 +3,7 @@
 //! Exit codes: 0 success, 1 error (printed as `error:` with a `Caused by:` chain), 2 usage error.
 
 use clap::{Args, Parser, Subcommand};
-use lmtrain::{baseline, data, eval, sample, train};
+use lmtrain::{baseline, data, eval, report, sample, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +30,10 @@ enum Command {
     Sample(SampleArgs),
     /// Kneser-Ney n-gram baseline on a run's own split and vocabulary (bits per token).
     Baseline(BaselineArgs),
+    /// Render the loss curves of one or more runs, overlaid, into an SVG.
+    Plot(PlotArgs),
+    /// A table of the runs in a folder: size, progress, best val loss, baseline, config differences.
+    Runs(RunsArgs),
 }
 
 #[derive(Args)]
@@ -131,6 +135,26 @@ struct BaselineArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Run folders (checkpoints/<run>).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Output file; default: <run>/loss.svg for one run, runs.svg for several.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunsArgs {
+    /// Folder holding run folders.
+    #[arg(default_value = "checkpoints")]
+    dir: PathBuf,
+    /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -262,6 +286,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some((path, bits, tokens)) = &r.data {
                     println!("{path}: {bits:.4} bits/token over {tokens} tokens");
                 }
+            }
+        }
+        Command::Plot(a) => match (a.runs.as_slice(), a.out) {
+            ([run], None) => println!("{}", report::render_run(run)?.display()),
+            (runs, out) => {
+                let out = out.unwrap_or_else(|| PathBuf::from("runs.svg"));
+                report::render_comparison(runs, &out)?;
+                println!("{}", out.display());
+            }
+        },
+        Command::Runs(a) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report::runs_json(&a.dir)?)?
+                );
+            } else {
+                print!("{}", report::runs_table(&a.dir)?);
             }
         }
     }

@@ -227,7 +227,7 @@ pub fn train(s: Session) -> Result<TrainSummary> {
                 "optimizer_steps": state.optimizer_steps,
                 "lr": lr, "grad_norm": norm, "tokens_per_s": tok_s, "tokens_seen": state.tokens_seen,
                 "epoch": state.epoch, "step_ms": 1000.0 * secs / window_steps as f64,
-                "elapsed_s": state.elapsed_s + started.elapsed().as_secs_f64(),
+                "elapsed_s": elapsed_before + started.elapsed().as_secs_f64(),
             }))?;
             bar.set_message(format!(
                 "loss {final_train_loss:.4} lr {lr:.2e} {:.0} tok/s{}",
@@ -274,6 +274,10 @@ pub fn train(s: Session) -> Result<TrainSummary> {
                 state.step, r.loss, r.perplexity(), r.bits_per_token()
             ));
             last_eval = Some(r);
+            // The picture is a convenience: a failure to draw it never stops training.
+            if let Err(e) = crate::report::render_run(&s.run_dir) {
+                progress.say(format!("warning: loss.svg not updated: {e:#}"));
+            }
         }
         // Also on a new best val loss, so the best model is always kept on disk.
         let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;

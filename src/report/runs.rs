@@ -1,0 +1,231 @@
+//! `lmtrain runs [DIR]`: one line per run folder — size, progress, best val loss, baseline —
+//! then the config keys in which the runs differ.
+
+use super::series::{Series, BITS_PER_NAT};
+use super::text::{align, duration, grouped, human};
+use crate::baseline;
+use crate::config::Config;
+use crate::model::param_count;
+use crate::train::checkpoint;
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What the table says about one run; every figure is None until the run has produced it.
+#[derive(Debug, Clone)]
+struct RunRow {
+    name: String,
+    path: PathBuf,
+    params: usize,
+    steps: Option<u64>,
+    tokens_seen: Option<u64>,
+    elapsed_s: Option<f64>,
+    /// Best validation loss, nats per token.
+    best_val_loss: Option<f64>,
+    /// The n-gram baseline: order and val bits per token.
+    baseline: Option<(usize, f64)>,
+    /// The resolved config flattened to `section.key` → value.
+    config: BTreeMap<String, String>,
+}
+
+/// The run table of every run folder in `dir` as aligned plain text, followed by the config
+/// differences. A `dir` without runs gives a friendly one-line message, not an error.
+pub fn runs_table(dir: &Path) -> Result<String> {
+    let rows = load_rows(dir)?;
+    if rows.is_empty() {
+        return Ok(format!(
+            "no runs in {} (a run is a folder with config.toml; start one with `lmtrain train --config …`)\n",
+            dir.display()
+        ));
+    }
+    let header = [
+        "run",
+        "params",
+        "steps",
+        "tokens",
+        "time",
+        "best val",
+        "bits/token",
+        "baseline",
+    ];
+    let mut lines = vec![header.map(String::from).to_vec()];
+    for r in &rows {
+        lines.push(vec![
+            r.name.clone(),
+            grouped(r.params),
+            opt(r.steps, |s| s.to_string()),
+            opt(r.tokens_seen, |t| human(t as f64)),
+            opt(r.elapsed_s, duration),
+            opt(r.best_val_loss, |l| format!("{l:.4}")),
+            opt(r.best_val_loss, |l| format!("{:.3}", l * BITS_PER_NAT)),
+            opt(r.baseline, |(order, bits)| {
+                format!("{bits:.3} (KN-{order})")
+            }),
+        ]);
+    }
+    let mut out = align(&lines, 1);
+    out.push_str("best val = lowest val loss (nats per token); bits/token = the same in bits\n");
+    let diffs = differences(&rows);
+    if rows.len() > 1 {
+        out.push_str("\nconfig differences:\n");
+        if diffs.is_empty() {
+            out.push_str("  none (the runs share every setting but the name)\n");
+        } else {
+            let mut lines = vec![std::iter::once("key".to_string())
+                .chain(rows.iter().map(|r| r.name.clone()))
+                .collect::<Vec<_>>()];
+            lines.extend(
+                diffs
+                    .into_iter()
+                    .map(|(k, vals)| std::iter::once(k).chain(vals).collect::<Vec<_>>()),
+            );
+            for line in align(&lines, 1).lines() {
+                out.push_str("  ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The same as [`runs_table`] as JSON: `{"dir", "runs": [{name, path, params, steps,
+/// tokens_seen, elapsed_s, best_val_loss, best_val_bits_per_token, baseline}],
+/// "config_differences": {key: [value per run]}}`.
+pub fn runs_json(dir: &Path) -> Result<Value> {
+    let rows = load_rows(dir)?;
+    let runs: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "path": r.path.display().to_string(),
+                "params": r.params,
+                "steps": r.steps,
+                "tokens_seen": r.tokens_seen,
+                "elapsed_s": r.elapsed_s,
+                "best_val_loss": r.best_val_loss,
+                "best_val_bits_per_token": r.best_val_loss.map(|l| l * BITS_PER_NAT),
+                "baseline": r.baseline.map(|(order, bits)| json!({"order": order, "val_bits_per_token": bits})),
+            })
+        })
+        .collect();
+    let diffs: serde_json::Map<String, Value> = differences(&rows)
+        .into_iter()
+        .map(|(k, v)| (k, json!(v)))
+        .collect();
+    Ok(json!({ "dir": dir.display().to_string(), "runs": runs, "config_differences": diffs }))
+}
+
+/// Every subfolder of `dir` with a `config.toml`, by name; hidden folders (`.cache`) are not
+/// runs. A missing `dir` has no runs.
+fn load_rows(dir: &Path) -> Result<Vec<RunRow>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if !hidden && path.join("config.toml").is_file() {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths.iter().map(|p| load_row(p)).collect()
+}
+
+/// One run's row. Progress comes from whichever is newer, the latest checkpoint's state or
+/// `metrics.jsonl` (a live run logs more often than it checkpoints).
+fn load_row(path: &Path) -> Result<RunRow> {
+    let file = path.join("config.toml");
+    let config = Config::load(Some(&file), &[])
+        .with_context(|| format!("loading the run's config {}", file.display()))?;
+    let state = match checkpoint::list(path)?.pop() {
+        Some((_, dir)) => Some(checkpoint::load_state(&dir)?),
+        None => None,
+    };
+    // Metrics are optional here: a run may have been started and stopped before logging.
+    let series = Series::load(path).unwrap_or_default();
+    let last = series
+        .train
+        .last()
+        .filter(|p| Some(p.step) > state.as_ref().map(|s| s.step));
+    let (steps, tokens_seen, elapsed_s) = match (last, &state) {
+        (Some(p), _) => (Some(p.step), p.tokens_seen, p.elapsed_s),
+        (None, Some(s)) => (Some(s.step), Some(s.tokens_seen), Some(s.elapsed_s)),
+        (None, None) => (None, None, None),
+    };
+    let best_logged = series.best_eval().map(|e| e.val_loss);
+    let best_state = state.as_ref().and_then(|s| s.best_val_loss);
+    let best_val_loss = match (best_logged, best_state) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let baseline = baseline::load_report(path)?.map(|b| (b.order, b.val_bits_per_token));
+    Ok(RunRow {
+        name: config.run.name.clone(),
+        path: path.to_path_buf(),
+        params: param_count(&config.model),
+        steps,
+        tokens_seen,
+        elapsed_s,
+        best_val_loss,
+        baseline,
+        config: flatten(&config)?,
+    })
+}
+
+/// `section.key` → value rendered as TOML, for every key of the config.
+fn flatten(config: &Config) -> Result<BTreeMap<String, String>> {
+    let value = toml::Value::try_from(config).context("rendering the config as TOML")?;
+    let mut out = BTreeMap::new();
+    walk("", &value, &mut out);
+    Ok(out)
+}
+
+fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(&key, v, out);
+            }
+        }
+        v => {
+            out.insert(prefix.to_string(), v.to_string());
+        }
+    }
+}
+
+/// The keys whose values differ between runs, each with its value per run (`-` where a run's
+/// config lacks the key). `run.name` is left out: the names head the columns already.
+fn differences(rows: &[RunRow]) -> Vec<(String, Vec<String>)> {
+    let keys: std::collections::BTreeSet<&String> =
+        rows.iter().flat_map(|r| r.config.keys()).collect();
+    keys.into_iter()
+        .filter(|k| k.as_str() != "run.name")
+        .filter_map(|k| {
+            let vals: Vec<String> = rows
+                .iter()
+                .map(|r| r.config.get(k).cloned().unwrap_or_else(|| "-".into()))
+                .collect();
+            vals.iter()
+                .any(|v| v != &vals[0])
+                .then(|| (k.clone(), vals))
+        })
+        .collect()
+}
+
+fn opt<T>(x: Option<T>, f: impl Fn(T) -> String) -> String {
+    x.map_or_else(|| "-".into(), f)
+}
