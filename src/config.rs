@@ -349,18 +349,58 @@ impl Config {
         let t = &self.train;
         let d = &self.data;
         let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
-        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) || self.run.name == ".."
-        {
+        let name = &self.run.name;
+        // "." or ".." would make the run folder out_dir itself (or its parent): --overwrite
+        // would then delete every other run.
+        if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
             return bad(
                 "run.name",
-                format!("{:?} must be a plain folder name", self.run.name),
+                format!("{name:?} must be a plain folder name (not empty, no '/', not starting with '.')"),
             );
         }
-        if m.d_model == 0 || m.n_layers == 0 || m.n_heads == 0 || m.context == 0 {
-            return bad(
-                "model",
-                "d_model, n_layers, n_heads and context must all be > 0".into(),
-            );
+        for (key, v) in [
+            ("model.d_model", m.d_model),
+            ("model.n_layers", m.n_layers),
+            ("model.n_heads", m.n_heads),
+            ("model.context", m.context),
+            ("train.batch_size", t.batch_size),
+            ("train.grad_accum", t.grad_accum),
+        ] {
+            if v == 0 {
+                return bad(key, "must be > 0".into());
+            }
+        }
+        // Written as `!(x > 0)` so that NaN fails too.
+        for (key, v) in [
+            ("model.norm_eps", m.norm_eps),
+            ("model.rope_theta", m.rope_theta),
+            ("train.lr", t.lr),
+            ("train.eps", t.eps),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return bad(key, format!("{v} must be a positive number"));
+            }
+        }
+        for (key, v) in [
+            ("train.weight_decay", t.weight_decay),
+            ("train.grad_clip", t.grad_clip),
+            ("train.spike_zscore", t.spike_zscore),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(
+                    key,
+                    format!("{v} must be a number >= 0 (0 = off where it applies)"),
+                );
+            }
+        }
+        for (key, v) in [
+            ("model.dropout", m.dropout),
+            ("train.beta1", t.beta1),
+            ("train.beta2", t.beta2),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(key, format!("{v} is not in [0, 1)"));
+            }
         }
         if !m.d_model.is_multiple_of(m.n_heads) {
             return bad(
@@ -377,50 +417,17 @@ impl Config {
                 ),
             );
         }
-        if !(0.0..1.0).contains(&m.dropout) {
-            return bad("model.dropout", format!("{} is not in [0, 1)", m.dropout));
-        }
-        if m.norm_eps <= 0.0 || m.rope_theta <= 0.0 {
-            return bad(
-                "model.norm_eps",
-                "norm_eps and rope_theta must be > 0".into(),
-            );
-        }
-        if t.batch_size == 0 {
-            return bad("train.batch_size", "must be > 0".into());
-        }
-        if t.grad_accum == 0 {
-            return bad("train.grad_accum", "must be > 0".into());
-        }
         if t.max_steps == 0 && t.max_epochs == 0 {
             return bad(
                 "train.max_steps",
                 "set max_steps or max_epochs (both are 0, the run would never end)".into(),
             );
         }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return bad("train.lr", format!("{} must be a positive number", t.lr));
-        }
         if !(0.0..=t.lr).contains(&t.min_lr) {
             return bad(
                 "train.min_lr",
                 format!("{} must be in [0, lr = {}]", t.min_lr, t.lr),
             );
-        }
-        if t.weight_decay < 0.0 {
-            return bad(
-                "train.weight_decay",
-                format!("{} must be >= 0", t.weight_decay),
-            );
-        }
-        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
-            return bad(
-                "train.beta1",
-                format!("betas must be in [0, 1), got {} and {}", t.beta1, t.beta2),
-            );
-        }
-        if t.eps <= 0.0 || t.grad_clip < 0.0 {
-            return bad("train.eps", "eps must be > 0 and grad_clip >= 0".into());
         }
         if t.baseline_order > 8 {
             return bad(
@@ -430,12 +437,6 @@ impl Config {
         }
         if t.max_bad_steps == 0 {
             return bad("train.max_bad_steps", "must be >= 1".into());
-        }
-        if t.spike_zscore < 0.0 {
-            return bad(
-                "train.spike_zscore",
-                format!("{} must be >= 0 (0 = off)", t.spike_zscore),
-            );
         }
         if t.log_every == 0 {
             return bad("train.log_every", "must be > 0".into());

@@ -110,6 +110,15 @@ pub fn pick(logits: &[f32], temperature: f64, top_k: usize, top_p: f64, rng: &mu
 }
 
 pub fn run(opts: &SampleOptions) -> Result<Sample> {
+    if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
+        bail!(
+            "--temperature {} must be a number >= 0 (0 = greedy)",
+            opts.temperature
+        );
+    }
+    if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
+        bail!("--top-p {} must be in (0, 1] (1 = off)", opts.top_p);
+    }
     let device = crate::device::select(&opts.device)?;
     let loaded = restore::load_model(&opts.checkpoint, Pick::Best, &device)?;
     let context = loaded.config.model.context;
