@@ -147,20 +147,11 @@ fn checkpoint_round_trip_gives_identical_logits() {
     }
     let opt = AdamW::new(session.varmap_params(), hp).unwrap();
     let state = checkpoint::TrainState {
-        format_version: checkpoint::FORMAT_VERSION,
         step: 1,
         optimizer_steps: 1,
-        guard: Default::default(),
-        epoch: 0,
         batch_in_epoch: 1,
         tokens_seen: 10,
-        seed: 7,
-        best_val_loss: None,
-        best_step: None,
-        evals_since_best: 0,
-        last_val_loss: None,
-        elapsed_s: 0.0,
-        data_key: session.data_key.clone(),
+        ..checkpoint::TrainState::fresh(7, &session.data_key)
     };
     let ckpt = session.save_checkpoint(&state, &opt, false).unwrap();
     let loaded = restore::load_model(&ckpt, Pick::Latest, &Device::Cpu).unwrap();

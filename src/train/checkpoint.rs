@@ -68,6 +68,28 @@ pub struct TrainState {
     pub data_key: String,
 }
 
+impl TrainState {
+    /// The state of a run that has not taken a step yet.
+    pub fn fresh(seed: u64, data_key: &str) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            step: 0,
+            optimizer_steps: 0,
+            guard: Default::default(),
+            epoch: 0,
+            batch_in_epoch: 0,
+            tokens_seen: 0,
+            seed,
+            best_val_loss: None,
+            best_step: None,
+            evals_since_best: 0,
+            last_val_loss: None,
+            elapsed_s: 0.0,
+            data_key: data_key.to_string(),
+        }
+    }
+}
+
 pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }

@@ -2,13 +2,13 @@
 //! with evaluation, metrics, checkpoints and early stopping around it.
 
 use super::checkpoint::{self, TrainState};
-use super::guard::{GuardState, Verdict};
+use super::guard::Verdict;
 use super::metrics::MetricsLog;
 use super::optimizer::{self, AdamW, AdamWParams};
 use super::restore;
 use super::schedule::lr_at;
 use super::session::Session;
-use crate::data::batch::Batcher;
+use crate::data::batch::{Batch, Batcher};
 use crate::eval::{self, EvalResult};
 use crate::model::Mode;
 use crate::rng::Rng;
@@ -107,22 +107,7 @@ pub fn train(s: Session) -> Result<TrainSummary> {
                 .with_context(|| format!("restoring optimizer state from {}", dir.display()))?;
             state
         }
-        None => TrainState {
-            format_version: checkpoint::FORMAT_VERSION,
-            step: 0,
-            optimizer_steps: 0,
-            guard: GuardState::default(),
-            epoch: 0,
-            batch_in_epoch: 0,
-            tokens_seen: 0,
-            seed: cfg.run.seed,
-            best_val_loss: None,
-            best_step: None,
-            evals_since_best: 0,
-            last_val_loss: None,
-            elapsed_s: 0.0,
-            data_key: s.data_key.clone(),
-        },
+        None => TrainState::fresh(cfg.run.seed, &s.data_key),
     };
     let elapsed_before = state.elapsed_s;
     let mut log = MetricsLog::open(&s.run_dir, s.resume_from.as_ref().map(|_| state.step))?;
@@ -164,18 +149,7 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             break Stop::MaxEpochs;
         }
         let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
-        let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
-        let mut nll_total = 0.0f64;
-        for (k, batch) in micro.iter().enumerate() {
-            let mode = Mode::Train {
-                dropout_seed: Rng::derive(cfg.run.seed, &format!("dropout/{}/{k}", state.step))
-                    .next_u64(),
-            };
-            let nll = eval::loss_sum(&s.model, batch, &mode)?; // scalar: Σ over real targets
-            let scaled = (&nll / step_tokens.max(1) as f64)?;
-            optimizer::accumulate(&mut grads, opt.params(), &scaled.backward()?)?;
-            nll_total += nll.to_scalar::<f32>()? as f64;
-        }
+        let (mut nll_total, grads) = gradients(&s, &opt, &micro, state.step)?;
         if s.faults.nan_loss_at.contains(&(state.step + 1)) {
             nll_total = f64::NAN;
         }
@@ -318,6 +292,31 @@ pub fn train(s: Session) -> Result<TrainSummary> {
         wall_s,
         stopped_early: stop == Stop::Patience,
     })
+}
+
+/// Forward and backward over one step's micro-batches: returns Σ NLL over their real target
+/// tokens and the gradient of the step's mean loss (Σ NLL / all real tokens of the step), so
+/// accumulation averages over tokens, not over micro-batches.
+fn gradients(
+    s: &Session,
+    opt: &AdamW,
+    micro: &[Batch],
+    step: u64,
+) -> Result<(f64, Vec<Option<Tensor>>)> {
+    let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
+    let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
+    let mut nll_total = 0.0f64;
+    for (k, batch) in micro.iter().enumerate() {
+        // Dropout masks from (seed, step, micro-batch): a resumed run draws the same ones.
+        let mode = Mode::Train {
+            dropout_seed: Rng::derive(s.config.run.seed, &format!("dropout/{step}/{k}")).next_u64(),
+        };
+        let nll = eval::loss_sum(&s.model, batch, &mode)?; // scalar: Σ over real targets
+        let scaled = (&nll / step_tokens.max(1) as f64)?;
+        optimizer::accumulate(&mut grads, opt.params(), &scaled.backward()?)?;
+        nll_total += nll.to_scalar::<f32>()? as f64;
+    }
+    Ok((nll_total, grads))
 }
 
 /// Updates the best/patience bookkeeping; true when this evaluation is a new best.
