@@ -2,13 +2,13 @@
 //! tokens seen, one colour per run.
 
 use super::draw::{
-    baseline_label, draw_noisy, loss_range, run_name, write_atomic, Area, FONT, LOSS_DESC,
+    baseline_label, draw_hline, draw_legend, draw_noisy, loss_range, run_name, write_atomic, Area,
+    FONT, LOSS_DESC,
 };
 use super::series::{Series, BITS_PER_NAT};
 use super::text::human;
 use crate::baseline::{self, BaselineReport};
 use anyhow::{Context, Result};
-use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -158,23 +158,9 @@ fn panel(area: &Area, runs: &[Run], axis: Axis) -> Result<()> {
         if let Some(b) = &run.baseline {
             let bits = b.val_bits_per_token;
             let style = color.stroke_width(1);
-            chart
-                .draw_series(DashedLineSeries::new(
-                    [(0.0, bits), (x_end, bits)],
-                    8,
-                    6,
-                    style,
-                ))?
-                .label(format!("{} {}", run.name, baseline_label(b)))
-                .legend(move |(x, y)| DashedPathElement::new([(x, y), (x + 20, y)], 6, 3, style));
+            let label = format!("{} {}", run.name, baseline_label(b));
+            draw_hline(&mut chart, 0.0..x_end, bits, style, label)?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()?;
-    Ok(())
+    draw_legend(&mut chart)
 }

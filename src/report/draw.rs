@@ -7,6 +7,7 @@ use crate::config::Config;
 use anyhow::{Context, Result};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use std::ops::Range;
 use std::path::Path;
@@ -22,6 +23,38 @@ pub(crate) type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 /// A chart with plain numeric axes drawn into an [`Area`].
 pub(crate) type Chart<'a> =
     ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A dashed horizontal line at height `y` across `x` (a baseline), with a legend entry.
+pub(crate) fn draw_hline(
+    chart: &mut Chart,
+    x: Range<f64>,
+    y: f64,
+    style: ShapeStyle,
+    label: String,
+) -> Result<()> {
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(x.start, y), (x.end, y)],
+            8,
+            6,
+            style,
+        ))?
+        .label(label)
+        .legend(move |(x, y)| DashedPathElement::new([(x, y), (x + 20, y)], 6, 3, style));
+    Ok(())
+}
+
+/// The legend box every loss chart uses: upper right, over a translucent background.
+pub(crate) fn draw_legend(chart: &mut Chart) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()?;
+    Ok(())
+}
 
 /// The run's name from its `config.toml`, else the folder name.
 pub(crate) fn run_name(run_dir: &Path) -> String {

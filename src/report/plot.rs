@@ -2,14 +2,13 @@
 //! baseline, learning rate and throughput — drawn with plotters' pure-Rust SVG backend.
 
 use super::draw::{
-    baseline_label, draw_noisy, loss_range, off_scale_label, run_name, write_atomic, Area, BUCKETS,
-    FONT, LOSS_DESC, TRAIN_COLOR, VAL_COLOR,
+    baseline_label, draw_hline, draw_legend, draw_noisy, loss_range, off_scale_label, run_name,
+    write_atomic, Area, BUCKETS, FONT, LOSS_DESC, TRAIN_COLOR, VAL_COLOR,
 };
 use super::series::{envelope, tokens_at, Series, BITS_PER_NAT};
 use super::text::human;
 use crate::baseline::{self, BaselineReport};
 use anyhow::{Context, Result};
-use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -143,24 +142,9 @@ fn loss_panel(area: &Area, series: &Series, baseline: Option<&BaselineReport>) -
     if let Some(b) = baseline {
         let bits = b.val_bits_per_token;
         let style = BASELINE_COLOR.stroke_width(2);
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(x.start, bits), (x.end, bits)],
-                8,
-                6,
-                style,
-            ))?
-            .label(baseline_label(b))
-            .legend(move |(x, y)| DashedPathElement::new([(x, y), (x + 20, y)], 6, 3, style));
+        draw_hline(&mut chart, x.clone(), bits, style, baseline_label(b))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 /// Learning rates span decades: scientific notation, but a plain 0 at the origin.
