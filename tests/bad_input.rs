@@ -5,32 +5,16 @@
 
 mod common;
 
+use common::{assert_fails_with, lmtrain};
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn lmtrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lmtrain"))
-        .args(args)
-        .output()
-        .expect("run lmtrain")
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
-}
-
-/// Asserts a clean failure whose stderr mentions every one of `needles`.
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(err.contains("error"), "no error line: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
 }
 
 fn assert_succeeds(out: &Output) {

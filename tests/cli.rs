@@ -3,25 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn lmtrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lmtrain"))
-        .args(args)
-        .output()
-        .expect("run lmtrain")
-}
-
-/// Asserts a clean failure whose stderr mentions every one of `needles`.
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(err.contains("error"), "no error line: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
-}
+use common::{assert_fails_with, lmtrain};
 
 #[test]
 fn unknown_config_key_is_named() {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A fresh, empty folder under the system temp dir, unique per call.
@@ -61,4 +62,23 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("config.toml");
     std::fs::write(&p, text).expect("write config");
     p
+}
+
+/// Runs the lmtrain binary built for the tests.
+pub fn lmtrain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+        .args(args)
+        .output()
+        .expect("run lmtrain")
+}
+
+/// Asserts a clean failure whose stderr mentions every one of `needles`.
+pub fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains("error"), "no error line: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
 }
