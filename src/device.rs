@@ -67,3 +67,17 @@ pub fn describe(device: &Device) -> String {
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
+
+/// Uses `n` CPU threads (0 = leave the default: the machine's physical cores). Must run before
+/// any tensor work: candle sizes its matmul parallelism from `RAYON_NUM_THREADS` and the
+/// element-wise kernels run on rayon's global pool, which is built once.
+pub fn set_cpu_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .context("setting the CPU thread count (the thread pool was already started)")
+}

@@ -5,6 +5,7 @@
 //! `sample` read checkpoints. Nothing downstream reaches back upstream.
 
 pub mod baseline;
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;

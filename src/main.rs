@@ -34,6 +34,8 @@ enum Command {
     Plot(PlotArgs),
     /// A table of the runs in a folder: size, progress, best val loss, baseline, config differences.
     Runs(RunsArgs),
+    /// Training throughput of the reference GPT (flags and JSON as ../shared/bench/ref_gpt.py).
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -157,6 +159,43 @@ struct RunsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// The flags of `ref_gpt.py`, so one command line drives both programs.
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, default_value_t = 5000)]
+    vocab: usize,
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 128)]
+    ctx: usize,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps first (allocator and caches warm up).
+    #[arg(long, default_value_t = 3)]
+    warmup_steps: usize,
+    /// CPU threads for matmuls and kernels (0 = the machine's physical cores).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Train on this corpus (line format) instead of random tokens.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Also report median forward / backward / clip / optimizer milliseconds.
+    #[arg(long)]
+    profile: bool,
+    /// cpu (default, as the reference), cuda, cuda:N, metal or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn main() -> ExitCode {
@@ -305,6 +344,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", report::runs_table(&a.dir)?);
             }
+        }
+        Command::Bench(a) => {
+            lmtrain::device::set_cpu_threads(a.threads)?;
+            let out = lmtrain::bench::run(&lmtrain::bench::BenchOptions {
+                vocab: a.vocab,
+                d_model: a.d_model,
+                layers: a.layers,
+                heads: a.heads,
+                ctx: a.ctx,
+                batch: a.batch,
+                steps: a.steps,
+                warmup_steps: a.warmup_steps,
+                threads: a.threads,
+                seed: a.seed,
+                data: a.data,
+                profile: a.profile,
+                device: a.device,
+            })?;
+            println!("{out}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -71,6 +71,11 @@ impl Gpt {
         &self.cfg
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> candle_core::Device {
+        self.tok_emb.device().clone()
+    }
+
     /// `ids (B, T)` u32, `key_mask (B, T)` f32 with 1.0 = real token and 0.0 = pad (`None` =
     /// all real) → logits `(B, T, V)` in the model's dtype. Pad keys are invisible to every
     /// query; pad query rows still produce (meaningless, finite) logits for the loss to mask.

@@ -12,6 +12,7 @@ pub mod optimizer;
 pub mod restore;
 pub mod schedule;
 pub mod session;
+pub mod step;
 pub mod trainer;
 
 pub use session::{Faults, Session, TrainOptions};

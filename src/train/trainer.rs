@@ -4,16 +4,14 @@
 use super::checkpoint::{self, TrainState};
 use super::guard::Verdict;
 use super::metrics::MetricsLog;
-use super::optimizer::{self, AdamW, AdamWParams};
+use super::optimizer::{AdamW, AdamWParams};
 use super::restore;
 use super::schedule::lr_at;
 use super::session::Session;
-use crate::data::batch::{Batch, Batcher};
+use super::step;
+use crate::data::batch::Batcher;
 use crate::eval::{self, EvalResult};
-use crate::model::Mode;
-use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::PathBuf;
@@ -149,16 +147,17 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             break Stop::MaxEpochs;
         }
         let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
-        let (mut nll_total, grads) = gradients(&s, &opt, &micro, state.step)?;
+        let (mut nll_total, grads) =
+            step::gradients(&s.model, &opt, &micro, cfg.run.seed, state.step, None)?;
         if s.faults.nan_loss_at.contains(&(state.step + 1)) {
             nll_total = f64::NAN;
         }
-        let norm = optimizer::global_norm(&grads)?;
+        let norm = step::grad_norm(&grads, &s.device, None)?;
         let lr = lr_at(state.step, t.lr, t.min_lr, t.warmup_steps, decay_end);
         let loss = nll_total / step_tokens.max(1) as f64;
         match state.guard.judge(loss, norm, t.spike_zscore) {
             Verdict::Apply => {
-                opt.step(&grads, lr, optimizer::clip_factor(norm, t.grad_clip))?;
+                step::update(&mut opt, &grads, norm, lr, t.grad_clip, &s.device, None)?;
                 state.optimizer_steps += 1;
                 window_loss += nll_total;
                 window_tokens += step_tokens as u64;
@@ -292,31 +291,6 @@ pub fn train(s: Session) -> Result<TrainSummary> {
         wall_s,
         stopped_early: stop == Stop::Patience,
     })
-}
-
-/// Forward and backward over one step's micro-batches: returns Σ NLL over their real target
-/// tokens and the gradient of the step's mean loss (Σ NLL / all real tokens of the step), so
-/// accumulation averages over tokens, not over micro-batches.
-fn gradients(
-    s: &Session,
-    opt: &AdamW,
-    micro: &[Batch],
-    step: u64,
-) -> Result<(f64, Vec<Option<Tensor>>)> {
-    let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
-    let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
-    let mut nll_total = 0.0f64;
-    for (k, batch) in micro.iter().enumerate() {
-        // Dropout masks from (seed, step, micro-batch): a resumed run draws the same ones.
-        let mode = Mode::Train {
-            dropout_seed: Rng::derive(s.config.run.seed, &format!("dropout/{step}/{k}")).next_u64(),
-        };
-        let nll = eval::loss_sum(&s.model, batch, &mode)?; // scalar: Σ over real targets
-        let scaled = (&nll / step_tokens.max(1) as f64)?;
-        optimizer::accumulate(&mut grads, opt.params(), &scaled.backward()?)?;
-        nll_total += nll.to_scalar::<f32>()? as f64;
-    }
-    Ok((nll_total, grads))
 }
 
 /// Updates the best/patience bookkeeping; true when this evaluation is a new best.

@@ -1,0 +1,311 @@
+//! `lmtrain bench`: the throughput benchmark twinned with `../shared/bench/ref_gpt.py`.
+//!
+//! Same flags, same model (learned positions, LayerNorm, 4× GELU MLP, biases, head tied to the
+//! embedding, GPT-2 init), same optimizer (AdamW 3e-4, β 0.9/0.95, wd 0.1 on matrices, clip 1.0),
+//! same batches (drawn with the reference's SplitMix64 stream), and the same JSON keys. The step
+//! runs through [`crate::train::step`], the code `train` runs: there is no benchmark-only path.
+//!
+//! Tokens are counted as the reference does: non-pad targets of the timed steps (warm-up steps
+//! excluded). `cpu_util` is process CPU seconds / wall seconds over the timed steps.
+
+use crate::config::{Mlp, ModelConfig, Norm, Positions};
+use crate::data::batch::Batch;
+use crate::model::{self, Gpt};
+use crate::train::optimizer::{AdamW, AdamWParams};
+use crate::train::step::{self, Phases};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The reference's fixed hyperparameters.
+const LR: f64 = 3e-4;
+const CLIP: f64 = 1.0;
+const ADAMW: AdamWParams = AdamWParams {
+    beta1: 0.9,
+    beta2: 0.95,
+    eps: 1e-8,
+    weight_decay: 0.1,
+};
+const PAD: u32 = 0;
+const UNK: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub vocab: usize,
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub ctx: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub warmup_steps: usize,
+    pub threads: usize,
+    pub seed: u64,
+    pub data: Option<PathBuf>,
+    pub profile: bool,
+    pub device: String,
+}
+
+/// The reference's SplitMix64 with its `below(n) = next % n` (our `Rng::below` maps ranges
+/// differently, so the batches would not match).
+struct RefRng(crate::rng::Rng);
+
+impl RefRng {
+    fn below(&mut self, n: usize) -> usize {
+        (self.0.next_u64() % n as u64) as usize
+    }
+}
+
+/// Sequences of ids by the reference's `load_data`: 0 = pad, 1 = unk, then tokens by descending
+/// frequency (ties by first appearance), capped at `vocab_cap` entries; sequences shorter than 2
+/// dropped. Returns the sequences and the vocabulary size.
+pub fn load_reference_data(
+    path: &std::path::Path,
+    vocab_cap: usize,
+) -> Result<(Vec<Vec<u32>>, usize)> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading {}: give a corpus in the line format",
+            path.display()
+        )
+    })?;
+    let mut lines: Vec<Vec<&str>> = Vec::new();
+    let mut freq: HashMap<&str, (usize, usize)> = HashMap::new(); // token -> (count, first seen)
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let toks: Vec<&str> = line.split("  ").filter(|t| !t.is_empty()).collect();
+        for t in &toks {
+            let next = freq.len();
+            freq.entry(t).or_insert((0, next)).0 += 1;
+        }
+        lines.push(toks);
+    }
+    let mut ranked: Vec<(&str, (usize, usize))> = freq.into_iter().collect();
+    ranked.sort_by_key(|&(_, (count, first))| (std::cmp::Reverse(count), first));
+    if vocab_cap > 0 {
+        ranked.truncate(vocab_cap.saturating_sub(2));
+    }
+    let stoi: HashMap<&str, u32> = ranked
+        .iter()
+        .enumerate()
+        .map(|(i, (t, _))| (*t, i as u32 + 2))
+        .collect();
+    let seqs: Vec<Vec<u32>> = lines
+        .iter()
+        .map(|toks| {
+            toks.iter()
+                .map(|t| *stoi.get(t).unwrap_or(&UNK))
+                .collect::<Vec<u32>>()
+        })
+        .filter(|s| s.len() >= 2)
+        .collect();
+    if seqs.is_empty() {
+        bail!("{}: no line with two or more tokens", path.display());
+    }
+    Ok((seqs, stoi.len() + 2))
+}
+
+/// The reference's `make_batch`: random tokens in `1..vocab` (`T = ctx`), or random corpus lines
+/// cut to `ctx + 1` tokens and right-padded to the longest.
+fn make_batch(
+    rng: &mut RefRng,
+    o: &BenchOptions,
+    vocab: usize,
+    seqs: Option<&[Vec<u32>]>,
+    device: &Device,
+) -> Result<Batch> {
+    let (b, t) = (o.batch, o.ctx);
+    let rows: Vec<Vec<u32>> = match seqs {
+        None => (0..b)
+            .map(|_| (0..=t).map(|_| 1 + rng.below(vocab - 1) as u32).collect())
+            .collect(),
+        Some(seqs) => (0..b)
+            .map(|_| {
+                let s = &seqs[rng.below(seqs.len())];
+                s[..s.len().min(t + 1)].to_vec()
+            })
+            .collect(),
+    };
+    let len = rows.iter().map(Vec::len).max().unwrap_or(2) - 1; // L ≤ ctx
+    let (mut ids, mut targets, mut mask) =
+        (vec![PAD; b * len], vec![PAD; b * len], vec![0f32; b * len]);
+    let mut n_tokens = 0;
+    for (r, row) in rows.iter().enumerate() {
+        let n = row.len() - 1;
+        ids[r * len..r * len + n].copy_from_slice(&row[..n]);
+        targets[r * len..r * len + n].copy_from_slice(&row[1..]);
+        for (k, m) in mask[r * len..r * len + n].iter_mut().enumerate() {
+            // A pad id inside a line is not a target, as with the reference's ignore_index.
+            *m = if row[k + 1] == PAD { 0.0 } else { 1.0 };
+        }
+        n_tokens += row[1..].iter().filter(|&&x| x != PAD).count();
+    }
+    Ok(Batch {
+        ids: Tensor::from_vec(ids, (b, len), device)?,
+        targets: Tensor::from_vec(targets, (b, len), device)?,
+        mask: Tensor::from_vec(mask, (b, len), device)?,
+        n_tokens,
+        n_slots: b * len,
+    })
+}
+
+/// The reference architecture at the given sizes.
+pub fn reference_model(vocab: usize, o: &BenchOptions) -> ModelConfig {
+    ModelConfig {
+        vocab_size: vocab,
+        d_model: o.d_model,
+        n_layers: o.layers,
+        n_heads: o.heads,
+        context: o.ctx,
+        d_ff: 0,
+        dropout: 0.0,
+        positions: Positions::Learned,
+        norm: Norm::LayerNorm,
+        mlp: Mlp::Gelu,
+        bias: true,
+        tie_embeddings: true,
+        norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+    }
+}
+
+/// Process CPU time (user + system, all threads), seconds.
+fn cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Peak resident set size of this process, MiB (Linux reports kB).
+pub fn peak_rss_mb() -> f64 {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs the benchmark and returns its JSON line (progress per step goes to stderr, as the
+/// reference's does).
+pub fn run(o: &BenchOptions) -> Result<Value> {
+    if o.batch == 0 || o.ctx == 0 || o.steps == 0 || o.heads == 0 || o.d_model % o.heads != 0 {
+        bail!("bench: --batch, --ctx, --steps must be > 0 and --heads must divide --d-model");
+    }
+    let device = crate::device::select(&o.device)?;
+    let (seqs, vocab) = match &o.data {
+        Some(path) => {
+            let (s, v) = load_reference_data(path, o.vocab)?;
+            (Some(s), v)
+        }
+        None => (None, o.vocab),
+    };
+    if vocab < 2 {
+        bail!("bench: --vocab must be at least 2");
+    }
+    let cfg = reference_model(vocab, o);
+    let (varmap, model): (_, Gpt) = model::init_model(&cfg, o.seed, &device)?;
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut opt = AdamW::new(vars, ADAMW)?;
+    let mut rng = RefRng(crate::rng::Rng::new(o.seed));
+    let (mut step_ms, mut losses) = (Vec::new(), Vec::new());
+    let mut phases: Vec<Phases> = Vec::new();
+    let (mut tokens, mut timed_s, mut cpu_s) = (0usize, 0.0f64, 0.0f64);
+    for i in 0..o.warmup_steps + o.steps {
+        let batch = make_batch(&mut rng, o, vocab, seqs.as_deref(), &device)?;
+        let mut ph = Phases::default();
+        let want = o.profile.then_some(&mut ph);
+        device.synchronize()?;
+        let (c0, t0) = (cpu_seconds(), Instant::now());
+        let (nll, grads) = step::gradients(
+            &model,
+            &opt,
+            std::slice::from_ref(&batch),
+            o.seed,
+            i as u64,
+            want,
+        )?;
+        let norm = step::grad_norm(&grads, &device, o.profile.then_some(&mut ph))?;
+        step::update(
+            &mut opt,
+            &grads,
+            norm,
+            LR,
+            CLIP,
+            &device,
+            o.profile.then_some(&mut ph),
+        )?;
+        device.synchronize()?;
+        let (dt, dc) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+        let loss = nll / batch.n_tokens.max(1) as f64;
+        losses.push(loss);
+        if i >= o.warmup_steps {
+            timed_s += dt;
+            cpu_s += dc;
+            tokens += batch.n_tokens;
+            step_ms.push(dt * 1e3);
+            phases.push(ph);
+        }
+        eprintln!(
+            "step {i} loss {loss:.4} ntok {} ms {:.1}",
+            batch.n_tokens,
+            dt * 1e3
+        );
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let mut out = json!({
+        "impl": "lmtrain",
+        "device": crate::device::describe(&device),
+        "dtype": "f32",
+        "threads": threads,
+        "tokens_per_s": if timed_s > 0.0 { tokens as f64 / timed_s } else { 0.0 },
+        "step_ms_median": median(&step_ms),
+        "cpu_util": if timed_s > 0.0 { cpu_s / timed_s } else { 0.0 },
+        "tokens_per_cpu_s": if cpu_s > 0.0 { tokens as f64 / cpu_s } else { 0.0 },
+        "params": model::param_count(&cfg),
+        "vocab": vocab,
+        "first_loss": losses.first().copied().unwrap_or(f64::NAN),
+        "final_loss": losses.last().copied().unwrap_or(f64::NAN),
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    if o.profile {
+        let pick = |f: fn(&Phases) -> f64| median(&phases.iter().map(f).collect::<Vec<_>>());
+        out["fwd_ms_median"] = json!(pick(|p| p.forward_ms));
+        out["bwd_ms_median"] = json!(pick(|p| p.backward_ms));
+        out["clip_ms_median"] = json!(pick(|p| p.clip_ms));
+        out["opt_ms_median"] = json!(pick(|p| p.optimizer_ms));
+    }
+    Ok(out)
+}
