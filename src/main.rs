@@ -7,6 +7,12 @@ use lmtrain::{baseline, data, eval, report, sample, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc keeps freed pages for reuse: the training step allocates and frees the same large
+/// activation buffers every step, and glibc's malloc returned them to the kernel and faulted
+/// them back in (page faults were ~30% of CPU time; see docs/perf-log.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "lmtrain",

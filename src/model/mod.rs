@@ -52,6 +52,7 @@ pub mod init;
 pub mod loss;
 pub mod mlp;
 pub mod norm;
+pub mod ops;
 pub mod positions;
 
 pub use attention::KvCache;
