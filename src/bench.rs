@@ -215,7 +215,12 @@ fn median(xs: &[f64]) -> f64 {
 /// Runs the benchmark and returns its JSON line (progress per step goes to stderr, as the
 /// reference's does).
 pub fn run(o: &BenchOptions) -> Result<Value> {
-    if o.batch == 0 || o.ctx == 0 || o.steps == 0 || o.heads == 0 || o.d_model % o.heads != 0 {
+    if o.batch == 0
+        || o.ctx == 0
+        || o.steps == 0
+        || o.heads == 0
+        || !o.d_model.is_multiple_of(o.heads)
+    {
         bail!("bench: --batch, --ctx, --steps must be > 0 and --heads must divide --d-model");
     }
     let device = crate::device::select(&o.device)?;

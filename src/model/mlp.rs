@@ -7,8 +7,8 @@ use candle_nn::{Linear, VarBuilder};
 
 /// GELU: `proj(gelu(fc(x)))` with `fc.weight (F, C)`, `proj.weight (C, F)`.
 /// SwiGLU: `proj(silu(gate(x)) * up(x))` with `gate.weight`, `up.weight (F, C)`,
-/// `proj.weight (C, F)`. GELU is the tanh approximation (`Tensor::gelu`), as in GPT-2; both it
-/// and `silu` are unary ops with a backward in candle-core.
+/// `proj.weight (C, F)`. GELU is the tanh approximation, as in GPT-2 (a fused op on the CPU,
+/// `Tensor::gelu` elsewhere); `silu` is a candle unary op with a backward.
 #[derive(Debug, Clone)]
 pub enum FeedForward {
     Gelu {
@@ -42,7 +42,7 @@ impl FeedForward {
     /// `x (B, T, C)` → `(B, T, C)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Gelu { fc, proj } => proj.forward(&fc.forward(x)?.gelu()?), // (B, T, F) -> (B, T, C)
+            Self::Gelu { fc, proj } => proj.forward(&super::ops::gelu::gelu_tanh(&fc.forward(x)?)?), // (B, T, F) -> (B, T, C)
             Self::SwiGlu { gate, up, proj } => {
                 let hidden = (gate.forward(x)?.silu()? * up.forward(x)?)?; // (B, T, F)
                 proj.forward(&hidden) // (B, T, C)

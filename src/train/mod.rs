@@ -5,6 +5,7 @@
 //! what a run leaves on disk, and `restore` reads checkpoints back.
 
 pub mod checkpoint;
+mod fused_adamw;
 pub mod guard;
 pub mod manifest;
 pub mod metrics;

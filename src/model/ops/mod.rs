@@ -27,3 +27,26 @@ fn composed_forced() -> bool {
     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| std::env::var("LMTRAIN_COMPOSED").is_ok_and(|v| v == "1"))
 }
+
+/// The contiguous `f32` slice a CPU storage holds under `layout`; an error naming `op` for any
+/// other dtype or a strided layout (callers make their inputs contiguous first).
+pub(crate) fn f32_slice<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(data) = storage else {
+        candle_core::bail!(
+            "{op}: expected f32, got {:?}",
+            candle_core::backend::BackendStorage::dtype(storage)
+        )
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: expected a contiguous tensor"),
+    }
+}
+
+/// Rows per rayon task in the element-wise kernels: large enough that scheduling costs nothing
+/// next to the work, small enough that two or more threads share a (B·T, C) activation.
+pub(crate) const CHUNK: usize = 16 * 1024;
