@@ -304,7 +304,17 @@ pub fn run(o: &BenchOptions) -> Result<Value> {
         "first_loss": losses.first().copied().unwrap_or(f64::NAN),
         "final_loss": losses.last().copied().unwrap_or(f64::NAN),
         "peak_rss_mb": peak_rss_mb(),
+        "losses": losses,
     });
+    if let Some(peak) = crate::train::mfu::device_peak(&device) {
+        let per_token = crate::train::mfu::flops_per_token(&cfg);
+        out["gpu"] = json!(peak.gpu);
+        out["mfu"] = json!(crate::train::mfu::mfu(
+            out["tokens_per_s"].as_f64().unwrap_or(0.0),
+            per_token,
+            peak.tflops
+        ));
+    }
     if o.profile {
         let pick = |f: fn(&Phases) -> f64| median(&phases.iter().map(f).collect::<Vec<_>>());
         out["fwd_ms_median"] = json!(pick(|p| p.forward_ms));

@@ -198,7 +198,9 @@ pub struct TrainConfig {
     /// Skip the update of a step whose loss lies more than this many standard deviations above
     /// the last 100 steps' losses (llm.c's outlier guard); `0` = off.
     pub spike_zscore: f64,
-    /// Compute dtype; only `f32` for now.
+    /// Compute dtype: `f32`, or `bf16` on a GPU — mixed precision: matmuls and activations in
+    /// bf16, master weights, gradients, optimizer state, norms, softmax statistics and the loss
+    /// in f32. Refused on the CPU, whose matmul (candle 0.11) has no bf16 kernel.
     pub dtype: String,
 }
 
@@ -441,10 +443,13 @@ impl Config {
         if t.log_every == 0 {
             return bad("train.log_every", "must be > 0".into());
         }
-        if t.dtype != "f32" {
+        if t.dtype != "f32" && t.dtype != "bf16" {
             return bad(
                 "train.dtype",
-                format!("{:?} is not supported yet; use \"f32\"", t.dtype),
+                format!(
+                    "{:?} is not a compute dtype lmtrain trains in: use \"f32\", or \"bf16\" on a GPU (f16 would need loss scaling)",
+                    t.dtype
+                ),
             );
         }
         if d.val_file.as_os_str().is_empty() && !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {

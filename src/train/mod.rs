@@ -9,6 +9,7 @@ mod fused_adamw;
 pub mod guard;
 pub mod manifest;
 pub mod metrics;
+pub mod mfu;
 pub mod optimizer;
 pub mod restore;
 pub mod schedule;

@@ -4,6 +4,7 @@
 use super::checkpoint::{self, TrainState};
 use super::guard::Verdict;
 use super::metrics::MetricsLog;
+use super::mfu;
 use super::optimizer::{AdamW, AdamWParams};
 use super::restore;
 use super::schedule::lr_at;
@@ -116,6 +117,21 @@ pub fn train(s: Session) -> Result<TrainSummary> {
         total_steps
     };
     let val_plan = s.val_plan();
+    // MFU only on a GPU whose peak is known (see mfu.rs); the lookup runs nvidia-smi once.
+    let peak = mfu::device_peak(&s.device);
+    let flops_per_token = mfu::flops_per_token(&cfg.model);
+    if s.device.is_cuda() && !s.quiet {
+        match &peak {
+            Some(p) => eprintln!(
+                "mfu: against the {} peak of {} TFLOP/s (dense bf16)",
+                p.gpu, p.tflops
+            ),
+            None => eprintln!(
+                "mfu: unknown peak for {} (not in the table of src/train/mfu.rs); tokens/s only",
+                mfu::gpu_name(&s.device).unwrap_or_else(|| "this GPU".into())
+            ),
+        }
+    }
     let mut cursor = Cursor::new(&s.train_batcher, state.epoch, state.batch_in_epoch);
 
     let progress = Progress::new(total_steps, state.step, s.quiet);
@@ -195,15 +211,22 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             let secs = window_start.elapsed().as_secs_f64().max(1e-9);
             let tok_s = window_tokens as f64 / secs;
             final_train_loss = window_loss / window_tokens.max(1) as f64;
+            let util = peak
+                .as_ref()
+                .map(|p| mfu::mfu(tok_s, flops_per_token, p.tflops));
+            let util_text = util
+                .map(|u| format!(" mfu {:.1}%", 100.0 * u))
+                .unwrap_or_default();
             log.write(&json!({
                 "kind": "train", "step": state.step, "loss": final_train_loss, "step_loss": loss,
                 "optimizer_steps": state.optimizer_steps,
-                "lr": lr, "grad_norm": norm, "tokens_per_s": tok_s, "tokens_seen": state.tokens_seen,
+                "lr": lr, "grad_norm": norm, "tokens_per_s": tok_s, "mfu": util,
+                "tokens_seen": state.tokens_seen,
                 "epoch": state.epoch, "step_ms": 1000.0 * secs / window_steps as f64,
                 "elapsed_s": elapsed_before + started.elapsed().as_secs_f64(),
             }))?;
             bar.set_message(format!(
-                "loss {final_train_loss:.4} lr {lr:.2e} {:.0} tok/s{}",
+                "loss {final_train_loss:.4} lr {lr:.2e} {:.0} tok/s{util_text}{}",
                 tok_s,
                 state
                     .last_val_loss
@@ -212,7 +235,7 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             ));
             if progress.plain && state.step % (total_steps / 10).max(1) < t.log_every {
                 // No terminal (CI, a log file): a plain line every ~10% instead of the bar.
-                progress.say(format!("step {:>6}/{total_steps}  loss {final_train_loss:.4}  lr {lr:.2e}  {tok_s:.0} tok/s", state.step));
+                progress.say(format!("step {:>6}/{total_steps}  loss {final_train_loss:.4}  lr {lr:.2e}  {tok_s:.0} tok/s{util_text}", state.step));
             }
             (window_loss, window_tokens, window_steps) = (0.0, 0, 0);
             window_start = Instant::now();

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the CUDA binary here and packs what scripts/gpu-check.sh needs into the git-ignored
+# gpu/ folder: the binary, the PyTorch reference and the PKU training text (when present).
+#
+#   scripts/gpu-pack.sh        then, on the GPU machine: scripts/gpu-check.sh OUT_DIR
+#
+# The build: x86-64 Linux, glibc >= 2.34 (this machine's), CUDA 13.0 from PyPI wheels
+# (scripts/install-cuda-toolkit.sh --full), compute capability 9.0 (H100/H200), target folder
+# ~/.cache/lmtrain/target-cuda so later builds are incremental.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fetch --quiet
+eval "$(scripts/install-cuda-toolkit.sh --full)"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/lmtrain/target-cuda}
+cargo build --release --features cuda
+mkdir -p gpu
+cp "$CARGO_TARGET_DIR/release/lmtrain" gpu/lmtrain
+cp ../shared/bench/ref_gpt.py gpu/ref_gpt.py
+if [ -f ../shared/data/pku/train.txt ]; then
+    cp ../shared/data/pku/train.txt gpu/pku-train.txt
+else
+    echo "note: ../shared/data/pku/train.txt absent: gpu-check.sh will skip the PKU runs" >&2
+fi
+ls -la gpu/
+echo "ready: run scripts/gpu-check.sh OUT_DIR on the GPU machine (carry: gpu)" >&2
