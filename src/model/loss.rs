@@ -1,7 +1,7 @@
 //! Masked token-level cross-entropy.
 
-use super::compute_dtype;
-use candle_core::{Result, Tensor, D};
+use super::ops::cross_entropy;
+use candle_core::{Result, Tensor};
 
 /// `logits (B, T, V)`, `targets (B, T)` u32, `mask (B, T)` (1.0 = real target, 0.0 = pad) →
 /// the SUM over real positions of `-log p(target)`, a scalar (f32 for f32 / half logits, f64
@@ -11,13 +11,11 @@ use candle_core::{Result, Tensor, D};
 /// Pad positions contribute nothing to the value or the gradient: their terms are multiplied by
 /// 0 (logits must still be finite, which the model guarantees). Their target ids are still used
 /// to gather, so they must be valid ids (the pad id is).
+///
+/// f32 on the CPU runs the fused kernel of [`cross_entropy`]; everything else the composed ops
+/// ([`cross_entropy::masked_nll_sum_composed`]).
 pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let logits = logits.to_dtype(compute_dtype(logits.dtype()))?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?; // (B, T, V)
-    let picked = log_probs.gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?; // (B, T, 1)
-    let picked = picked.squeeze(D::Minus1)?; // (B, T)
-    let mask = mask.to_dtype(picked.dtype())?;
-    (picked * mask)?.sum_all()?.neg()
+    cross_entropy::masked_nll_sum(logits, targets, mask)
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! LayerNorm and RMSNorm over the last dimension, written with plain differentiable ops.
+//! LayerNorm and RMSNorm over the last dimension, with a backward pass on every path.
 //!
 //! `candle_nn::ops::{layer_norm, rms_norm}` and the `candle_nn::{LayerNorm, RmsNorm}` modules
-//! run fused kernels without a backward pass, so gradients through them would silently vanish.
+//! run fused kernels without a backward pass, so gradients through them would silently vanish;
+//! the math lives in [`super::ops::layer_norm`] (fused CPU kernels and the composed fallback).
 
-use super::compute_dtype;
+use super::ops::layer_norm;
 use crate::config::{self, ModelConfig};
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// `weight (C)` gain, plus `bias (C)` for LayerNorm when `cfg.bias`.
@@ -37,19 +38,15 @@ impl Norm {
     /// `x (.., C) -> (.., C)`.
     /// LayerNorm: `(x - mean) / sqrt(var + eps) * weight + bias` (biased variance, as PyTorch);
     /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`.
+    ///
+    /// f32 on the CPU runs the fused kernels of [`layer_norm`](super::ops::layer_norm); every
+    /// other device and dtype (f64, half precision) the composed ops.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(compute_dtype(dtype))?;
-        let x = match self.kind {
-            config::Norm::LayerNorm => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?, // (.., C)
-            config::Norm::RmsNorm => x,
-        };
-        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?; // (.., 1)
-        let x = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?; // (.., C)
-        let x = x.to_dtype(dtype)?.broadcast_mul(&self.weight)?;
-        match &self.bias {
-            Some(b) => x.broadcast_add(b),
-            None => Ok(x),
+        match self.kind {
+            config::Norm::LayerNorm => {
+                layer_norm::layer_norm(x, &self.weight, self.bias.as_ref(), self.eps)
+            }
+            config::Norm::RmsNorm => layer_norm::rms_norm(x, &self.weight, self.eps),
         }
     }
 }
