@@ -4,7 +4,7 @@
 //! parameter per step. These in-place ops compute the same arithmetic (same order of
 //! operations on the same values, in f32) while overwriting `m`, `v` and the weights.
 
-use crate::model::ops::{f32_slice, CHUNK};
+use crate::model::ops::{contiguous, CHUNK};
 use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
 
@@ -42,7 +42,7 @@ impl InplaceOp2 for Moment {
         l2: &Layout,
     ) -> Result<()> {
         let m = f32_slice_mut(s1, l1, self.name())?;
-        let g = f32_slice(s2, l2, self.name())?;
+        let g = contiguous::<f32>(s2, l2, self.name())?;
         if m.len() != g.len() {
             bail!("{}: moment and gradient differ in size", self.name())
         }
@@ -85,8 +85,8 @@ impl InplaceOp3 for Apply {
     ) -> Result<()> {
         let w = f32_slice_mut(s1, l1, self.name())?;
         let (m, v) = (
-            f32_slice(s2, l2, self.name())?,
-            f32_slice(s3, l3, self.name())?,
+            contiguous::<f32>(s2, l2, self.name())?,
+            contiguous::<f32>(s3, l3, self.name())?,
         );
         if w.len() != m.len() || w.len() != v.len() {
             bail!("{}: weight and moments differ in size", self.name())

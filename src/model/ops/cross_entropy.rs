@@ -7,12 +7,9 @@
 //! recomputing the softmax from the row's saved log-sum-exp. Pad rows (mask 0) are skipped on
 //! both passes.
 
-use super::fused_enabled;
+use super::{contiguous, fused_enabled, sum_lanes};
 use crate::model::compute_dtype;
-use candle_core::backend::BackendStorage;
-use candle_core::{
-    bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, D,
-};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
@@ -206,30 +203,10 @@ fn inputs<'a>(
     Ok((logits, targets, per_row, n, v))
 }
 
-/// The data of a contiguous CPU tensor of dtype `T`, or an error.
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    if s.dtype() != T::DTYPE {
-        bail!("{what}: expected {:?}, got {:?}", T::DTYPE, s.dtype())
-    }
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("{what}: expected a contiguous tensor")
-    };
-    Ok(&s.as_slice::<T>()?[start..end])
-}
-
-/// `log Σ exp(row)`, stable: the max is subtracted before exponentiating. The sum is kept in
-/// eight lanes, which is both more accurate than one running sum and friendlier to the CPU.
+/// `log Σ exp(row)`, stable: the max is subtracted before exponentiating.
 fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut lanes = [0f32; 8];
-    let chunks = row.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&x| (x - max).exp()).sum();
-    for chunk in chunks {
-        for (acc, &x) in lanes.iter_mut().zip(chunk) {
-            *acc += (x - max).exp();
-        }
-    }
-    max + (lanes.iter().sum::<f32>() + tail).ln()
+    max + sum_lanes(row, |x| (x - max).exp()).ln()
 }
 
 /// Rows per rayon task: about 16k elements, so small vocabularies do not drown in scheduling.

@@ -4,7 +4,7 @@
 //! the `(B, T, 4C)` MLP activation, each a fresh buffer. Here forward and backward are one pass
 //! each, in parallel chunks.
 
-use super::{f32_slice, fused_enabled, CHUNK};
+use super::{contiguous, fused_enabled, CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -44,7 +44,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let x = contiguous::<f32>(s, l, self.name())?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
@@ -76,8 +76,8 @@ impl CustomOp2 for GeluBackward {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, dy) = (
-            f32_slice(s1, l1, self.name())?,
-            f32_slice(s2, l2, self.name())?,
+            contiguous::<f32>(s1, l1, self.name())?,
+            contiguous::<f32>(s2, l2, self.name())?,
         );
         if x.len() != dy.len() {
             candle_core::bail!("{}: x and dy differ in size", self.name())

@@ -9,11 +9,10 @@
 //!
 //! `candle_nn::ops::{layer_norm, rms_norm}` have no backward, which is why neither is used.
 
-use super::fused_enabled;
+use super::{contiguous, fused_enabled, sum_lanes};
 use crate::model::compute_dtype;
-use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, D,
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
 };
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
@@ -350,30 +349,6 @@ impl CustomOp3 for NormBwd<'_> {
         }
         Ok((CpuStorage::F32(out), Shape::from((n + 2, c))))
     }
-}
-
-/// The data of a contiguous CPU tensor of dtype `T`, or an error.
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    if s.dtype() != T::DTYPE {
-        bail!("{what}: expected {:?}, got {:?}", T::DTYPE, s.dtype())
-    }
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("{what}: expected a contiguous tensor")
-    };
-    Ok(&s.as_slice::<T>()?[start..end])
-}
-
-/// `Σ f(x)` in eight lanes: vectorisable, and more accurate than one running sum.
-fn sum_lanes(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0f32; 8];
-    let chunks = xs.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
-    for chunk in chunks {
-        for (acc, &x) in lanes.iter_mut().zip(chunk) {
-            *acc += f(x);
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// Rows per rayon task in the forward: about 16k elements, so narrow rows are not scheduled

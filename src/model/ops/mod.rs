@@ -28,23 +28,34 @@ fn composed_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("LMTRAIN_COMPOSED").is_ok_and(|v| v == "1"))
 }
 
-/// The contiguous `f32` slice a CPU storage holds under `layout`; an error naming `op` for any
-/// other dtype or a strided layout (callers make their inputs contiguous first).
-pub(crate) fn f32_slice<'a>(
-    storage: &'a candle_core::CpuStorage,
-    layout: &candle_core::Layout,
-    op: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let candle_core::CpuStorage::F32(data) = storage else {
-        candle_core::bail!(
-            "{op}: expected f32, got {:?}",
-            candle_core::backend::BackendStorage::dtype(storage)
-        )
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: expected a contiguous tensor"),
+/// The data of a contiguous CPU tensor of dtype `T`; an error naming `what` for another dtype
+/// or a strided layout (callers make their inputs contiguous first).
+pub(crate) fn contiguous<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    use candle_core::backend::BackendStorage;
+    if s.dtype() != T::DTYPE {
+        candle_core::bail!("{what}: expected {:?}, got {:?}", T::DTYPE, s.dtype())
     }
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: expected a contiguous tensor")
+    };
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
+/// `Σ f(x)` in eight lanes: vectorisable, and more accurate than one running sum.
+pub(crate) fn sum_lanes(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for chunk in chunks {
+        for (acc, &x) in lanes.iter_mut().zip(chunk) {
+            *acc += f(x);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// Rows per rayon task in the element-wise kernels: large enough that scheduling costs nothing
