@@ -47,6 +47,8 @@ pub struct BenchOptions {
     pub data: Option<PathBuf>,
     pub profile: bool,
     pub device: String,
+    /// Compute dtype: `f32` or `bf16` (mixed precision, as the reference's `--dtype bf16`).
+    pub dtype: String,
 }
 
 /// The reference's SplitMix64 with its `below(n) = next % n` (our `Rng::below` maps ranges
@@ -235,7 +237,9 @@ pub fn run(o: &BenchOptions) -> Result<Value> {
         bail!("bench: --vocab must be at least 2");
     }
     let cfg = reference_model(vocab, o);
+    let compute = crate::device::compute_dtype(&o.dtype)?;
     let (varmap, model): (_, Gpt) = model::init_model(&cfg, o.seed, &device)?;
+    let model = model.with_compute_dtype(compute);
     let vars = varmap
         .data()
         .lock()
@@ -293,7 +297,7 @@ pub fn run(o: &BenchOptions) -> Result<Value> {
     let mut out = json!({
         "impl": "lmtrain",
         "device": crate::device::describe(&device),
-        "dtype": "f32",
+        "dtype": o.dtype,
         "threads": threads,
         "tokens_per_s": if timed_s > 0.0 { tokens as f64 / timed_s } else { 0.0 },
         "step_ms_median": median(&step_ms),

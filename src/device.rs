@@ -81,3 +81,13 @@ pub fn set_cpu_threads(n: usize) -> Result<()> {
         .build_global()
         .context("setting the CPU thread count (the thread pool was already started)")
 }
+
+/// The compute dtype named by `train.dtype` / `--dtype`: `f32`, or `bf16` for mixed precision
+/// (bf16 activations and matmuls over f32 master weights).
+pub fn compute_dtype(name: &str) -> Result<candle_core::DType> {
+    match name {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        other => bail!("unknown compute dtype {other:?}: use f32 or bf16"),
+    }
+}

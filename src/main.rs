@@ -202,6 +202,9 @@ struct BenchArgs {
     /// cpu (default, as the reference), cuda, cuda:N, metal or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// f32, or bf16: mixed precision with f32 master weights (the reference's autocast).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
 }
 
 fn main() -> ExitCode {
@@ -367,6 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data: a.data,
                 profile: a.profile,
                 device: a.device,
+                dtype: a.dtype,
             })?;
             println!("{out}");
         }

@@ -1,10 +1,10 @@
 //! Causal multi-head self-attention with key padding masks and a KV cache.
 
 use super::positions::{apply_rope, RopeTables};
-use super::{compute_dtype, linear, residual_std, INIT_STD};
+use super::{compute_dtype, linear, residual_std, Linear, INIT_STD};
 use crate::config::ModelConfig;
 use candle_core::{bail, Device, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// Added to the scores of keys a query must not see. Finite, so a query row whose keys are all
 /// hidden (a pad query under left padding) gets a uniform softmax instead of NaN; after the

@@ -7,7 +7,9 @@ use super::positions::{LearnedPositions, Rope};
 use super::{Mode, INIT_STD};
 use crate::config::{ModelConfig, Positions};
 use candle_core::{bail, Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use super::Linear;
+use candle_core::DType;
+use candle_nn::{Init, VarBuilder};
 
 /// A GPT: `tok_emb` (+ `pos_emb`) → dropout → `blocks.{i}` → `ln_f` → `lm_head` (or the tied
 /// token embedding). Weight names and shapes: see the table in [`crate::model`].
@@ -20,6 +22,8 @@ pub struct Gpt {
     blocks: Vec<Block>,
     ln_f: Norm,
     head: Linear,
+    /// Activations' dtype: the weights' own, or bf16 over f32 weights (mixed precision).
+    compute: DType,
 }
 
 impl Gpt {
@@ -64,7 +68,20 @@ impl Gpt {
             blocks,
             ln_f,
             head: Linear::new(head, None),
+            compute: vb.dtype(),
         })
+    }
+
+    /// Runs the blocks and head in `dtype` (bf16 for mixed precision) while the weights keep
+    /// theirs: each linear layer casts its weight at use, so gradients reach the master weights
+    /// in their own dtype; norms, softmax and the loss compute in f32 regardless.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute = dtype;
+        self
+    }
+
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -112,7 +129,7 @@ impl Gpt {
             x = pos.forward(&x, offset)?; // (B, T, C)
         }
         let p = self.cfg.dropout;
-        x = mode.dropout(&x, p, "emb")?;
+        x = mode.dropout(&x, p, "emb")?.to_dtype(self.compute)?; // (B, T, C)
         let rope = match &self.rope {
             Some(r) => Some(r.tables(offset, t)?),
             None => None,

@@ -1,9 +1,9 @@
 //! The position-wise MLP: GELU (GPT-2) or SwiGLU.
 
-use super::{linear, residual_std, INIT_STD};
+use super::{linear, residual_std, Linear, INIT_STD};
 use crate::config::{Mlp, ModelConfig};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// GELU: `proj(gelu(fc(x)))` with `fc.weight (F, C)`, `proj.weight (C, F)`.
 /// SwiGLU: `proj(silu(gate(x)) * up(x))` with `gate.weight`, `up.weight (F, C)`,

@@ -49,6 +49,7 @@ pub mod attention;
 pub mod block;
 pub mod gpt;
 pub mod init;
+pub mod linear;
 pub mod loss;
 pub mod mlp;
 pub mod norm;
@@ -63,7 +64,8 @@ pub use loss::masked_nll_sum;
 use crate::config::{Mlp, ModelConfig, Norm, Positions};
 use crate::rng::Rng;
 use candle_core::{DType, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+pub use linear::Linear;
 
 /// What a forward pass is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

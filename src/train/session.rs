@@ -106,6 +106,11 @@ impl Session {
         let val_batcher = Batcher::new(val_w, t.batch_size, false, config.run.seed);
 
         let (varmap, model) = model::init_model(&config.model, config.run.seed, &device)?;
+        let compute = crate::device::compute_dtype(&config.train.dtype)?;
+        let model = model.with_compute_dtype(compute);
+        if compute == candle_core::DType::BF16 && device.is_cpu() && !opts.quiet {
+            eprintln!("note: train.dtype = bf16 on the CPU: candle widens each bf16 matmul to f32, so this is slower than f32; it is meant for checking mixed precision, train in f32 on the CPU");
+        }
         let run_dir = match &resume_from {
             Some(ckpt) => {
                 let state = checkpoint::load_state(ckpt)?;
