@@ -39,7 +39,10 @@ fn losses(o: &BenchOptions) -> Vec<f64> {
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 /// The first accelerator this build and machine have, or why there is none.
@@ -70,7 +73,10 @@ fn accelerator_f32_matches_cpu_f32() {
     let acc = losses(&options(dev, "f32"));
     let d = max_abs_diff(&cpu, &acc);
     println!("{dev} f32 vs cpu f32: max |Δloss| over 20 steps = {d:.2e}");
-    assert!(d < 1e-3, "{dev} f32 losses differ from the CPU's by {d}: {acc:?} vs {cpu:?}");
+    assert!(
+        d < 1e-3,
+        "{dev} f32 losses differ from the CPU's by {d}: {acc:?} vs {cpu:?}"
+    );
 }
 
 /// bf16 mixed precision against f32 on the same device. bf16 keeps 8 significant bits
@@ -83,6 +89,9 @@ fn bf16_stays_within_a_band_of_f32() {
     let bf16_losses = losses(&options(dev, "bf16"));
     let d = max_abs_diff(&f32_losses, &bf16_losses);
     println!("{dev} bf16 vs f32: max |Δloss| over 20 steps = {d:.2e}");
-    assert!(d < 0.05, "bf16 losses differ from f32's by {d}: {bf16_losses:?} vs {f32_losses:?}");
+    assert!(
+        d < 0.05,
+        "bf16 losses differ from f32's by {d}: {bf16_losses:?} vs {f32_losses:?}"
+    );
     assert!(bf16_losses.iter().all(|l| l.is_finite()));
 }

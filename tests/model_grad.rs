@@ -222,3 +222,31 @@ fn pad_tokens_change_neither_loss_nor_parameter_gradients() {
         }
     }
 }
+
+#[test]
+fn mixed_precision_gives_every_f32_master_weight_a_finite_nonzero_f32_gradient() {
+    // bf16 activations over f32 weights in every variant: the casts at each linear layer, norm
+    // and position table must route gradients back to the f32 master weights.
+    for cfg in all_variants() {
+        let (vars, model) = init_model(&cfg, 3, &Device::Cpu).unwrap();
+        let model = model.with_compute_dtype(DType::BF16);
+        let grads = loss(&model, &Mode::Eval, &batch(DType::F32))
+            .backward()
+            .unwrap();
+        for (name, var) in sorted_vars(&vars) {
+            let g = grads
+                .get(var.as_tensor())
+                .expect("parameter got no gradient");
+            assert_eq!(g.dtype(), DType::F32, "{name}: gradient not in f32");
+            let g = values(g);
+            assert!(
+                g.iter().all(|x| x.is_finite()),
+                "{name}: non-finite gradient"
+            );
+            assert!(
+                g.iter().any(|&x| x != 0.0),
+                "{name}: zero gradient in {cfg:?}"
+            );
+        }
+    }
+}

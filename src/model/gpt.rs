@@ -4,11 +4,11 @@ use super::attention::{attention_mask, KvCache};
 use super::block::{Block, Step};
 use super::norm::Norm;
 use super::positions::{LearnedPositions, Rope};
+use super::Linear;
 use super::{Mode, INIT_STD};
 use crate::config::{ModelConfig, Positions};
-use candle_core::{bail, Module, Result, Tensor};
-use super::Linear;
 use candle_core::DType;
+use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// A GPT: `tok_emb` (+ `pos_emb`) → dropout → `blocks.{i}` → `ln_f` → `lm_head` (or the tied

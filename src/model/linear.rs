@@ -59,7 +59,9 @@ mod tests {
         let ours = Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
         let theirs = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
         let x = Tensor::new(&[[[1.0f32, 2.0], [3.0, -1.0]]], &dev)?; // (1, 2, 2)
-        let diff = (ours.forward(&x)? - theirs.forward(&x)?)?.abs()?.max_all()?;
+        let diff = (ours.forward(&x)? - theirs.forward(&x)?)?
+            .abs()?
+            .max_all()?;
         assert!(diff.to_scalar::<f32>()? < 1e-6);
         // f16 activations (bf16 has no CPU matmul kernel of its own): output in f16, gradients
         // of the f32 master weights in f32.
@@ -70,7 +72,11 @@ mod tests {
         assert_eq!(gw.dtype(), DType::F32);
         // d Σy / dW[o, i] = Σ_rows x[row, i] = (4, 1) for every output o.
         let gw: Vec<Vec<f32>> = gw.to_vec2()?;
-        assert!(gw.iter().all(|r| (r[0] - 4.0).abs() < 1e-3 && (r[1] - 1.0).abs() < 1e-3), "{gw:?}");
+        assert!(
+            gw.iter()
+                .all(|r| (r[0] - 4.0).abs() < 1e-3 && (r[1] - 1.0).abs() < 1e-3),
+            "{gw:?}"
+        );
         Ok(())
     }
 }

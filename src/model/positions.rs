@@ -118,8 +118,11 @@ pub fn apply_rope(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
     let x1 = x.narrow(D::Minus1, 0, half)?; // (B, H, T, D/2)
     let x2 = x.narrow(D::Minus1, half, half)?; // (B, H, T, D/2)
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // (B, H, T, D)
-    // The tables are kept in the weights' dtype; under mixed precision x is bf16.
-    let (cos, sin) = (tables.cos.to_dtype(x.dtype())?, tables.sin.to_dtype(x.dtype())?);
+                                                               // The tables are kept in the weights' dtype; under mixed precision x is bf16.
+    let (cos, sin) = (
+        tables.cos.to_dtype(x.dtype())?,
+        tables.sin.to_dtype(x.dtype())?,
+    );
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)? // (B, H, T, D) * (T, D)
 }
 

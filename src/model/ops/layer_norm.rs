@@ -66,8 +66,8 @@ fn composed(
     };
     let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?; // (.., 1)
     let x = x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?; // (.., C)
-    // Gain and bias in the compute dtype too, whatever dtype they are stored in (f32 master
-    // weights under bf16 mixed precision); then back to the input's dtype.
+                                                         // Gain and bias in the compute dtype too, whatever dtype they are stored in (f32 master
+                                                         // weights under bf16 mixed precision); then back to the input's dtype.
     let x = x.broadcast_mul(&weight.to_dtype(x.dtype())?)?;
     let x = match bias {
         Some(b) => x.broadcast_add(&b.to_dtype(x.dtype())?)?,
