@@ -1,5 +1,6 @@
 //! Causal multi-head self-attention with key padding masks and a KV cache.
 
+use super::ops::attention::causal_attention;
 use super::positions::{apply_rope, RopeTables};
 use super::{compute_dtype, linear, residual_std, Linear, INIT_STD};
 use crate::config::ModelConfig;
@@ -9,7 +10,7 @@ use candle_nn::VarBuilder;
 /// Added to the scores of keys a query must not see. Finite, so a query row whose keys are all
 /// hidden (a pad query under left padding) gets a uniform softmax instead of NaN; after the
 /// max-subtraction inside softmax `exp(-1e9)` is exactly 0 in f32 and f64.
-const HIDDEN: f64 = -1e9;
+pub(crate) const HIDDEN: f64 = -1e9;
 
 /// Keys and values of the positions seen so far, per layer, for incremental decoding.
 #[derive(Debug, Clone)]
@@ -104,13 +105,13 @@ impl Attention {
         })
     }
 
-    /// `x (B, T, C)` → `(B, T, C)`. `mask` is the additive mask of [`attention_mask`] over all
-    /// `S` keys (cached + new); `rope` the tables of the new positions; `cache` the layer's
-    /// slot, which receives the new keys and values (after rotation).
+    /// `x (B, T, C)` → `(B, T, C)`. `visibility` says which keys each query sees; `rope` holds
+    /// the tables of the new positions; `cache` is the layer's slot when decoding, which
+    /// receives the new keys and values (after rotation).
     pub fn forward(
         &self,
         x: &Tensor,
-        mask: &Tensor,
+        visibility: Visibility,
         rope: Option<&RopeTables>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
@@ -125,23 +126,52 @@ impl Attention {
             q = apply_rope(&q, tables)?; // (B, H, T, D)
             k = apply_rope(&k, tables)?; // (B, H, T, D)
         }
-        if let Some(slot) = cache {
-            if let Some((k_old, v_old)) = slot.as_ref() {
-                k = Tensor::cat(&[k_old, &k], 2)?; // (B, H, S, D)
-                v = Tensor::cat(&[v_old, &v], 2)?; // (B, H, S, D)
+        let y = match (visibility, cache) {
+            // Training and evaluation: the fused kernel on the CPU, the composed ops elsewhere.
+            (Visibility::Causal { key_mask }, None) => causal_attention(&q, &k, &v, key_mask)?,
+            (Visibility::Additive(mask), cache) => {
+                if let Some(slot) = cache {
+                    if let Some((k_old, v_old)) = slot.as_ref() {
+                        k = Tensor::cat(&[k_old, &k], 2)?; // (B, H, S, D)
+                        v = Tensor::cat(&[v_old, &v], 2)?; // (B, H, S, D)
+                    }
+                    *slot = Some((k.clone(), v.clone()));
+                }
+                attend(&q, &k, &v, mask)? // (B, H, T, D)
             }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        let scale = 1.0 / (d as f64).sqrt();
-        let k_t = k.transpose(2, 3)?.contiguous()?; // (B, H, D, S)
-        let scores = (q.matmul(&k_t)? * scale)?; // (B, H, T, S)
-        let scores = scores.to_dtype(compute_dtype(x.dtype()))?;
-        let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?; // (B, H, T, S)
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(x.dtype())?;
-        let y = probs.matmul(&v.contiguous()?)?; // (B, H, T, S) @ (B, H, S, D) = (B, H, T, D)
+            (Visibility::Causal { .. }, Some(_)) => {
+                bail!("attention with a KV cache needs the additive mask over all cached keys")
+            }
+        }; // (B, H, T, D)
         let y = y.transpose(1, 2)?.contiguous()?.reshape((b, t, c))?; // (B, T, H, D) -> (B, T, C)
         self.proj.forward(&y) // (B, T, C)
     }
+}
+
+/// Which keys the queries of one forward pass see.
+#[derive(Debug, Clone, Copy)]
+pub enum Visibility<'a> {
+    /// No cache: each of the `T` queries sees itself and earlier positions, except pad keys of
+    /// `key_mask (B, T)` (1.0 = real, 0.0 = pad; `None` = all real). No mask tensor is needed:
+    /// the fused kernel works from the key mask (see [`causal_attention`]).
+    Causal { key_mask: Option<&'a Tensor> },
+    /// The additive mask `(B | 1, 1, T, S)` of [`attention_mask`] over all `S` keys (cached +
+    /// new): decoding with a KV cache, and the composed ops on devices without the kernel.
+    Additive(&'a Tensor),
+}
+
+/// `softmax(q kᵀ / √D + mask) v`, composed from differentiable candle ops: `q (B, H, T, D)`,
+/// `k, v (B, H, S, D)`, the additive `mask (B | 1, 1, T, S)` → `(B, H, T, D)`. The scores and
+/// softmax run in [`compute_dtype`] (half precision is upcast).
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let d = q.dim(3)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let k_t = k.transpose(2, 3)?.contiguous()?; // (B, H, D, S)
+    let scores = (q.matmul(&k_t)? * scale)?; // (B, H, T, S)
+    let scores = scores.to_dtype(compute_dtype(q.dtype()))?;
+    let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?; // (B, H, T, S)
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(q.dtype())?;
+    probs.matmul(&v.contiguous()?) // (B, H, T, S) @ (B, H, S, D) = (B, H, T, D)
 }
 
 #[cfg(test)]

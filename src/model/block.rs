@@ -1,6 +1,6 @@
 //! One pre-norm transformer block.
 
-use super::attention::Attention;
+use super::attention::{Attention, Visibility};
 use super::mlp::FeedForward;
 use super::norm::Norm;
 use super::positions::RopeTables;
@@ -12,8 +12,8 @@ use candle_nn::VarBuilder;
 /// What every block of one forward pass shares.
 #[derive(Debug, Clone, Copy)]
 pub struct Step<'a> {
-    /// Additive attention mask `(B | 1, 1, T, S)`.
-    pub mask: &'a Tensor,
+    /// Which keys each query sees (a key mask, or the additive mask when decoding).
+    pub visibility: Visibility<'a>,
     /// RoPE tables of the new positions (rope models only).
     pub rope: Option<&'a RopeTables>,
     pub mode: &'a Mode,
@@ -54,7 +54,7 @@ impl Block {
     ) -> Result<Tensor> {
         let attn = self
             .attn
-            .forward(&self.ln1.forward(x)?, step.mask, step.rope, cache)?;
+            .forward(&self.ln1.forward(x)?, step.visibility, step.rope, cache)?;
         let x = (x + step.mode.dropout(&attn, step.dropout, &self.attn_site)?)?;
         let mlp = self.mlp.forward(&self.ln2.forward(&x)?)?;
         &x + step.mode.dropout(&mlp, step.dropout, &self.mlp_site)?

@@ -1,8 +1,9 @@
 //! The whole model: embeddings, blocks, final norm and LM head.
 
-use super::attention::{attention_mask, KvCache};
+use super::attention::{attention_mask, KvCache, Visibility};
 use super::block::{Block, Step};
 use super::norm::Norm;
+use super::ops::fused_enabled;
 use super::positions::{LearnedPositions, Rope};
 use super::Linear;
 use super::{Mode, INIT_STD};
@@ -134,9 +135,17 @@ impl Gpt {
             Some(r) => Some(r.tables(offset, t)?),
             None => None,
         };
-        let mask = attention_mask(t, offset, key_mask, x.device())?; // (B | 1, 1, T, S)
+        // The fused attention kernel needs only the key mask; everything else (the KV cache,
+        // other devices and dtypes) takes the additive mask, built once for all blocks.
+        let additive;
+        let visibility = if cache.is_none() && fused_enabled(&x) {
+            Visibility::Causal { key_mask }
+        } else {
+            additive = attention_mask(t, offset, key_mask, x.device())?; // (B | 1, 1, T, S)
+            Visibility::Additive(&additive)
+        };
         let step = Step {
-            mask: &mask,
+            visibility,
             rope: rope.as_ref(),
             mode,
             dropout: p,
