@@ -217,6 +217,10 @@ fn median(xs: &[f64]) -> f64 {
 /// Runs the benchmark and returns its JSON line (progress per step goes to stderr, as the
 /// reference's does).
 pub fn run(o: &BenchOptions) -> Result<Value> {
+    crate::device::on_cpu_pool(|| run_inner(o))
+}
+
+fn run_inner(o: &BenchOptions) -> Result<Value> {
     if o.batch == 0
         || o.ctx == 0
         || o.steps == 0

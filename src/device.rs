@@ -91,3 +91,11 @@ pub fn compute_dtype(name: &str) -> Result<candle_core::DType> {
         other => bail!("unknown compute dtype {other:?}: use f32 or bf16"),
     }
 }
+
+/// Runs `f` on candle's CPU thread pool. The gemm calls, candle's element-wise ops and our fused
+/// kernels then share one set of worker threads instead of two pools competing for the cores
+/// (candle's pool otherwise idles while rayon's global pool works, and the reverse). Harmless
+/// on a GPU: only the host-side work runs there.
+pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    Device::Cpu.with_context(f)
+}

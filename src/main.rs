@@ -356,7 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(a) => {
             lmtrain::device::set_cpu_threads(a.threads)?;
-            let out = lmtrain::bench::run(&lmtrain::bench::BenchOptions {
+            let opts = lmtrain::bench::BenchOptions {
                 vocab: a.vocab,
                 d_model: a.d_model,
                 layers: a.layers,
@@ -371,7 +371,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 profile: a.profile,
                 device: a.device,
                 dtype: a.dtype,
-            })?;
+            };
+            let out = lmtrain::bench::run(&opts)?;
             println!("{out}");
         }
     }

@@ -22,5 +22,5 @@ pub use trainer::TrainSummary;
 
 /// Sets up a run and trains it to its end.
 pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
-    trainer::train(Session::open(opts)?)
+    crate::device::on_cpu_pool(|| trainer::train(Session::open(opts)?))
 }

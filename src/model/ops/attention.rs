@@ -18,7 +18,7 @@
 //! arithmetic literally for them and skips hidden keys everywhere else, where their weight is
 //! exactly 0 in both paths.
 
-use super::fused_enabled;
+use super::{exp_fast, fused_enabled, sum_lanes};
 use crate::model::attention::{attend, attention_mask, HIDDEN};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use gemm::Parallelism;
@@ -204,12 +204,9 @@ impl<'a> Keys<'a> {
             }
         }
         let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-        let mut sum = 0.0f32;
-        for x in row.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        row.iter_mut().for_each(|x| *x /= sum);
+        row.iter_mut().for_each(|x| *x = exp_fast(*x - max));
+        let inv = 1.0 / sum_lanes(row, |x| x);
+        row.iter_mut().for_each(|x| *x *= inv);
     }
 }
 

@@ -7,7 +7,7 @@
 //! recomputing the softmax from the row's saved log-sum-exp. Pad rows (mask 0) are skipped on
 //! both passes.
 
-use super::{contiguous, fused_enabled, sum_lanes};
+use super::{contiguous, exp_fast, fused_enabled, sum_lanes};
 use crate::model::compute_dtype;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -166,7 +166,7 @@ impl CustomOp3 for MaskedNllBwd<'_> {
                     let row = &logits[r * v..(r + 1) * v];
                     let lse = self.lse[r];
                     for (o, &x) in out.iter_mut().zip(row) {
-                        *o = s * (x - lse).exp();
+                        *o = s * exp_fast(x - lse);
                     }
                     out[targets[r] as usize] -= s;
                 });
@@ -206,7 +206,7 @@ fn inputs<'a>(
 /// `log Σ exp(row)`, stable: the max is subtracted before exponentiating.
 fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    max + sum_lanes(row, |x| (x - max).exp()).ln()
+    max + sum_lanes(row, |x| exp_fast(x - max)).ln()
 }
 
 /// Rows per rayon task: about 16k elements, so small vocabularies do not drown in scheduling.

@@ -4,7 +4,7 @@
 //! the `(B, T, 4C)` MLP activation, each a fresh buffer. Here forward and backward are one pass
 //! each, in parallel chunks.
 
-use super::{contiguous, fused_enabled, CHUNK};
+use super::{contiguous, fused_enabled, tanh_fast, CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -16,14 +16,14 @@ const A: f32 = 0.044_715;
 #[inline(always)]
 fn gelu(x: f32) -> f32 {
     let u = K * (x + A * x * x * x);
-    0.5 * x * (1.0 + u.tanh())
+    0.5 * x * (1.0 + tanh_fast(u))
 }
 
 /// d gelu / dx = ½(1 + t) + ½x(1 − t²)·K(1 + 3A x²), t = tanh(u).
 #[inline(always)]
 fn gelu_grad(x: f32) -> f32 {
     let u = K * (x + A * x * x * x);
-    let t = u.tanh();
+    let t = tanh_fast(u);
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * A * x * x)
 }
 
