@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-5}
 BIN=${2:-target/release/lmtrain}
-STEPS=${CHAOS_STEPS:-$((N * 6 + 20))}
+STEPS=${CHAOS_STEPS:-$((N * 12 + 30))}
 EVERY=2
 [ -x "$BIN" ] || { echo "error: $BIN is not an executable lmtrain (build it: cargo build --release)" >&2; exit 2; }
 # Pause 40 ms between checkpoint files so that many kills land inside a write.
@@ -60,7 +60,7 @@ while true; do
   "$BIN" "${cmd[@]}" >"$work/attempt.log" 2>&1 &
   pid=$!
   if [ "$kills" -lt "$N" ]; then
-    sleep "$(python3 -c "import random; print(round(random.uniform(0.3, 2.0), 3))")"
+    sleep "$(python3 -c "import random; print(round(random.uniform(0.2, 1.2), 3))")"
     if kill -9 "$pid" 2>/dev/null; then
       wait "$pid" 2>/dev/null || true
       kills=$((kills + 1))
