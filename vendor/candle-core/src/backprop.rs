@@ -730,8 +730,8 @@ impl GradStore {
 
     /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
     /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
-    /// Adds `grad` to the gradient of `tensor`; the first contribution is stored as it is
-    /// (lmtrain patch: upstream starts every gradient from `zeros_like` and adds, which costs a
+    /// Adds `grad` to the gradient of `tensor`; the first contribution is stored as it is, made
+    /// contiguous when strided (lmtrain patch: upstream starts every gradient from `zeros_like` and adds, which costs a
     /// zero-filled buffer and a full pass per node on the CPU).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
@@ -740,7 +740,10 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                entry.insert(grad.clone());
+                // Upstream's zeros + add always produced a contiguous gradient, and some
+                // backward rules (matmul's) rely on that: keep the guarantee, copying only
+                // the rare strided gradient.
+                entry.insert(grad.contiguous()?);
             }
         }
         Ok(())
