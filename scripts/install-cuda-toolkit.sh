@@ -22,28 +22,37 @@ CU="$PREFIX/nvidia/cu13"
 CHECK_PINS="nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-cuda-runtime==13.0.96"
 LINK_PINS="nvidia-cuda-nvrtc==13.0.88 nvidia-curand==10.4.0.35 nvidia-cublas==13.0.0.19"
 
-install() { # $1 = marker name, rest = pins; skipped when the marker for these exact pins exists
-    local marker="$PREFIX/.installed-$1" pins="${*:2}"
-    if [ -f "$marker" ] && [ "$(cat "$marker")" = "$pins" ]; then
-        echo "cuda toolkit ($1): reusing $PREFIX" >&2
-        return
-    fi
-    echo "cuda toolkit ($1): installing $pins into $PREFIX" >&2
-    mkdir -p "$PREFIX"
-    # shellcheck disable=SC2086
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
-        --target "$PREFIX" $pins >&2
-    echo "$pins" > "$marker"
+# One pip call for the whole set: `pip install --target` replaces an existing top-level folder
+# (`nvidia/`) wholesale, so installing a second set on top would delete the first. A wider set
+# (--full) is therefore installed fresh beside the old one and swapped in.
+WANT="$CHECK_PINS"
+[ "$FULL" = 1 ] && WANT="$CHECK_PINS $LINK_PINS"
+MARKER="$PREFIX/.installed-pins"
+have_all() {
+    [ -f "$MARKER" ] || return 1
+    for pin in $WANT; do grep -qx -- "$pin" "$MARKER" || return 1; done
 }
-
-install check $CHECK_PINS
+if have_all && [ -x "$CU/bin/nvcc" ]; then
+    echo "cuda toolkit: reusing $PREFIX" >&2
+else
+    # Keep what a previous --full install had, so a later check-only call never narrows it.
+    [ -f "$MARKER" ] && WANT="$(printf '%s\n' $WANT $(cat "$MARKER") | sort -u | xargs)"
+    echo "cuda toolkit: installing $WANT into $PREFIX" >&2
+    rm -rf "$PREFIX.tmp"
+    mkdir -p "$(dirname "$PREFIX")"
+    # shellcheck disable=SC2086
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+        --target "$PREFIX.tmp" $WANT >&2
+    printf '%s\n' $WANT > "$PREFIX.tmp/.installed-pins"
+    rm -rf "$PREFIX"
+    mv "$PREFIX.tmp" "$PREFIX"
+fi
 if [ ! -x "$CU/bin/nvcc" ]; then
     echo "error: $CU/bin/nvcc missing after install; remove $PREFIX and run again" >&2
     exit 1
 fi
 
 if [ "$FULL" = 1 ]; then
-    install link $LINK_PINS
     STUB="$PREFIX/stub"
     mkdir -p "$STUB"
     # Unversioned names for the linker (-lcublas finds libcublas.so, not libcublas.so.13).
