@@ -697,6 +697,18 @@ mod tests {
         }
     }
 
+    /// max |a − b| over all elements, as f32.
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
     #[test]
     fn forward_without_gradients_matches() {
         // Plain tensors: no variable upstream, so the kernel keeps no probabilities.
@@ -708,14 +720,7 @@ mod tests {
         ]);
         let a = fused_attention(&q, &k, &v, Some(&m)).unwrap();
         let b = causal_attention_composed(&q, &k, &v, Some(&m)).unwrap();
-        let diff: f32 = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&a, &b);
         assert!(f64::from(diff) <= TOL, "diff {diff}");
     }
 
@@ -743,14 +748,7 @@ mod tests {
         let m = mask(&[vec![1.0, 0.5, 1.0, 0.0]]);
         let a = causal_attention(&q, &k, &v, Some(&m)).unwrap();
         let b = causal_attention_composed(&q, &k, &v, Some(&m)).unwrap();
-        let diff: f32 = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&a, &b);
         assert_eq!(diff, 0.0);
     }
 
