@@ -25,6 +25,10 @@ LOG="$OUT/gpu-check.log"
 : > "$LOG"
 say() { echo "$*" | tee -a "$LOG" >&2; }
 
+# gpu-pack.sh ships the binary and the corpus gzipped (the carried folder is capped at 64 MiB).
+for f in "$BIN" "$CORPUS"; do
+    if [ ! -e "$f" ] && [ -f "$f.gz" ]; then gunzip -c "$f.gz" > "$f" && chmod +x "$f"; fi
+done
 [ -x "$BIN" ] || { say "error: no binary at $BIN (build it with scripts/gpu-pack.sh)"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt" >&2 \
     || { say "error: nvidia-smi failed: no NVIDIA driver here"; exit 1; }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA binary here and packs what scripts/gpu-check.sh needs into the git-ignored
-# gpu/ folder: the binary, the PyTorch reference and the PKU training text (when present).
+# gpu/ folder: the binary and the PKU training text (when present), gzipped, and the PyTorch
+# reference.
 #
 #   scripts/gpu-pack.sh        then, on the GPU machine: scripts/gpu-check.sh OUT_DIR
 #
@@ -13,11 +14,14 @@ cargo fetch --quiet
 eval "$(scripts/install-cuda-toolkit.sh --full)"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/lmtrain/target-cuda}
 cargo build --release --features cuda
-mkdir -p gpu
-cp "$CARGO_TARGET_DIR/release/lmtrain" gpu/lmtrain
+# Stripped and compressed: the GPU machine's carried folder holds 64 MiB in all, and the debug
+# line tables and embedded kernels make the plain binary ~130 MB (stripped ~57 MB, gzip ~15 MB).
+rm -rf gpu && mkdir -p gpu
+strip -o gpu/lmtrain "$CARGO_TARGET_DIR/release/lmtrain"
+gzip -9 gpu/lmtrain
 cp ../shared/bench/ref_gpt.py gpu/ref_gpt.py
 if [ -f ../shared/data/pku/train.txt ]; then
-    cp ../shared/data/pku/train.txt gpu/pku-train.txt
+    gzip -9 -c ../shared/data/pku/train.txt > gpu/pku-train.txt.gz
 else
     echo "note: ../shared/data/pku/train.txt absent: gpu-check.sh will skip the PKU runs" >&2
 fi
