@@ -10,7 +10,7 @@
 #   env: BIN (gpu/lmtrain), REF (gpu/ref_gpt.py), CORPUS (gpu/pku-train.txt), PY (python3),
 #        STEPS (30), QUICK=1 (parity only)
 #
-# The binary is built on the development machine (x86-64, glibc >= 2.34) and copied with the
+# The binary is built on the development machine (x86-64, glibc >= 2.35) and copied with the
 # reference and the corpus into the git-ignored gpu/ folder by scripts/gpu-pack.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."

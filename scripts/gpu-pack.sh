@@ -5,7 +5,8 @@
 #
 #   scripts/gpu-pack.sh        then, on the GPU machine: scripts/gpu-check.sh OUT_DIR
 #
-# The build: x86-64 Linux, glibc >= 2.34 (this machine's), CUDA 13.0 from PyPI wheels
+# The build: x86-64 Linux; it runs where glibc >= 2.35 (its newest symbol version, built on
+# Debian 12), with CUDA 13.0 from PyPI wheels
 # (scripts/install-cuda-toolkit.sh --full), compute capability 9.0 (H100/H200), target folder
 # ~/.cache/lmtrain/target-cuda so later builds are incremental.
 set -euo pipefail
