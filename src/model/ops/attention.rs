@@ -11,7 +11,7 @@
 //! keeps about five of the same size, and saves recomputing `q kᵀ` and the softmax.
 //!
 //! Semantics are those of the composed path, including its edge case: the composed mask adds
-//! [`HIDDEN`] (`-1e9`) for a future key and again for a pad key, so a query that sees no key at
+//! `HIDDEN` (`-1e9`) for a future key and again for a pad key, so a query that sees no key at
 //! all (every key up to it is pad, as under left padding) gets the softmax of `s + mask` over all
 //! `T` keys, which is uniform over the keys hidden by exactly one of the two reasons (the others
 //! are `-1e9` lower still). Such rows are rare (pad queries only), so the kernel reproduces that
