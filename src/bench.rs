@@ -42,7 +42,6 @@ pub struct BenchOptions {
     pub batch: usize,
     pub steps: usize,
     pub warmup_steps: usize,
-    pub threads: usize,
     pub seed: u64,
     pub data: Option<PathBuf>,
     pub profile: bool,

@@ -198,9 +198,9 @@ pub struct TrainConfig {
     /// Skip the update of a step whose loss lies more than this many standard deviations above
     /// the last 100 steps' losses (llm.c's outlier guard); `0` = off.
     pub spike_zscore: f64,
-    /// Compute dtype: `f32`, or `bf16` on a GPU — mixed precision: matmuls and activations in
-    /// bf16, master weights, gradients, optimizer state, norms, softmax statistics and the loss
-    /// in f32. Refused on the CPU, whose matmul (candle 0.11) has no bf16 kernel.
+    /// Compute dtype: `f32`, or `bf16` — mixed precision: matmuls and activations in bf16;
+    /// master weights, gradients, optimizer state, norms, softmax statistics and the loss in f32.
+    /// Meant for GPUs; on the CPU candle widens each bf16 matmul to f32, so it runs but slower.
     pub dtype: String,
 }
 
@@ -443,11 +443,11 @@ impl Config {
         if t.log_every == 0 {
             return bad("train.log_every", "must be > 0".into());
         }
-        if t.dtype != "f32" && t.dtype != "bf16" {
+        if crate::device::compute_dtype(&t.dtype).is_err() {
             return bad(
                 "train.dtype",
                 format!(
-                    "{:?} is not a compute dtype lmtrain trains in: use \"f32\", or \"bf16\" on a GPU (f16 would need loss scaling)",
+                    "{:?} is not a compute dtype lmtrain trains in: use \"f32\", or \"bf16\" for mixed precision (f16 would need loss scaling)",
                     t.dtype
                 ),
             );

@@ -365,7 +365,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 batch: a.batch,
                 steps: a.steps,
                 warmup_steps: a.warmup_steps,
-                threads: a.threads,
                 seed: a.seed,
                 data: a.data,
                 profile: a.profile,

@@ -18,7 +18,6 @@ fn options(device: &str, dtype: &str) -> BenchOptions {
         batch: 4,
         steps: 20,
         warmup_steps: 0,
-        threads: 0,
         seed: 7,
         data: None,
         profile: false,

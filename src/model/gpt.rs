@@ -81,10 +81,6 @@ impl Gpt {
         self
     }
 
-    pub fn compute_dtype(&self) -> DType {
-        self.compute
-    }
-
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }

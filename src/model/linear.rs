@@ -17,10 +17,6 @@ impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
-
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
 }
 
 impl Module for Linear {
