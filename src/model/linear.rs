@@ -4,6 +4,7 @@
 //! in bf16: the weight is cast to the activation's dtype at use, and the cast's backward returns
 //! the gradient in f32 to the master weight. With f32 activations the casts are no-ops.
 
+use super::ops::bias::add_bias;
 use candle_core::{Module, Result, Tensor};
 
 /// `y = x Wᵀ + b`, with `weight (out, in)` and `bias (out)`.
@@ -33,7 +34,7 @@ impl Module for Linear {
         let rows: usize = lead.iter().product();
         let y = x.reshape((rows, inner))?.matmul(&w.t()?)?; // (rows, out)
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(dtype)?)?,
+            Some(b) => add_bias(&y, &b.to_dtype(dtype)?)?,
             None => y,
         };
         let mut shape = lead.to_vec();

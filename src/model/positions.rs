@@ -4,6 +4,7 @@
 //! RoPE is written in the rotate-half form with plain ops; `candle_nn::rotary_emb` has no
 //! backward.
 
+use super::ops::bias::add_bias;
 use super::INIT_STD;
 use crate::config::ModelConfig;
 use candle_core::{bail, Result, Tensor, D};
@@ -36,7 +37,10 @@ impl LearnedPositions {
                 offset + t
             )
         }
-        x.broadcast_add(&self.table.narrow(0, offset, t)?) // (B, T, C) + (T, C)
+        // The table's rows as one bias of T·C values over the batch: (B, T·C) + (T·C).
+        let (b, c) = (x.dim(0)?, x.dim(2)?);
+        let table = self.table.narrow(0, offset, t)?.reshape(t * c)?; // (T·C)
+        add_bias(&x.reshape((b, t * c))?, &table)?.reshape((b, t, c)) // (B, T, C)
     }
 }
 

@@ -18,7 +18,7 @@
 //! arithmetic literally for them and skips hidden keys everywhere else, where their weight is
 //! exactly 0 in both paths.
 
-use super::{exp_fast, fused_enabled, sum_lanes};
+use super::{dot_lanes, exp_fast, fused_enabled, max_of, multiversion, sum_lanes};
 use crate::model::attention::{attend, attention_mask, HIDDEN};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use gemm::Parallelism;
@@ -203,10 +203,27 @@ impl<'a> Keys<'a> {
                 None => row.iter_mut().for_each(|x| *x *= scale),
             }
         }
-        let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        softmax_in_place(row);
+    }
+}
+
+multiversion! {
+    /// `row ← softmax(row)`, stable (the max is subtracted first).
+    fn softmax_in_place(row: &mut [f32]) {
+        let max = max_of(row);
         row.iter_mut().for_each(|x| *x = exp_fast(*x - max));
         let inv = 1.0 / sum_lanes(row, |x| x);
         row.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+multiversion! {
+    /// One row of the softmax backward: `g ← scale · p ⊙ (g − Σ g ⊙ p)` (g holds dP on entry).
+    fn softmax_grad_row(g: &mut [f32], p: &[f32], scale: f32) {
+        let dot = dot_lanes(g, p);
+        for (g, &p) in g.iter_mut().zip(p) {
+            *g = scale * p * (*g - dot);
+        }
     }
 }
 
@@ -370,10 +387,7 @@ fn backward_pair(
         // here, once, rather than in both gemms below.
         for (i, (g, p)) in (r0..r1).zip(ds.chunks_exact_mut(t).zip(probs[r0 * t..].chunks(t))) {
             let n = keys.extent(i);
-            let dot: f32 = g[..n].iter().zip(&p[..n]).map(|(g, p)| g * p).sum();
-            for (g, &p) in g[..n].iter_mut().zip(&p[..n]) {
-                *g = scale * p * (*g - dot);
-            }
+            softmax_grad_row(&mut g[..n], &p[..n], scale);
             g[n..e].fill(0.0);
         }
         let ds_blk = View::rows(&ds, 0, rows, e, t); // (R, e)

@@ -7,7 +7,7 @@
 //! recomputing the softmax from the row's saved log-sum-exp. Pad rows (mask 0) are skipped on
 //! both passes.
 
-use super::{contiguous, exp_fast, fused_enabled, sum_lanes};
+use super::{contiguous, exp_fast, fused_enabled, max_of, multiversion, sum_lanes};
 use crate::model::compute_dtype;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -164,11 +164,7 @@ impl CustomOp3 for MaskedNllBwd<'_> {
                         return; // pad row (or zero upstream gradient): exactly zero
                     }
                     let row = &logits[r * v..(r + 1) * v];
-                    let lse = self.lse[r];
-                    for (o, &x) in out.iter_mut().zip(row) {
-                        *o = s * exp_fast(x - lse);
-                    }
-                    out[targets[r] as usize] -= s;
+                    nll_grad_row(out, row, self.lse[r], targets[r] as usize, s);
                 });
         }
         Ok((CpuStorage::F32(grad), Shape::from((n, v))))
@@ -203,10 +199,22 @@ fn inputs<'a>(
     Ok((logits, targets, per_row, n, v))
 }
 
-/// `log Σ exp(row)`, stable: the max is subtracted before exponentiating.
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    max + sum_lanes(row, |x| exp_fast(x - max)).ln()
+multiversion! {
+    /// `log Σ exp(row)`, stable: the max is subtracted before exponentiating.
+    pub(super) fn log_sum_exp(row: &[f32]) -> f32 {
+        let max = max_of(row);
+        max + sum_lanes(row, |x| exp_fast(x - max)).ln()
+    }
+}
+
+multiversion! {
+    /// One row of `d logits = s · (softmax − onehot(target))`, from the row's log-sum-exp.
+    pub(super) fn nll_grad_row(out: &mut [f32], row: &[f32], lse: f32, target: usize, s: f32) {
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o = s * exp_fast(x - lse);
+        }
+        out[target] -= s;
+    }
 }
 
 /// Rows per rayon task: about 16k elements, so small vocabularies do not drown in scheduling.

@@ -4,7 +4,7 @@
 //! the `(B, T, 4C)` MLP activation, each a fresh buffer. Here forward and backward are one pass
 //! each, in parallel chunks.
 
-use super::{contiguous, fused_enabled, tanh_fast, CHUNK};
+use super::{contiguous, fused_enabled, multiversion, tanh_fast, CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -25,6 +25,20 @@ fn gelu_grad(x: f32) -> f32 {
     let u = K * (x + A * x * x * x);
     let t = tanh_fast(u);
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * A * x * x)
+}
+
+multiversion! {
+    fn gelu_chunk(y: &mut [f32], x: &[f32]) {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x));
+    }
+}
+
+multiversion! {
+    fn gelu_grad_chunk(dx: &mut [f32], x: &[f32], dy: &[f32]) {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            *dx = dy * gelu_grad(x);
+        }
+    }
 }
 
 /// `x (..)` → `gelu(x) (..)`: the fused op for `f32` on the CPU, candle's `gelu` elsewhere.
@@ -48,7 +62,7 @@ impl CustomOp1 for Gelu {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x)));
+            .for_each(|(y, x)| gelu_chunk(y, x));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -85,11 +99,7 @@ impl CustomOp2 for GeluBackward {
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(dx, (x, dy))| {
-                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                    *dx = dy * gelu_grad(x);
-                }
-            });
+            .for_each(|(dx, (x, dy))| gelu_grad_chunk(dx, x, dy));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

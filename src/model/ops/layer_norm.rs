@@ -9,7 +9,7 @@
 //!
 //! `candle_nn::ops::{layer_norm, rms_norm}` have no backward, which is why neither is used.
 
-use super::{contiguous, fused_enabled, sum_lanes};
+use super::{contiguous, dot_lanes, fused_enabled, multiversion, sum_lanes};
 use crate::model::compute_dtype;
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
@@ -156,7 +156,6 @@ impl NormOp {
         let mut mean = vec![0f32; n];
         let mut rstd = vec![0f32; n];
         if c > 0 {
-            let inv_c = 1.0 / c as f32;
             y.par_chunks_mut(c)
                 .zip(mean.par_iter_mut())
                 .zip(rstd.par_iter_mut())
@@ -164,25 +163,7 @@ impl NormOp {
                 .with_min_len(min_rows_per_task(c))
                 .for_each(|(r, ((y, mean), rstd))| {
                     let x = &x[r * c..(r + 1) * c];
-                    let mu = match self.kind {
-                        Kind::Layer => sum_lanes(x, |v| v) * inv_c,
-                        Kind::Rms => 0.0,
-                    };
-                    let var = sum_lanes(x, |v| (v - mu) * (v - mu)) * inv_c;
-                    let rs = 1.0 / (var + self.eps).sqrt();
-                    (*mean, *rstd) = (mu, rs);
-                    match b {
-                        Some(b) => {
-                            for j in 0..c {
-                                y[j] = (x[j] - mu) * rs * w[j] + b[j];
-                            }
-                        }
-                        None => {
-                            for j in 0..c {
-                                y[j] = (x[j] - mu) * rs * w[j];
-                            }
-                        }
-                    }
+                    (*mean, *rstd) = norm_fwd_row(y, x, (w, b), self.kind, self.eps);
                 });
         }
         if self.stats.set(Stats { mean, rstd }).is_err() {
@@ -310,7 +291,6 @@ impl CustomOp3 for NormBwd<'_> {
         }
         let (dx, dparams) = out.split_at_mut(n * c);
         let (dw, db) = dparams.split_at_mut(c);
-        let inv_c = 1.0 / c as f32;
         let layer = self.kind == Kind::Layer;
         // Per chunk of rows: its partial dweight (C) then dbias (C).
         let mut partial = vec![0f32; n.div_ceil(ROWS_PER_CHUNK) * 2 * c];
@@ -319,26 +299,17 @@ impl CustomOp3 for NormBwd<'_> {
             .enumerate()
             .for_each(|(k, (dx, part))| {
                 let (pw, pb) = part.split_at_mut(c);
-                for (i, dx) in dx.chunks_mut(c).enumerate() {
-                    let r = k * ROWS_PER_CHUNK + i;
-                    let (x, dy) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-                    let (mu, rs) = (mean[r], rstd[r]);
-                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                    for j in 0..c {
-                        let xh = (x[j] - mu) * rs;
-                        let g = dy[j] * w[j];
-                        sum_g += g;
-                        sum_gx += g * xh;
-                        pw[j] += dy[j] * xh;
-                        pb[j] += dy[j];
-                    }
-                    let a = if layer { sum_g * inv_c } else { 0.0 };
-                    let b = sum_gx * inv_c;
-                    for j in 0..c {
-                        let xh = (x[j] - mu) * rs;
-                        dx[j] = rs * (dy[j] * w[j] - a - xh * b);
-                    }
-                }
+                let rows = k * ROWS_PER_CHUNK..k * ROWS_PER_CHUNK + dx.len() / c;
+                let span = rows.start * c..rows.end * c;
+                let chunk = BwdChunk {
+                    x: &x[span.clone()],
+                    dy: &dy[span],
+                    w,
+                    mean: &mean[rows.clone()],
+                    rstd: &rstd[rows],
+                    layer,
+                };
+                norm_bwd_chunk(chunk, dx, pw, pb);
             });
         // Chunk order, whatever order the chunks ran in.
         for part in partial.chunks(2 * c) {
@@ -351,6 +322,70 @@ impl CustomOp3 for NormBwd<'_> {
             db.fill(0.0);
         }
         Ok((CpuStorage::F32(out), Shape::from((n + 2, c))))
+    }
+}
+
+multiversion! {
+    /// One row: `y = (x − mean) · rstd · w (+ b)`; returns `(mean, rstd)` (mean 0 for RMSNorm).
+    fn norm_fwd_row(y: &mut [f32], x: &[f32], params: (&[f32], Option<&[f32]>), kind: Kind, eps: f32) -> (f32, f32) {
+        let (w, b) = params;
+        let inv_c = 1.0 / x.len() as f32;
+        let mu = match kind {
+            Kind::Layer => sum_lanes(x, |v| v) * inv_c,
+            Kind::Rms => 0.0,
+        };
+        let var = sum_lanes(x, |v| (v - mu) * (v - mu)) * inv_c;
+        let rs = 1.0 / (var + eps).sqrt();
+        match b {
+            Some(b) => {
+                for j in 0..x.len() {
+                    y[j] = (x[j] - mu) * rs * w[j] + b[j];
+                }
+            }
+            None => {
+                for j in 0..x.len() {
+                    y[j] = (x[j] - mu) * rs * w[j];
+                }
+            }
+        }
+        (mu, rs)
+    }
+}
+
+/// One chunk of rows of the backward's inputs: `x`, `dy (R, C)`, `w (C)`, `mean`, `rstd (R)`.
+#[derive(Clone, Copy)]
+struct BwdChunk<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
+    w: &'a [f32],
+    mean: &'a [f32],
+    rstd: &'a [f32],
+    layer: bool,
+}
+
+multiversion! {
+    /// `dx (R, C)` of one chunk of rows, and its partial `dweight`, `dbias (C)` in `pw`, `pb`.
+    fn norm_bwd_chunk(chunk: BwdChunk, dx: &mut [f32], pw: &mut [f32], pb: &mut [f32]) {
+        let BwdChunk { x, dy, w, mean, rstd, layer } = chunk;
+        let c = w.len();
+        let inv_c = 1.0 / c as f32;
+        let mut xh = vec![0f32; c]; // x̂ of one row
+        let mut g = vec![0f32; c]; // dy · weight of one row
+        for (r, dx) in dx.chunks_exact_mut(c).enumerate() {
+            let (x, dy) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
+            let (mu, rs) = (mean[r], rstd[r]);
+            for j in 0..c {
+                xh[j] = (x[j] - mu) * rs;
+                g[j] = dy[j] * w[j];
+                pw[j] += dy[j] * xh[j];
+                pb[j] += dy[j];
+            }
+            let a = if layer { sum_lanes(&g, |v| v) * inv_c } else { 0.0 };
+            let b = dot_lanes(&g, &xh) * inv_c;
+            for j in 0..c {
+                dx[j] = rs * (g[j] - a - xh[j] * b);
+            }
+        }
     }
 }
 
