@@ -56,8 +56,8 @@ impl CustomOp2 for AddBias {
             bail!("add_bias: {c} columns but a bias of {}", b.len())
         }
         let mut y = vec![0f32; n * c];
-        if c > 0 {
-            let rows_per_task = (super::CHUNK / c).max(1);
+        if let Some(per_task) = super::CHUNK.checked_div(c) {
+            let rows_per_task = per_task.max(1);
             y.par_chunks_mut(rows_per_task * c)
                 .zip(x.par_chunks(rows_per_task * c))
                 .for_each(|(y, x)| add_rows(y, x, b));
