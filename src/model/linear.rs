@@ -20,6 +20,21 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The layer that computes outputs `start..start + len` of this one: a view of those rows
+    /// of the weight and entries of the bias. Its gradients flow back into this layer's
+    /// parameters.
+    pub fn outputs(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.narrow(0, start, len)?,
+            bias: match &self.bias {
+                Some(b) => Some(b.narrow(0, start, len)?),
+                None => None,
+            },
+        })
+    }
+}
+
 impl Module for Linear {
     /// `x (.., in)` → `(.., out)` in `x`'s dtype. Leading dimensions are folded into one so the
     /// product is a single 2-D matmul (a batched one would broadcast the weight per batch).
