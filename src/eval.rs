@@ -6,7 +6,7 @@
 
 use crate::data::batch::{make_windows, Batch, Batcher};
 use crate::data::dataset::{self, TokenSeqs};
-use crate::model::{masked_nll_sum, Gpt, Mode};
+use crate::model::{Gpt, Mode};
 use crate::train::checkpoint::Pick;
 use crate::train::restore;
 use anyhow::{Context, Result};
@@ -15,12 +15,18 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Σ −log p(target) over the batch's real targets, a scalar. Training divides it by the step's
+/// Σ −log p(target) over the batch's real targets, a scalar (`with_grad`: a backward will
+/// follow; evaluation passes false and skips the gradient work). Training divides it by the step's
 /// token count; evaluation sums it over the split. With right padding the real inputs are exactly
 /// the real targets' positions, so `mask` doubles as the attention key mask.
-pub fn loss_sum(model: &Gpt, batch: &Batch, mode: &Mode) -> candle_core::Result<Tensor> {
-    let logits = model.forward_t(&batch.ids, Some(&batch.mask), mode)?; // (B, T, V)
-    masked_nll_sum(&logits, &batch.targets, &batch.mask)
+pub fn loss_sum(
+    model: &Gpt,
+    batch: &Batch,
+    mode: &Mode,
+    with_grad: bool,
+) -> candle_core::Result<Tensor> {
+    let targets = (&batch.targets, &batch.mask);
+    model.nll_sum(&batch.ids, Some(&batch.mask), targets, mode, with_grad)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +67,7 @@ pub fn evaluate(
     let (mut nll, mut tokens) = (0.0f64, 0u64);
     for idx in &plan[..take] {
         let batch = batcher.make_batch(seqs, idx, crate::data::vocab::Vocab::PAD_ID, device)?;
-        nll += loss_sum(model, &batch, &Mode::Eval)?.to_scalar::<f32>()? as f64;
+        nll += loss_sum(model, &batch, &Mode::Eval, false)?.to_scalar::<f32>()? as f64;
         tokens += batch.n_tokens as u64;
     }
     Ok(EvalResult {

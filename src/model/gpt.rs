@@ -2,6 +2,7 @@
 
 use super::attention::{attention_mask, KvCache, Visibility};
 use super::block::{Block, Step};
+use super::loss::head_nll_sum;
 use super::norm::Norm;
 use super::ops::fused_enabled;
 use super::positions::{LearnedPositions, Rope};
@@ -110,7 +111,40 @@ impl Gpt {
         self.run(ids, None, &Mode::Eval, Some(cache))
     }
 
+    /// `Σ −log p(target)` over the real targets of `ids (B, T)`: `targets (B, T)` u32 and
+    /// `target_mask (B, T)` (1.0 = real, 0.0 = pad), with `key_mask` as in [`Gpt::forward_t`].
+    /// The head and the loss run as one step (see [`super::loss::head_nll_sum`]), so the
+    /// `(B, T, V)` logits are never held on the CPU. `with_grad = false` is for evaluation: a
+    /// backward through the result is then an error.
+    pub fn nll_sum(
+        &self,
+        ids: &Tensor,
+        key_mask: Option<&Tensor>,
+        (targets, target_mask): (&Tensor, &Tensor),
+        mode: &Mode,
+        with_grad: bool,
+    ) -> Result<Tensor> {
+        let x = self.trunk(ids, key_mask, mode, None)?; // (B, T, C)
+        let (b, t, c) = x.dims3()?;
+        let h = x.reshape((b * t, c))?; // (B·T, C)
+        let targets = targets.flatten_all()?; // (B·T)
+        let target_mask = target_mask.flatten_all()?; // (B·T)
+        head_nll_sum(&self.head, &h, &targets, &target_mask, with_grad)
+    }
+
     fn run(
+        &self,
+        ids: &Tensor,
+        key_mask: Option<&Tensor>,
+        mode: &Mode,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let x = self.trunk(ids, key_mask, mode, cache)?; // (B, T, C)
+        self.head.forward(&x) // (B, T, C) @ (C, V) = (B, T, V)
+    }
+
+    /// Embeddings, blocks and the final norm: `ids (B, T)` → `(B, T, C)`.
+    fn trunk(
         &self,
         ids: &Tensor,
         key_mask: Option<&Tensor>,
@@ -156,6 +190,6 @@ impl Gpt {
         if let Some(c) = cache {
             c.advance(t);
         }
-        self.head.forward(&self.ln_f.forward(&x)?) // (B, T, C) @ (C, V) = (B, T, V)
+        self.ln_f.forward(&x) // (B, T, C)
     }
 }

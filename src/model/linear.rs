@@ -21,6 +21,14 @@ impl Linear {
 }
 
 impl Linear {
+    /// The weight `(out, in)` of a layer without bias (`None` when it has one).
+    pub fn weight_if_plain(&self) -> Option<&Tensor> {
+        match self.bias {
+            None => Some(&self.weight),
+            Some(_) => None,
+        }
+    }
+
     /// The layer that computes outputs `start..start + len` of this one: a view of those rows
     /// of the weight and entries of the bias. Its gradients flow back into this layer's
     /// parameters.

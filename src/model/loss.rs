@@ -1,6 +1,8 @@
 //! Masked token-level cross-entropy.
 
-use super::ops::cross_entropy;
+use super::ops::{cross_entropy, head_loss};
+use super::Linear;
+use candle_core::Module;
 use candle_core::{Result, Tensor};
 
 /// `logits (B, T, V)`, `targets (B, T)` u32, `mask (B, T)` (1.0 = real target, 0.0 = pad) →
@@ -16,4 +18,24 @@ use candle_core::{Result, Tensor};
 /// ([`cross_entropy::masked_nll_sum_composed`]).
 pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
     cross_entropy::masked_nll_sum(logits, targets, mask)
+}
+
+/// The LM head and the loss together: `h (N, C)` (the final norm's output), `targets (N)` u32,
+/// `mask (N)` → `masked_nll_sum(head(h), targets, mask)`. On the CPU in f32 this runs the fused
+/// kernel of [`head_loss`], which never materialises the `(N, V)` logits and skips pad rows;
+/// `with_grad = false` (evaluation) lets it skip the gradient work too, and makes a backward
+/// through the result an error. Elsewhere: the head's matmul, then [`masked_nll_sum`].
+pub fn head_nll_sum(
+    head: &Linear,
+    h: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    with_grad: bool,
+) -> Result<Tensor> {
+    match head.weight_if_plain() {
+        Some(w) if head_loss::applies(h, w, targets) => {
+            head_loss::head_nll_sum(h, w, targets, mask, with_grad)
+        }
+        _ => masked_nll_sum(&head.forward(h)?, targets, mask),
+    }
 }

@@ -73,7 +73,7 @@ pub fn gradients(
         let mode = Mode::Train {
             dropout_seed: Rng::derive(seed, &format!("dropout/{step}/{k}")).next_u64(),
         };
-        let nll = eval::loss_sum(model, batch, &mode)?; // scalar: Σ over real targets
+        let nll = eval::loss_sum(model, batch, &mode, true)?; // scalar: Σ over real targets
         fwd += clock.lap()?;
         let scaled = (&nll / step_tokens.max(1) as f64)?;
         optimizer::accumulate(&mut grads, opt.params(), &scaled.backward()?)?;

@@ -18,10 +18,10 @@
 //! arithmetic literally for them and skips hidden keys everywhere else, where their weight is
 //! exactly 0 in both paths.
 
+use super::gemm::{matmul, View};
 use super::{dot_lanes, exp_fast, fused_enabled, max_of, multiversion, sum_lanes};
 use crate::model::attention::{attend, attention_mask, HIDDEN};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -227,96 +227,6 @@ multiversion! {
     }
 }
 
-/// A read-only strided matrix for [`matmul`]: element `(r, c)` is `data[r * rs + c * cs]`.
-#[derive(Debug, Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> View<'a> {
-    /// Rows `r0..r0 + rows` of a row-major matrix with `cols` columns, row stride `rs`.
-    fn rows(data: &'a [f32], r0: usize, rows: usize, cols: usize, rs: usize) -> Self {
-        Self {
-            data: data.get(r0 * rs..).unwrap_or(&[]),
-            rows,
-            cols,
-            rs,
-            cs: 1,
-        }
-    }
-
-    /// The transpose (no copy: swapped strides).
-    fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
-    /// Whether every element lies inside `data` (what makes the unsafe gemm call sound).
-    fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst (m × n, row stride dst_rs) = [dst +] alpha · lhs (m × k) · rhs (k × n)`, single-threaded:
-/// the caller parallelises over (batch, head) pairs, so nested threading would only add syncs.
-fn matmul(
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: View,
-    rhs: View,
-    alpha: f32,
-) -> Result<()> {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    let dst_ok = m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len();
-    if rhs.rows != k || !dst_ok || !lhs.in_bounds() || !rhs.in_bounds() {
-        bail!(
-            "fused attention: internal gemm of {m}×{k} by {}×{n} out of bounds",
-            rhs.rows
-        )
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    // SAFETY: the checks above keep every element gemm reads or writes inside its slice; `dst`
-    // is borrowed mutably, so it cannot alias `lhs` or `rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-    Ok(())
-}
-
 /// Forward of one (batch, head) pair: `q, k, v (T, D)` → `y (T, D)`, and `probs (T, T)` when
 /// given (otherwise the probabilities of one block live in a scratch buffer). Entries of a row
 /// of `probs` past the row's block extent are left as they are (0 in a fresh buffer).
@@ -343,7 +253,7 @@ fn forward_pair(
         // S = Q[r0..r1] K[0..e]ᵀ: (R, D) @ (D, e) = (R, e), rows T apart in p.
         let q_blk = View::rows(q, r0, r1 - r0, d, d);
         let k_t = View::rows(k, 0, e, d, d).t();
-        matmul(p, t, false, q_blk, k_t, 1.0)?;
+        matmul(p, t, false, q_blk, k_t, 1.0, 1)?;
         for (i, row) in (r0..r1).zip(p.chunks_exact_mut(t)) {
             let n = keys.extent(i);
             keys.softmax_row(&mut row[..n], i, scale);
@@ -352,7 +262,7 @@ fn forward_pair(
         // Y[r0..r1] = P[r0..r1, 0..e] V[0..e]: (R, e) @ (e, D) = (R, D).
         let p_blk = View::rows(p, 0, r1 - r0, e, t);
         let v_blk = View::rows(v, 0, e, d, d);
-        matmul(&mut y[r0 * d..r1 * d], d, false, p_blk, v_blk, 1.0)?;
+        matmul(&mut y[r0 * d..r1 * d], d, false, p_blk, v_blk, 1.0, 1)?;
     }
     Ok(())
 }
@@ -379,10 +289,10 @@ fn backward_pair(
         let p_blk = View::rows(probs, r0, rows, e, t); // (R, e)
         let dy_blk = View::rows(dy, r0, rows, d, d); // (R, D)
                                                      // dV[0..e] += P[r0..r1, 0..e]ᵀ dY[r0..r1]: (e, R) @ (R, D).
-        matmul(dv, d, true, p_blk.t(), dy_blk, 1.0)?;
+        matmul(dv, d, true, p_blk.t(), dy_blk, 1.0, 1)?;
         // dP = dY[r0..r1] V[0..e]ᵀ: (R, D) @ (D, e).
         let v_t = View::rows(v, 0, e, d, d).t();
-        matmul(&mut ds, t, false, dy_blk, v_t, 1.0)?;
+        matmul(&mut ds, t, false, dy_blk, v_t, 1.0, 1)?;
         // dS = P ⊙ (dP − rowsum(dP ⊙ P)) over each row's extent, 0 beyond it; times the scale
         // here, once, rather than in both gemms below.
         for (i, (g, p)) in (r0..r1).zip(ds.chunks_exact_mut(t).zip(probs[r0 * t..].chunks(t))) {
@@ -393,10 +303,10 @@ fn backward_pair(
         let ds_blk = View::rows(&ds, 0, rows, e, t); // (R, e)
                                                      // dQ[r0..r1] = dS K[0..e]: (R, e) @ (e, D).
         let k_blk = View::rows(k, 0, e, d, d);
-        matmul(&mut dq[r0 * d..r1 * d], d, false, ds_blk, k_blk, 1.0)?;
+        matmul(&mut dq[r0 * d..r1 * d], d, false, ds_blk, k_blk, 1.0, 1)?;
         // dK[0..e] += dSᵀ Q[r0..r1]: (e, R) @ (R, D).
         let q_blk = View::rows(q, r0, rows, d, d);
-        matmul(dk, d, true, ds_blk.t(), q_blk, 1.0)?;
+        matmul(dk, d, true, ds_blk.t(), q_blk, 1.0, 1)?;
     }
     Ok(())
 }

@@ -217,6 +217,16 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// [`nll_grad_row`] overwriting the logits themselves.
+    pub(super) fn nll_grad_in_place(row: &mut [f32], lse: f32, target: usize, s: f32) {
+        for x in row.iter_mut() {
+            *x = s * exp_fast(*x - lse);
+        }
+        row[target] -= s;
+    }
+}
+
 /// Rows per rayon task: about 16k elements, so small vocabularies do not drown in scheduling.
 fn min_rows_per_task(v: usize) -> usize {
     (16 * 1024 / v.max(1)).max(1)

@@ -13,6 +13,8 @@ pub mod attention;
 pub mod bias;
 pub mod cross_entropy;
 pub mod gelu;
+mod gemm;
+pub mod head_loss;
 pub mod layer_norm;
 
 use candle_core::{DType, Tensor};

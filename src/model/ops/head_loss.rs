@@ -1,0 +1,344 @@
+//! The LM head and the masked cross-entropy in one op: `Σ_real rows −log softmax(h Wᵀ)[target]`
+//! without ever holding the `(N, V)` logits.
+//!
+//! Composed, the head writes `(N, V)` logits (82 MB on bench config M), the loss reads them
+//! twice, its backward writes an `(N, V)` gradient and two matmuls read that: fresh buffers the
+//! kernel must page in every step, and passes over memory that does not fit in any cache.
+//! Here the real (non-pad) rows are processed a block at a time: the block's logits are
+//! computed into a reused scratch buffer, turned into the loss and, in place, into
+//! `softmax − onehot(target)`, which is multiplied straight into `dh` and `dW`. The forward
+//! therefore computes the gradients too (the loss is a scalar at the end of the graph, so its
+//! upstream gradient is one number, applied in the backward); evaluation asks for no gradients
+//! and skips that work. Pad rows cost nothing at all, where the composed head multiplies them
+//! too.
+
+use super::cross_entropy::{log_sum_exp, nll_grad_in_place};
+use super::fused_enabled;
+use super::gemm::{matmul, View};
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Logits per block, in f32s: 8 MB, so a block stays in a 32 MB L3 beside what the gemm reads.
+const BLOCK_LOGITS: usize = 2 << 20;
+
+/// Whether the fused kernel takes `h`, `w` and `targets`: f32 on the CPU (see
+/// [`fused_enabled`]) with u32 targets. Otherwise compose the head matmul with
+/// [`super::cross_entropy::masked_nll_sum`].
+pub fn applies(h: &Tensor, w: &Tensor, targets: &Tensor) -> bool {
+    fused_enabled(h) && w.dtype() == DType::F32 && targets.dtype() == DType::U32
+}
+
+/// `h (N, C)`, head weight `w (V, C)`, `targets (N)` u32 and `mask (N)` (1.0 = real target,
+/// 0.0 = pad) → the SUM over real rows of `−log softmax(h wᵀ)[target]`, a scalar f32, on the
+/// fused kernel (check [`applies`] first).
+///
+/// `with_grad` says whether a backward pass will follow: without it the kernel skips the
+/// gradient work, and a backward through its result is an error.
+pub fn head_nll_sum(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    with_grad: bool,
+) -> Result<Tensor> {
+    let v = w.dim(0)?;
+    head_nll_sum_blocked(h, w, targets, mask, with_grad, rows_per_block(v))
+}
+
+/// Rows per block for a vocabulary of `v`: [`BLOCK_LOGITS`] logits, at least 16 rows.
+fn rows_per_block(v: usize) -> usize {
+    (BLOCK_LOGITS / v.max(1)).max(16)
+}
+
+fn head_nll_sum_blocked(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    with_grad: bool,
+    block_rows: usize,
+) -> Result<Tensor> {
+    let (n, c) = h.dims2()?;
+    let (v, cw) = w.dims2()?;
+    if cw != c || targets.dims() != [n] || mask.dims() != [n] {
+        bail!(
+            "head loss: h {:?} and weight {:?} need matching widths, and targets {:?} and \
+             mask {:?} one entry per row",
+            h.dims(),
+            w.dims(),
+            targets.dims(),
+            mask.dims()
+        )
+    }
+    let targets = targets.to_vec1::<u32>()?;
+    let mask = mask.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= v) {
+        bail!("head loss: target id {t} out of range for a vocabulary of {v}")
+    }
+    let op = HeadNll {
+        targets,
+        mask,
+        with_grad,
+        block_rows,
+        grads: OnceLock::new(),
+    };
+    h.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// The op: forward on `(h (N, C), w (V, C))` → scalar loss; gradients computed alongside.
+struct HeadNll {
+    targets: Vec<u32>, // (N)
+    mask: Vec<f32>,    // (N)
+    with_grad: bool,
+    block_rows: usize,
+    /// `(dh (N, C), dW (V, C))` of the loss sum, set by the forward when `with_grad`.
+    grads: OnceLock<(Vec<f32>, Vec<f32>)>,
+}
+
+thread_local! {
+    /// The logits block, the gathered rows of `h` and their `dh`, reused across calls: fresh
+    /// buffers of this size would be paged in (zero-filled by the kernel) on every step.
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
+}
+
+struct Scratch {
+    logits: Vec<f32>, // (R, V)
+    h: Vec<f32>,      // (R, C)
+    dh: Vec<f32>,     // (R, C)
+}
+
+impl Scratch {
+    const fn new() -> Self {
+        Self {
+            logits: Vec::new(),
+            h: Vec::new(),
+            dh: Vec::new(),
+        }
+    }
+}
+
+impl CustomOp2 for HeadNll {
+    fn name(&self) -> &'static str {
+        "lmtrain-head-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c) = l1.shape().dims2()?;
+        let (v, _) = l2.shape().dims2()?;
+        let h = super::contiguous::<f32>(s1, l1, "head loss h")?;
+        let w = super::contiguous::<f32>(s2, l2, "head loss weight")?;
+        let real: Vec<usize> = (0..n).filter(|&r| self.mask[r] != 0.0).collect();
+        let threads = candle_core::utils::get_num_threads();
+        let mut dh = vec![0f32; if self.with_grad { n * c } else { 0 }]; // (N, C)
+        let mut dw = vec![0f32; if self.with_grad { v * c } else { 0 }]; // (V, C)
+        let mut total = 0f64;
+        SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
+            let Scratch {
+                logits,
+                h: hb,
+                dh: dhb,
+            } = scratch;
+            let rows = self.block_rows.min(real.len()).max(1);
+            logits.resize(rows * v, 0.0);
+            hb.resize(rows * c, 0.0);
+            dhb.resize(rows * c, 0.0);
+            for (k, block) in real.chunks(rows).enumerate() {
+                let r = block.len();
+                // Gather the block's rows of h: (R, C).
+                for (dst, &row) in hb.chunks_exact_mut(c).zip(block) {
+                    dst.copy_from_slice(&h[row * c..(row + 1) * c]);
+                }
+                let hv = View::rows(hb, 0, r, c, c);
+                let wt = View::rows(w, 0, v, c, c).t(); // (C, V)
+                                                        // logits = h_blk Wᵀ: (R, C) @ (C, V) = (R, V).
+                matmul(logits, v, false, hv, wt, 1.0, threads)?;
+                // Per row: the loss term, then (with gradients) mask · (softmax − onehot).
+                let mut losses = vec![0f32; r];
+                logits[..r * v]
+                    .par_chunks_mut(v)
+                    .zip(losses.par_iter_mut())
+                    .zip(block.par_iter())
+                    .for_each(|((row, loss), &i)| {
+                        let (t, m) = (self.targets[i] as usize, self.mask[i]);
+                        let lse = log_sum_exp(row);
+                        *loss = m * (lse - row[t]);
+                        if self.with_grad {
+                            nll_grad_in_place(row, lse, t, m);
+                        }
+                    });
+                // Rows in order, whatever order they ran in: the sum is reproducible.
+                total += losses.iter().map(|&l| l as f64).sum::<f64>();
+                if !self.with_grad {
+                    continue;
+                }
+                let g = View::rows(logits, 0, r, v, v); // (R, V)
+                                                        // dh_blk = G W: (R, V) @ (V, C), then scattered to the block's rows of dh.
+                matmul(dhb, c, false, g, View::rows(w, 0, v, c, c), 1.0, threads)?;
+                // dW (+)= Gᵀ h_blk: (V, R) @ (R, C); the first block overwrites the zeros.
+                matmul(&mut dw, c, k > 0, g.t(), hv, 1.0, threads)?;
+                for (src, &row) in dhb.chunks_exact(c).zip(block) {
+                    dh[row * c..(row + 1) * c].copy_from_slice(src);
+                }
+            }
+            Ok(())
+        })?;
+        if self.with_grad && self.grads.set((dh, dw)).is_err() {
+            bail!("head loss: forward ran twice on one op object")
+        }
+        Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let Some((dh, dw)) = self.grads.get() else {
+            bail!(
+                "head loss: backward through a loss computed without gradients \
+                 (call head_nll_sum with with_grad = true)"
+            )
+        };
+        let dh = Tensor::from_slice(dh, h.shape(), h.device())?.broadcast_mul(grad_res)?;
+        let dw = Tensor::from_slice(dw, w.shape(), w.device())?.broadcast_mul(grad_res)?;
+        Ok((Some(dh), Some(dw)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ops::cross_entropy::masked_nll_sum_composed;
+    use crate::rng::Rng;
+    use candle_core::{Device, Var};
+
+    const N: usize = 37;
+    const C: usize = 19;
+    const V: usize = 53;
+
+    /// `h (N, C)` ~ N(0, 1), `w (V, C)` ~ N(0, 0.5²), random targets, every 5th row a pad row.
+    fn data() -> (Var, Var, Tensor, Tensor) {
+        let mut rng = Rng::new(3);
+        let dev = Device::Cpu;
+        let mut randn = |len: usize, std: f64| -> Vec<f32> {
+            (0..len).map(|_| (std * rng.normal()) as f32).collect()
+        };
+        let h = Var::from_vec(randn(N * C, 1.0), (N, C), &dev).unwrap();
+        let w = Var::from_vec(randn(V * C, 0.5), (V, C), &dev).unwrap();
+        let targets: Vec<u32> = (0..N).map(|i| ((i * 31 + 7) % V) as u32).collect();
+        let mask: Vec<f32> = (0..N).map(|i| if i % 5 == 4 { 0.0 } else { 1.0 }).collect();
+        (
+            h,
+            w,
+            Tensor::from_vec(targets, N, &dev).unwrap(),
+            Tensor::from_vec(mask, N, &dev).unwrap(),
+        )
+    }
+
+    /// Loss and `(dh, dw)` of `2.5 · loss` (an upstream gradient other than 1), as f64.
+    fn run(loss: &Tensor, h: &Var, w: &Var) -> (f64, Vec<f64>, Vec<f64>) {
+        let grads = (loss * 2.5).unwrap().backward().unwrap();
+        let flat = |t: &Tensor| -> Vec<f64> {
+            let t = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+            t.to_vec1::<f64>().unwrap()
+        };
+        let value = loss
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        (
+            value,
+            flat(grads.get(h.as_tensor()).unwrap()),
+            flat(grads.get(w.as_tensor()).unwrap()),
+        )
+    }
+
+    fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// Against the composed head + loss in f64 (the exact reference), with blocks of 7 rows (six
+    /// blocks, the last partial), one row, and all rows at once. The fused kernel is f32
+    /// throughout: the loss (~30 rows of ~4.5 nats) to 1e-4 absolute, gradients (entries up to
+    /// ~2.5) to 2e-5.
+    #[test]
+    fn matches_the_f64_composed_loss_and_gradients_for_any_block_size() {
+        let (h, w, targets, mask) = data();
+        let (h64, w64) = (
+            Var::from_tensor(&h.to_dtype(DType::F64).unwrap()).unwrap(),
+            Var::from_tensor(&w.to_dtype(DType::F64).unwrap()).unwrap(),
+        );
+        let logits = h64.matmul(&w64.t().unwrap()).unwrap(); // (N, V)
+        let want = masked_nll_sum_composed(&logits, &targets, &mask).unwrap();
+        let (want, want_dh, want_dw) = run(&want, &h64, &w64);
+        for block_rows in [7, 1, N] {
+            let got = head_nll_sum_blocked(&h, &w, &targets, &mask, true, block_rows).unwrap();
+            let (got, dh, dw) = run(&got, &h, &w);
+            assert!((got - want).abs() < 1e-4, "loss {got} vs {want}");
+            let (edh, edw) = (max_diff(&dh, &want_dh), max_diff(&dw, &want_dw));
+            assert!(
+                edh < 2e-5 && edw < 2e-5,
+                "blocks of {block_rows}: dh {edh}, dw {edw}"
+            );
+        }
+        // Pad rows get exactly zero dh.
+        let got = head_nll_sum_blocked(&h, &w, &targets, &mask, true, 7).unwrap();
+        let (_, dh, _) = run(&got, &h, &w);
+        assert!(dh[4 * C..5 * C].iter().all(|&g| g == 0.0));
+    }
+
+    #[test]
+    fn pad_rows_are_never_read() {
+        // A NaN in a pad row would poison a composed head's matmul; here it is skipped.
+        let (h, w, targets, mask) = data();
+        let mut hv = h.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        hv[4 * C] = f32::NAN; // row 4 is a pad row
+        let poisoned = Tensor::from_vec(hv, (N, C), &Device::Cpu).unwrap();
+        let clean = head_nll_sum(&h, &w, &targets, &mask, false).unwrap();
+        let dirty = head_nll_sum(&poisoned, &w, &targets, &mask, false).unwrap();
+        let (a, b) = (
+            clean.to_scalar::<f32>().unwrap(),
+            dirty.to_scalar::<f32>().unwrap(),
+        );
+        assert!(a.is_finite() && (a - b).abs() == 0.0, "{a} vs {b}");
+    }
+
+    #[test]
+    fn without_gradients_the_value_is_the_same_and_backward_is_an_error() {
+        let (h, w, targets, mask) = data();
+        let with = head_nll_sum(&h, &w, &targets, &mask, true).unwrap();
+        let without = head_nll_sum(&h, &w, &targets, &mask, false).unwrap();
+        assert_eq!(
+            with.to_scalar::<f32>().unwrap(),
+            without.to_scalar::<f32>().unwrap()
+        );
+        let err = without.backward().unwrap_err().to_string();
+        assert!(err.contains("without gradients"), "{err}");
+    }
+
+    #[test]
+    fn bad_shapes_and_targets_are_errors() {
+        let (h, w, targets, mask) = data();
+        let short = mask.narrow(0, 0, N - 1).unwrap();
+        assert!(head_nll_sum(&h, &w, &targets, &short, true).is_err());
+        let wide = Tensor::zeros((V, C + 1), DType::F32, &Device::Cpu).unwrap();
+        assert!(head_nll_sum(&h, &wide, &targets, &mask, true).is_err());
+        let far = Tensor::from_vec(vec![V as u32; N], N, &Device::Cpu).unwrap();
+        let err = head_nll_sum(&h, &w, &far, &mask, true).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+    }
+}
