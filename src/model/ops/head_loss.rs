@@ -17,8 +17,7 @@ use super::fused_enabled;
 use super::gemm::{matmul, View};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::cell::RefCell;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Logits per block, in f32s: 8 MB, so a block stays in a 32 MB L3 beside what the gemm reads.
 const BLOCK_LOGITS: usize = 2 << 20;
@@ -97,12 +96,13 @@ struct HeadNll {
     grads: OnceLock<(Vec<f32>, Vec<f32>)>,
 }
 
-thread_local! {
-    /// The logits block, the gathered rows of `h` and their `dh`, reused across calls: fresh
-    /// buffers of this size would be paged in (zero-filled by the kernel) on every step.
-    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
-}
+/// Scratch buffers of finished calls, reused by the next ones: fresh buffers of this size would
+/// be paged in (zero-filled by the kernel) on every step. A call takes one out for its duration
+/// (no lock is held while it computes), so concurrent or nested calls each get their own.
+static SCRATCH: Mutex<Vec<Scratch>> = Mutex::new(Vec::new());
 
+/// The logits block, the gathered rows of `h` and their `dh`.
+#[derive(Default)]
 struct Scratch {
     logits: Vec<f32>, // (R, V)
     h: Vec<f32>,      // (R, C)
@@ -110,12 +110,18 @@ struct Scratch {
 }
 
 impl Scratch {
-    const fn new() -> Self {
-        Self {
-            logits: Vec::new(),
-            h: Vec::new(),
-            dh: Vec::new(),
-        }
+    fn take() -> Self {
+        let mut pool = SCRATCH
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pool.pop().unwrap_or_default()
+    }
+
+    fn give_back(self) {
+        let mut pool = SCRATCH
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pool.push(self);
     }
 }
 
@@ -140,12 +146,13 @@ impl CustomOp2 for HeadNll {
         let mut dh = vec![0f32; if self.with_grad { n * c } else { 0 }]; // (N, C)
         let mut dw = vec![0f32; if self.with_grad { v * c } else { 0 }]; // (V, C)
         let mut total = 0f64;
-        SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
+        let mut scratch = Scratch::take();
+        let result = (|| -> Result<()> {
             let Scratch {
                 logits,
                 h: hb,
                 dh: dhb,
-            } = scratch;
+            } = &mut scratch;
             let rows = self.block_rows.min(real.len()).max(1);
             logits.resize(rows * v, 0.0);
             hb.resize(rows * c, 0.0);
@@ -189,7 +196,9 @@ impl CustomOp2 for HeadNll {
                 }
             }
             Ok(())
-        })?;
+        })();
+        scratch.give_back();
+        result?;
         if self.with_grad && self.grads.set((dh, dw)).is_err() {
             bail!("head loss: forward ran twice on one op object")
         }
