@@ -125,6 +125,71 @@ impl Scratch {
     }
 }
 
+impl HeadNll {
+    /// The loss summed over the `real` rows of `h (N, C)` against `w (V, C)`, a block of rows
+    /// at a time; with gradients, also `dh (N, C)` (pad rows stay 0) and `dw (V, C)`.
+    fn blocks(
+        &self,
+        (h, w, c): (&[f32], &[f32], usize),
+        real: &[usize],
+        scratch: &mut Scratch,
+        (dh, dw): (&mut [f32], &mut [f32]),
+    ) -> Result<f64> {
+        let v = w.len() / c.max(1);
+        let threads = candle_core::utils::get_num_threads();
+        let rows = self.block_rows.min(real.len()).max(1);
+        let Scratch {
+            logits,
+            h: hb,
+            dh: dhb,
+        } = scratch;
+        logits.resize(rows * v, 0.0);
+        hb.resize(rows * c, 0.0);
+        dhb.resize(rows * c, 0.0);
+        let w_rows = View::rows(w, 0, v, c, c); // (V, C)
+        let mut total = 0f64;
+        for (k, block) in real.chunks(rows).enumerate() {
+            let r = block.len();
+            for (dst, &row) in hb.chunks_exact_mut(c).zip(block) {
+                dst.copy_from_slice(&h[row * c..(row + 1) * c]);
+            }
+            // The block's rows of h, gathered: (R, C).
+            let h_blk = View::rows(hb, 0, r, c, c);
+            // logits = h_blk Wᵀ: (R, C) @ (C, V) = (R, V).
+            matmul(logits, v, false, h_blk, w_rows.t(), 1.0, threads)?;
+            // Per row: the loss term, then (with gradients) mask · (softmax − onehot) in place.
+            let mut losses = vec![0f32; r];
+            logits[..r * v]
+                .par_chunks_mut(v)
+                .zip(losses.par_iter_mut())
+                .zip(block.par_iter())
+                .for_each(|((row, loss), &i)| {
+                    let (t, m) = (self.targets[i] as usize, self.mask[i]);
+                    let lse = log_sum_exp(row);
+                    *loss = m * (lse - row[t]);
+                    if self.with_grad {
+                        nll_grad_in_place(row, lse, t, m);
+                    }
+                });
+            // Rows in order, whatever order they ran in: the sum is reproducible.
+            total += losses.iter().map(|&l| l as f64).sum::<f64>();
+            if !self.with_grad {
+                continue;
+            }
+            // G, the logits' gradient: (R, V).
+            let g = View::rows(logits, 0, r, v, v);
+            // dh_blk = G W: (R, V) @ (V, C), then scattered to the block's rows of dh.
+            matmul(dhb, c, false, g, w_rows, 1.0, threads)?;
+            for (src, &row) in dhb.chunks_exact(c).zip(block) {
+                dh[row * c..(row + 1) * c].copy_from_slice(src);
+            }
+            // dW (+)= Gᵀ h_blk: (V, R) @ (R, C); the first block overwrites the zeros.
+            matmul(dw, c, k > 0, g.t(), h_blk, 1.0, threads)?;
+        }
+        Ok(total)
+    }
+}
+
 impl CustomOp2 for HeadNll {
     fn name(&self) -> &'static str {
         "lmtrain-head-nll"
@@ -142,63 +207,12 @@ impl CustomOp2 for HeadNll {
         let h = super::contiguous::<f32>(s1, l1, "head loss h")?;
         let w = super::contiguous::<f32>(s2, l2, "head loss weight")?;
         let real: Vec<usize> = (0..n).filter(|&r| self.mask[r] != 0.0).collect();
-        let threads = candle_core::utils::get_num_threads();
         let mut dh = vec![0f32; if self.with_grad { n * c } else { 0 }]; // (N, C)
         let mut dw = vec![0f32; if self.with_grad { v * c } else { 0 }]; // (V, C)
-        let mut total = 0f64;
         let mut scratch = Scratch::take();
-        let result = (|| -> Result<()> {
-            let Scratch {
-                logits,
-                h: hb,
-                dh: dhb,
-            } = &mut scratch;
-            let rows = self.block_rows.min(real.len()).max(1);
-            logits.resize(rows * v, 0.0);
-            hb.resize(rows * c, 0.0);
-            dhb.resize(rows * c, 0.0);
-            for (k, block) in real.chunks(rows).enumerate() {
-                let r = block.len();
-                // Gather the block's rows of h: (R, C).
-                for (dst, &row) in hb.chunks_exact_mut(c).zip(block) {
-                    dst.copy_from_slice(&h[row * c..(row + 1) * c]);
-                }
-                let hv = View::rows(hb, 0, r, c, c);
-                let wt = View::rows(w, 0, v, c, c).t(); // (C, V)
-                                                        // logits = h_blk Wᵀ: (R, C) @ (C, V) = (R, V).
-                matmul(logits, v, false, hv, wt, 1.0, threads)?;
-                // Per row: the loss term, then (with gradients) mask · (softmax − onehot).
-                let mut losses = vec![0f32; r];
-                logits[..r * v]
-                    .par_chunks_mut(v)
-                    .zip(losses.par_iter_mut())
-                    .zip(block.par_iter())
-                    .for_each(|((row, loss), &i)| {
-                        let (t, m) = (self.targets[i] as usize, self.mask[i]);
-                        let lse = log_sum_exp(row);
-                        *loss = m * (lse - row[t]);
-                        if self.with_grad {
-                            nll_grad_in_place(row, lse, t, m);
-                        }
-                    });
-                // Rows in order, whatever order they ran in: the sum is reproducible.
-                total += losses.iter().map(|&l| l as f64).sum::<f64>();
-                if !self.with_grad {
-                    continue;
-                }
-                let g = View::rows(logits, 0, r, v, v); // (R, V)
-                                                        // dh_blk = G W: (R, V) @ (V, C), then scattered to the block's rows of dh.
-                matmul(dhb, c, false, g, View::rows(w, 0, v, c, c), 1.0, threads)?;
-                // dW (+)= Gᵀ h_blk: (V, R) @ (R, C); the first block overwrites the zeros.
-                matmul(&mut dw, c, k > 0, g.t(), hv, 1.0, threads)?;
-                for (src, &row) in dhb.chunks_exact(c).zip(block) {
-                    dh[row * c..(row + 1) * c].copy_from_slice(src);
-                }
-            }
-            Ok(())
-        })();
+        let total = self.blocks((h, w, c), &real, &mut scratch, (&mut dh, &mut dw));
         scratch.give_back();
-        result?;
+        let total = total?;
         if self.with_grad && self.grads.set((dh, dw)).is_err() {
             bail!("head loss: forward ran twice on one op object")
         }
