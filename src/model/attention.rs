@@ -119,8 +119,8 @@ impl Attention {
         let (h, d) = (self.n_heads, c / self.n_heads);
         // Queries, keys and values from three views of the packed (3C, C) weight rather than
         // one (B, T, 3C) product split three ways: the backward of a split builds three
-        // zero-padded (B, T, 3C) gradients and adds them (~10% of a step on config M); the
-        // backward of a weight view does the same on the small weight gradient only.
+        // zero-padded (B, T, 3C) gradients and adds them; the backward of a weight view does
+        // that on the small weight gradient only (docs/perf-log.md, entry 6).
         let heads = |i: usize| -> Result<Tensor> {
             let y = self.qkv.outputs(i * c, c)?.forward(x)?; // (B, T, C)
             y.reshape((b, t, h, d))?.transpose(1, 2)?.contiguous() // (B, H, T, D)
