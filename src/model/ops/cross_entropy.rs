@@ -3,8 +3,9 @@
 //! Composed, this is max → sub → exp → sum → log → sub → gather → mul → sum, each step a fresh
 //! `(N, V)` buffer on the forward pass and again on the backward one. The fused forward makes two
 //! passes over each row (max, then the sum of exponentials) and writes one number per row; the
-//! backward writes `d logits = (softmax − onehot(target)) · mask · grad` in one pass per row,
-//! recomputing the softmax from the row's saved log-sum-exp. Pad rows (mask 0) are skipped on
+//! backward copies each row and turns it into `d logits = (softmax − onehot(target)) · mask ·
+//! grad` in place (the kernel the fused LM head uses too), recomputing the softmax from the
+//! row's saved log-sum-exp. Pad rows (mask 0) are skipped on
 //! both passes.
 
 use super::{contiguous, exp_fast, fused_enabled, max_of, multiversion, sum_lanes};
@@ -164,7 +165,8 @@ impl CustomOp3 for MaskedNllBwd<'_> {
                         return; // pad row (or zero upstream gradient): exactly zero
                     }
                     let row = &logits[r * v..(r + 1) * v];
-                    nll_grad_row(out, row, self.lse[r], targets[r] as usize, s);
+                    out.copy_from_slice(row);
+                    nll_grad_in_place(out, self.lse[r], targets[r] as usize, s);
                 });
         }
         Ok((CpuStorage::F32(grad), Shape::from((n, v))))
@@ -208,17 +210,8 @@ multiversion! {
 }
 
 multiversion! {
-    /// One row of `d logits = s · (softmax − onehot(target))`, from the row's log-sum-exp.
-    pub(super) fn nll_grad_row(out: &mut [f32], row: &[f32], lse: f32, target: usize, s: f32) {
-        for (o, &x) in out.iter_mut().zip(row) {
-            *o = s * exp_fast(x - lse);
-        }
-        out[target] -= s;
-    }
-}
-
-multiversion! {
-    /// [`nll_grad_row`] overwriting the logits themselves.
+    /// One row of `d logits = s · (softmax − onehot(target))` from the row's log-sum-exp,
+    /// overwriting the logits themselves.
     pub(super) fn nll_grad_in_place(row: &mut [f32], lse: f32, target: usize, s: f32) {
         for x in row.iter_mut() {
             *x = s * exp_fast(*x - lse);

@@ -162,10 +162,11 @@ pub(crate) fn exp_fast(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding and removing 1.5·2²³ rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
-    let xc = x.clamp(-87.3, 88.3); // n ≤ 127: 2ⁿ stays a normal f32
-                                   // After adding 1.5·2²³ the float's low mantissa bits hold n + 2²², so 2ⁿ's exponent bits
-                                   // come from an integer subtraction: no float→int conversion, which (saturating in Rust)
-                                   // kept the loops that call this from vectorising.
+    // Clamped so that n ≤ 127: 2ⁿ stays a normal f32.
+    let xc = x.clamp(-87.3, 88.3);
+    // After adding 1.5·2²³ the float's low mantissa bits hold n + 2²², so 2ⁿ's exponent bits
+    // come from an integer subtraction: no float→int conversion, which (saturating in Rust)
+    // kept the loops that call this from vectorising.
     let shifted = xc * LOG2E + ROUND;
     let n = shifted - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
