@@ -170,6 +170,8 @@ pub fn reference_model(vocab: usize, o: &BenchOptions) -> ModelConfig {
         mlp: Mlp::Gelu,
         bias: true,
         tie_embeddings: true,
+        bigram_buckets: 0,
+        trigram_buckets: 0,
         norm_eps: 1e-5,
         rope_theta: 10_000.0,
     }

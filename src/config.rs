@@ -131,6 +131,13 @@ pub struct ModelConfig {
     pub bias: bool,
     /// Share the LM head with the token embedding (GPT-2 default; saves V·C parameters).
     pub tie_embeddings: bool,
+    /// Rows of the hashed bigram embedding added to the token embedding (`0` = none): the pair
+    /// (previous token, token) is hashed to one of this many rows, so the first layer sees
+    /// which two-token context it is in without having to learn it. On a small corpus this
+    /// is what n-gram models do well; see [`crate::model::ngram`].
+    pub bigram_buckets: usize,
+    /// Rows of the hashed trigram embedding (the two previous tokens and the token); `0` = none.
+    pub trigram_buckets: usize,
     pub norm_eps: f64,
     /// RoPE base frequency.
     pub rope_theta: f64,
@@ -172,6 +179,13 @@ pub struct TrainConfig {
     pub decay_steps: u64,
     /// Decoupled AdamW weight decay, applied to matrices only (not norms, biases or gains).
     pub weight_decay: f64,
+    /// Learning-rate multiplier of the embedding tables that are looked up, not multiplied:
+    /// `tok_emb.weight` (with tied embeddings that table is also the head) and the n-gram
+    /// tables `bigram_emb.weight` and `trigram_emb.weight`. An embedding row only moves when its token is
+    /// in the batch, so on a small corpus a rare token's row gets few, small updates; a larger
+    /// rate for the table lets it learn from few occurrences (as in modded-nanogpt's
+    /// separate embedding rate). 1 = the base rate.
+    pub embed_lr_mult: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -246,6 +260,8 @@ impl Default for ModelConfig {
             mlp: Mlp::Gelu,
             bias: true,
             tie_embeddings: true,
+            bigram_buckets: 0,
+            trigram_buckets: 0,
             norm_eps: 1e-5,
             rope_theta: 10_000.0,
         }
@@ -264,6 +280,7 @@ impl Default for TrainConfig {
             warmup_steps: 100,
             decay_steps: 0,
             weight_decay: 0.1,
+            embed_lr_mult: 1.0,
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
@@ -377,6 +394,7 @@ impl Config {
             ("model.norm_eps", m.norm_eps),
             ("model.rope_theta", m.rope_theta),
             ("train.lr", t.lr),
+            ("train.embed_lr_mult", t.embed_lr_mult),
             ("train.eps", t.eps),
         ] {
             if !(v > 0.0 && v.is_finite()) {

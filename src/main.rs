@@ -408,6 +408,9 @@ mod tests {
             return;
         }
         let v = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(v, 1000, "slot {MI_OPTION_PURGE_DELAY} is not mimalloc's purge_delay");
+        assert_eq!(
+            v, 1000,
+            "slot {MI_OPTION_PURGE_DELAY} is not mimalloc's purge_delay"
+        );
     }
 }

@@ -112,9 +112,9 @@ fn every_parameter_gets_a_finite_nonzero_gradient_in_every_variant() {
             );
             // Every output row of a matrix must learn: this catches a gradient dropped on one
             // path only (e.g. through the attention scores, which only the q and k rows of
-            // `qkv.weight` feed). Embedding rows of tokens / positions absent from the batch
-            // legitimately get none.
-            if var.rank() == 2 && !name.starts_with("tok_emb") && !name.starts_with("pos_emb") {
+            // `qkv.weight` feed). Embedding rows of tokens / positions / n-gram buckets absent
+            // from the batch legitimately get none.
+            if var.rank() == 2 && !name.ends_with("_emb.weight") {
                 let cols = var.dims()[1];
                 for (r, row) in g.chunks(cols).enumerate() {
                     assert!(row.iter().any(|&x| x != 0.0), "{name} row {r}: no gradient");
@@ -184,6 +184,8 @@ fn gradients_match_finite_differences_modern_variant_with_dropout() {
     // function of the weights and dropout's backward is checked too.
     let cfg = ModelConfig {
         dropout: 0.1,
+        bigram_buckets: 13,
+        trigram_buckets: 17,
         ..tiny(Positions::Rope, Norm::RmsNorm, Mlp::SwiGlu, false, false)
     };
     check_finite_differences(&cfg, Mode::Train { dropout_seed: 4 });

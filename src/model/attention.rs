@@ -17,6 +17,9 @@ pub(crate) const HIDDEN: f64 = -1e9;
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    /// Each row's last tokens so far, for the n-gram embeddings of the next call's first
+    /// positions (kept only by models that have such tables).
+    ngram_history: Option<super::ngram::History>,
 }
 
 impl KvCache {
@@ -24,6 +27,7 @@ impl KvCache {
         Self {
             layers: vec![None; cfg.n_layers],
             len: 0,
+            ngram_history: None,
         }
     }
 
@@ -40,6 +44,17 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
         self.len = 0;
+        self.ngram_history = None;
+    }
+
+    /// Each row's last tokens of the calls so far (`None` before the first, or when the model
+    /// has no n-gram table).
+    pub(crate) fn ngram_history(&self) -> Option<&super::ngram::History> {
+        self.ngram_history.as_ref()
+    }
+
+    pub(crate) fn set_ngram_history(&mut self, history: super::ngram::History) {
+        self.ngram_history = Some(history);
     }
 
     /// The slot of layer `i`; an error when the cache was made for fewer layers.

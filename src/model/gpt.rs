@@ -3,6 +3,7 @@
 use super::attention::{attention_mask, KvCache, Visibility};
 use super::block::{Block, Step};
 use super::loss::head_nll_sum;
+use super::ngram;
 use super::norm::Norm;
 use super::ops::fused_enabled;
 use super::positions::{LearnedPositions, Rope};
@@ -13,12 +14,14 @@ use candle_core::DType;
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-/// A GPT: `tok_emb` (+ `pos_emb`) → dropout → `blocks.{i}` → `ln_f` → `lm_head` (or the tied
+/// A GPT: `tok_emb` (+ `bigram_emb`, `trigram_emb`) (+ `pos_emb`) → dropout → `blocks.{i}` → `ln_f` → `lm_head` (or the tied
 /// token embedding). Weight names and shapes: see the table in [`crate::model`].
 #[derive(Debug, Clone)]
 pub struct Gpt {
     cfg: ModelConfig,
     tok_emb: Tensor,
+    /// Hashed n-gram embeddings (see [`super::ngram`]), lowest order first.
+    ngram_tables: Vec<NgramTable>,
     pos_emb: Option<LearnedPositions>,
     rope: Option<Rope>,
     blocks: Vec<Block>,
@@ -26,6 +29,15 @@ pub struct Gpt {
     head: Linear,
     /// Activations' dtype: the weights' own, or bf16 over f32 weights (mixed precision).
     compute: DType,
+}
+
+/// One hashed n-gram embedding table.
+#[derive(Debug, Clone)]
+struct NgramTable {
+    order: usize,
+    buckets: usize,
+    /// `(buckets, C)`.
+    weight: Tensor,
 }
 
 impl Gpt {
@@ -48,6 +60,25 @@ impl Gpt {
         let tok_emb = vb
             .pp("tok_emb")
             .get_with_hints(emb_shape, "weight", normal)?;
+        let ngram_tables = [
+            (2, cfg.bigram_buckets, "bigram_emb"),
+            (3, cfg.trigram_buckets, "trigram_emb"),
+        ]
+        .into_iter()
+        .filter(|&(_, buckets, _)| buckets > 0)
+        .map(|(order, buckets, name)| {
+            // Zero at the start, so a fresh model computes what one without the table would.
+            let shape = (buckets, cfg.d_model);
+            let weight = vb
+                .pp(name)
+                .get_with_hints(shape, "weight", Init::Const(0.0))?;
+            Ok(NgramTable {
+                order,
+                buckets,
+                weight,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
         let (pos_emb, rope) = match cfg.positions {
             Positions::Learned => (Some(LearnedPositions::new(cfg, vb.pp("pos_emb"))?), None),
             Positions::Rope => (None, Some(Rope::new(cfg, vb.clone())?)),
@@ -65,6 +96,7 @@ impl Gpt {
         Ok(Self {
             cfg: cfg.clone(),
             tok_emb,
+            ngram_tables,
             pos_emb,
             rope,
             blocks,
@@ -156,6 +188,18 @@ impl Gpt {
         let c = self.cfg.d_model;
         let x = self.tok_emb.index_select(&ids.flatten_all()?, 0)?; // (B*T, C)
         let mut x = x.reshape((b, t, c))?; // (B, T, C)
+        if !self.ngram_tables.is_empty() {
+            let history = cache.as_ref().and_then(|c| c.ngram_history());
+            for table in &self.ngram_tables {
+                let rows = ngram::bucket_ids(ids, history, table.order, table.buckets)?; // (B, T)
+                let e = table.weight.index_select(&rows.flatten_all()?, 0)?; // (B*T, C)
+                x = (x + e.reshape((b, t, c))?)?; // (B, T, C)
+            }
+            if let Some(c) = cache.as_mut() {
+                let next = ngram::advance(c.ngram_history(), ids)?;
+                c.set_ngram_history(next);
+            }
+        }
         if let Some(pos) = &self.pos_emb {
             x = pos.forward(&x, offset)?; // (B, T, C)
         }

@@ -5,7 +5,7 @@
 //! `B` batch, `T` time (positions in this call), `S` cached + new key positions,
 //! `C` d_model, `H` heads, `D` head dim (`C / H`), `V` vocab, `F` MLP hidden width.
 //!
-//! Files in data-flow order: [`norm`], [`positions`], [`attention`], [`mlp`], [`block`],
+//! Files in data-flow order: [`ngram`], [`norm`], [`positions`], [`attention`], [`mlp`], [`block`],
 //! [`gpt`], then [`init`] (seeded weight init) and [`loss`].
 //!
 //! Every op used is differentiable in candle 0.11: the fused `candle_nn` softmax / norm / rotary
@@ -23,6 +23,8 @@
 //! |---|---|---|---|
 //! | `tok_emb.weight` | (V, C) | always | N(0, 0.02) |
 //! | `pos_emb.weight` | (context, C) | `positions = learned` | N(0, 0.02) |
+//! | `bigram_emb.weight` | (bigram_buckets, C) | `bigram_buckets > 0` | 0 |
+//! | `trigram_emb.weight` | (trigram_buckets, C) | `trigram_buckets > 0` | 0 |
 //! | `blocks.{i}.ln1.weight` | (C) | always | 1 |
 //! | `blocks.{i}.ln1.bias` | (C) | `norm = layernorm` and `bias` | 0 |
 //! | `blocks.{i}.attn.qkv.weight` | (3C, C) | always | N(0, 0.02) |
@@ -52,6 +54,7 @@ pub mod init;
 pub mod linear;
 pub mod loss;
 pub mod mlp;
+pub mod ngram;
 pub mod norm;
 pub mod ops;
 pub mod positions;
@@ -152,6 +155,16 @@ pub fn weight_table(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         "pos_emb.weight".into(),
         vec![cfg.context, c],
         cfg.positions == Positions::Learned,
+    );
+    push(
+        "bigram_emb.weight".into(),
+        vec![cfg.bigram_buckets, c],
+        cfg.bigram_buckets > 0,
+    );
+    push(
+        "trigram_emb.weight".into(),
+        vec![cfg.trigram_buckets, c],
+        cfg.trigram_buckets > 0,
     );
     for i in 0..cfg.n_layers {
         let p = format!("blocks.{i}");

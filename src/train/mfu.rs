@@ -1,7 +1,7 @@
 //! Model FLOPs utilisation: achieved model FLOP/s over the GPU's peak dense bf16 FLOP/s.
 //!
-//! FLOPs per trained token = 6·N + 12·L·T·d (N = parameters without the position embedding,
-//! L layers, T context, d width): the forward and backward of every weight plus the attention
+//! FLOPs per trained token = 6·N + 12·L·T·d (N = parameters without the position embedding
+//! and the n-gram tables, which are looked up, not multiplied; L layers, T context, d width): the forward and backward of every weight plus the attention
 //! score and value products (PaLM appendix B; the formula of ../shared/bench/README.md and
 //! nanoGPT). MFU is always quoted against the dense bf16 peak, as nanoGPT and llm.c do, so an
 //! f32 run's MFU is low by design. A GPU missing from the table has no MFU ("unknown peak"),
@@ -16,7 +16,8 @@ pub fn flops_per_token(cfg: &ModelConfig) -> f64 {
         Positions::Learned => cfg.context * cfg.d_model,
         Positions::Rope => 0,
     };
-    let n = (crate::model::param_count(cfg) - pos) as f64;
+    let lookups = pos + (cfg.bigram_buckets + cfg.trigram_buckets) * cfg.d_model;
+    let n = (crate::model::param_count(cfg) - lookups) as f64;
     6.0 * n + 12.0 * (cfg.n_layers * cfg.context * cfg.d_model) as f64
 }
 

@@ -26,6 +26,9 @@ pub struct Param {
     /// Weight decay applies: true for matrices (rank ≥ 2: linear weights, embeddings), false
     /// for vectors (norm gains, biases), as in GPT-2/nanoGPT.
     pub decay: bool,
+    /// This parameter's learning rate is `lr · lr_mult` (its weight decay scales with it, as in
+    /// a PyTorch parameter group with its own lr). 1 unless [`AdamW::set_lr_mult`] changed it.
+    pub lr_mult: f64,
     m: Tensor,
     v: Tensor,
 }
@@ -48,6 +51,7 @@ impl AdamW {
                 let zeros = || var.as_tensor().zeros_like()?.to_dtype(DType::F32);
                 Ok(Param {
                     decay: var.as_tensor().rank() >= 2,
+                    lr_mult: 1.0,
                     m: zeros()?,
                     v: zeros()?,
                     name,
@@ -56,6 +60,20 @@ impl AdamW {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { params, hp, t: 0 })
+    }
+
+    /// Gives parameter `name` the learning rate `lr · mult`; an error when no parameter has
+    /// that name (a misspelt name must not silently train at the base rate).
+    pub fn set_lr_mult(&mut self, name: &str, mult: f64) -> Result<()> {
+        let p = self
+            .params
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("no parameter `{name}` to give an lr multiplier"))
+            })?;
+        p.lr_mult = mult;
+        Ok(())
     }
 
     pub fn params(&self) -> &[Param] {
@@ -89,6 +107,7 @@ impl AdamW {
         for (p, g) in self.params.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
             let w = p.var.as_tensor();
+            let lr = lr * p.lr_mult;
             let decay = if p.decay {
                 1.0 - lr * weight_decay
             } else {
@@ -245,6 +264,36 @@ mod tests {
             // f32 storage: ~1e-7 relative per op over a handful of ops.
             assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
         }
+        Ok(())
+    }
+
+    /// A parameter with multiplier m moves exactly as it would at base rate lr·m (step and
+    /// decay), and its neighbour keeps the base rate; an unknown name is an error. Both sides
+    /// run the same f32 arithmetic, so the comparison is bit-exact.
+    #[test]
+    fn lr_mult_is_a_per_parameter_learning_rate() -> Result<()> {
+        let dev = Device::Cpu;
+        let fresh = || Var::from_vec(vec![1.0f32, -2.0, 0.5, 3.0], (2, 2), &dev);
+        let (a, b, solo) = (fresh()?, fresh()?, fresh()?);
+        let mut opt = AdamW::new(
+            vec![("a".into(), a.clone()), ("b".into(), b.clone())],
+            hp(0.1),
+        )?;
+        opt.set_lr_mult("a", 4.0)?;
+        let mut alone = AdamW::new(vec![("a".into(), solo.clone())], hp(0.1))?;
+        let base = Var::from_tensor(&fresh()?.as_tensor().copy()?)?;
+        let mut plain = AdamW::new(vec![("b".into(), base.clone())], hp(0.1))?;
+        let g = Tensor::new(&[[0.3f32, -0.1], [2.0, 0.5]], &dev)?;
+        for _ in 0..2 {
+            opt.step(&[Some(g.clone()), Some(g.clone())], 0.01, 1.0)?;
+            alone.step(&[Some(g.clone())], 0.04, 1.0)?;
+            plain.step(&[Some(g.clone())], 0.01, 1.0)?;
+        }
+        let vals = |v: &Var| v.as_tensor().to_vec2::<f32>();
+        assert_eq!(vals(&a)?, vals(&solo)?);
+        assert_eq!(vals(&b)?, vals(&base)?);
+        assert_ne!(vals(&a)?, vals(&b)?);
+        assert!(opt.set_lr_mult("c", 2.0).is_err());
         Ok(())
     }
 

@@ -98,6 +98,15 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             weight_decay: t.weight_decay,
         },
     )?;
+    if t.embed_lr_mult != 1.0 {
+        opt.set_lr_mult("tok_emb.weight", t.embed_lr_mult)?;
+        if cfg.model.bigram_buckets > 0 {
+            opt.set_lr_mult("bigram_emb.weight", t.embed_lr_mult)?;
+        }
+        if cfg.model.trigram_buckets > 0 {
+            opt.set_lr_mult("trigram_emb.weight", t.embed_lr_mult)?;
+        }
+    }
     let mut state = match s.resume_from.clone() {
         Some(dir) => {
             let state = checkpoint::load_state(&dir)?;

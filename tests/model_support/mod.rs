@@ -21,6 +21,8 @@ pub fn tiny(positions: Positions, norm: Norm, mlp: Mlp, bias: bool, tied: bool) 
         mlp,
         bias,
         tie_embeddings: tied,
+        bigram_buckets: 0,
+        trigram_buckets: 0,
         norm_eps: 1e-5,
         rope_theta: 10_000.0,
     }
@@ -31,7 +33,9 @@ pub fn tiny_default() -> ModelConfig {
     tiny(Positions::Learned, Norm::LayerNorm, Mlp::Gelu, true, true)
 }
 
-/// Every combination of positions × norm × MLP × bias × tying (32 configs).
+/// Every combination of positions × norm × MLP × bias × tying (32 configs); half of them, those
+/// where `bias` differs from `tied`, also have a 13-row bigram table, and of those the RMSNorm
+/// ones a 17-row trigram table too.
 pub fn all_variants() -> Vec<ModelConfig> {
     let mut out = Vec::new();
     for positions in [Positions::Learned, Positions::Rope] {
@@ -39,7 +43,15 @@ pub fn all_variants() -> Vec<ModelConfig> {
             for mlp in [Mlp::Gelu, Mlp::SwiGlu] {
                 for bias in [true, false] {
                     for tied in [true, false] {
-                        out.push(tiny(positions, norm, mlp, bias, tied));
+                        out.push(ModelConfig {
+                            bigram_buckets: if bias != tied { 13 } else { 0 },
+                            trigram_buckets: if bias != tied && norm == Norm::RmsNorm {
+                                17
+                            } else {
+                                0
+                            },
+                            ..tiny(positions, norm, mlp, bias, tied)
+                        });
                     }
                 }
             }
