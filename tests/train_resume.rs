@@ -52,18 +52,38 @@ fn training_drives_the_loss_well_below_its_start() {
 
 #[test]
 fn resume_continues_exactly_like_an_uninterrupted_run() {
+    check_resume_is_exact("plain", &[]);
+}
+
+/// The n-gram tables and their learning-rate multiplier are state too: their moments must be
+/// saved and restored, and the multiplier must come back from the run's config.
+#[test]
+fn resume_is_exact_with_ngram_tables_and_an_embedding_lr_multiplier() {
+    check_resume_is_exact(
+        "ngram",
+        &[
+            "model.tie_embeddings=false",
+            "model.bigram_buckets=31",
+            "model.trigram_buckets=37",
+            "train.embed_lr_mult=10",
+        ],
+    );
+}
+
+fn check_resume_is_exact(tag: &str, extra: &[&str]) {
     let n = 6;
     // Straight: 2N steps in one go. The schedule's horizon is pinned with decay_steps so the
     // interrupted run (max_steps = N) follows the same learning-rate curve.
-    let a_dir = common::temp_dir("straight");
+    let a_dir = common::temp_dir(&format!("straight-{tag}"));
     let a_cfg = common::write_config(&a_dir, &common::tiny_config(&a_dir, 2 * n));
     let decay = format!("train.decay_steps={}", 2 * n);
-    let a = train::run(&opts(&a_cfg, &[&decay])).unwrap();
+    let overrides: Vec<&str> = extra.iter().copied().chain([decay.as_str()]).collect();
+    let a = train::run(&opts(&a_cfg, &overrides)).unwrap();
 
     // Interrupted: N steps, then resume the run folder to 2N.
-    let b_dir = common::temp_dir("resumed");
+    let b_dir = common::temp_dir(&format!("resumed-{tag}"));
     let b_cfg = common::write_config(&b_dir, &common::tiny_config(&b_dir, n));
-    let b1 = train::run(&opts(&b_cfg, &[&decay])).unwrap();
+    let b1 = train::run(&opts(&b_cfg, &overrides)).unwrap();
     assert_eq!(b1.steps, n);
     let resume = TrainOptions {
         resume: Some(b1.run_dir.clone()),
