@@ -181,10 +181,10 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Learning-rate multiplier of the embedding tables that are looked up, not multiplied:
     /// `tok_emb.weight` (with tied embeddings that table is also the head) and the n-gram
-    /// tables `bigram_emb.weight` and `trigram_emb.weight`. An embedding row only moves when its token is
-    /// in the batch, so on a small corpus a rare token's row gets few, small updates; a larger
-    /// rate for the table lets it learn from few occurrences (as in modded-nanogpt's
-    /// separate embedding rate). 1 = the base rate.
+    /// tables `bigram_emb.weight` and `trigram_emb.weight`; their weight decay scales with it.
+    /// A row only moves when its token (or n-gram) is in the batch, so on a small corpus a
+    /// rare one's row gets few, small updates; a larger rate lets it learn from few occurrences
+    /// (as in modded-nanogpt's separate embedding rate). 1 = the base rate.
     pub embed_lr_mult: f64,
     pub beta1: f64,
     pub beta2: f64,

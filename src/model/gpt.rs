@@ -14,8 +14,9 @@ use candle_core::DType;
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-/// A GPT: `tok_emb` (+ `bigram_emb`, `trigram_emb`) (+ `pos_emb`) → dropout → `blocks.{i}` → `ln_f` → `lm_head` (or the tied
-/// token embedding). Weight names and shapes: see the table in [`crate::model`].
+/// A GPT: `tok_emb` (+ `bigram_emb`, `trigram_emb`) (+ `pos_emb`) → dropout → `blocks.{i}` →
+/// `ln_f` → `lm_head` (or the tied token embedding). Weight names and shapes: see the table in
+/// [`crate::model`].
 #[derive(Debug, Clone)]
 pub struct Gpt {
     cfg: ModelConfig,

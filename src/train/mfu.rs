@@ -1,8 +1,8 @@
 //! Model FLOPs utilisation: achieved model FLOP/s over the GPU's peak dense bf16 FLOP/s.
 //!
 //! FLOPs per trained token = 6·N + 12·L·T·d (N = parameters without the position embedding
-//! and the n-gram tables, which are looked up, not multiplied; L layers, T context, d width): the forward and backward of every weight plus the attention
-//! score and value products (PaLM appendix B; the formula of ../shared/bench/README.md and
+//! and the n-gram tables, which are looked up, not multiplied; L layers, T context, d width):
+//! the forward and backward of every weight plus the attention score and value products (PaLM appendix B; the formula of ../shared/bench/README.md and
 //! nanoGPT). MFU is always quoted against the dense bf16 peak, as nanoGPT and llm.c do, so an
 //! f32 run's MFU is low by design. A GPU missing from the table has no MFU ("unknown peak"),
 //! never a guess.
@@ -111,6 +111,20 @@ mod tests {
             "{} vs {want}",
             flops_per_token(&cfg)
         );
+    }
+
+    /// The n-gram tables are lookups: adding them leaves the FLOPs per token as they were,
+    /// although they add parameters.
+    #[test]
+    fn ngram_tables_add_no_flops() {
+        let plain = ModelConfig::default();
+        let with_tables = ModelConfig {
+            bigram_buckets: 4096,
+            trigram_buckets: 1000,
+            ..plain.clone()
+        };
+        assert!(crate::model::param_count(&with_tables) > crate::model::param_count(&plain));
+        assert_eq!(flops_per_token(&with_tables), flops_per_token(&plain));
     }
 
     #[test]
