@@ -3,9 +3,9 @@
 //! FLOPs per trained token = 6·N + 12·L·T·d (N = parameters without the position embedding
 //! and the n-gram tables, which are looked up, not multiplied; L layers, T context, d width):
 //! the forward and backward of every weight plus the attention score and value products (PaLM
-//! appendix B; the formula of ../shared/bench/README.md and nanoGPT). MFU is always quoted against the dense bf16 peak, as nanoGPT and llm.c do, so an
-//! f32 run's MFU is low by design. A GPU missing from the table has no MFU ("unknown peak"),
-//! never a guess.
+//! appendix B; the formula of ../shared/bench/README.md and nanoGPT). MFU is always quoted
+//! against the dense bf16 peak, as nanoGPT and llm.c do, so an f32 run's MFU is low by design. A
+//! GPU missing from the table has no MFU ("unknown peak"), never a guess.
 
 use crate::config::{ModelConfig, Positions};
 use candle_core::Device;
