@@ -35,8 +35,7 @@ pub struct Gpt {
 /// One hashed n-gram embedding table.
 #[derive(Debug, Clone)]
 struct NgramTable {
-    order: usize,
-    buckets: usize,
+    spec: ngram::TableSpec,
     /// `(buckets, C)`.
     weight: Tensor,
 }
@@ -61,25 +60,17 @@ impl Gpt {
         let tok_emb = vb
             .pp("tok_emb")
             .get_with_hints(emb_shape, "weight", normal)?;
-        let ngram_tables = [
-            (2, cfg.bigram_buckets, "bigram_emb"),
-            (3, cfg.trigram_buckets, "trigram_emb"),
-        ]
-        .into_iter()
-        .filter(|&(_, buckets, _)| buckets > 0)
-        .map(|(order, buckets, name)| {
-            // Zero at the start, so a fresh model computes what one without the table would.
-            let shape = (buckets, cfg.d_model);
-            let weight = vb
-                .pp(name)
-                .get_with_hints(shape, "weight", Init::Const(0.0))?;
-            Ok(NgramTable {
-                order,
-                buckets,
-                weight,
+        let ngram_tables = ngram::tables(cfg)
+            .into_iter()
+            .map(|spec| {
+                // Zero at the start, so a fresh model computes what one without the table would.
+                let shape = (spec.buckets, cfg.d_model);
+                let weight = vb
+                    .pp(spec.name)
+                    .get_with_hints(shape, "weight", Init::Const(0.0))?;
+                Ok(NgramTable { spec, weight })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let (pos_emb, rope) = match cfg.positions {
             Positions::Learned => (Some(LearnedPositions::new(cfg, vb.pp("pos_emb"))?), None),
             Positions::Rope => (None, Some(Rope::new(cfg, vb.clone())?)),
@@ -190,15 +181,18 @@ impl Gpt {
         let x = self.tok_emb.index_select(&ids.flatten_all()?, 0)?; // (B*T, C)
         let mut x = x.reshape((b, t, c))?; // (B, T, C)
         if !self.ngram_tables.is_empty() {
+            // The ids come to the host once for every table (and the cache's history).
             let history = cache.as_ref().and_then(|c| c.ngram_history());
+            let seqs = ngram::with_history(&ids.to_vec2::<u32>()?, history)?;
             for table in &self.ngram_tables {
-                let rows = ngram::bucket_ids(ids, history, table.order, table.buckets)?; // (B, T)
-                let e = table.weight.index_select(&rows.flatten_all()?, 0)?; // (B*T, C)
+                let (order, buckets) = (table.spec.order, table.spec.buckets);
+                let rows = ngram::bucket_ids(&seqs, order, buckets)?;
+                let rows = Tensor::from_vec(rows, b * t, ids.device())?; // (B*T)
+                let e = table.weight.index_select(&rows, 0)?; // (B*T, C)
                 x = (x + e.reshape((b, t, c))?)?; // (B, T, C)
             }
             if let Some(c) = cache.as_mut() {
-                let next = ngram::advance(c.ngram_history(), ids)?;
-                c.set_ngram_history(next);
+                c.set_ngram_history(ngram::advance(&seqs));
             }
         }
         if let Some(pos) = &self.pos_emb {

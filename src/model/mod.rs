@@ -5,8 +5,8 @@
 //! `B` batch, `T` time (positions in this call), `S` cached + new key positions,
 //! `C` d_model, `H` heads, `D` head dim (`C / H`), `V` vocab, `F` MLP hidden width.
 //!
-//! Files in data-flow order: [`ngram`], [`norm`], [`positions`], [`attention`], [`mlp`], [`block`],
-//! [`gpt`], then [`init`] (seeded weight init) and [`loss`].
+//! Files in data-flow order: [`ngram`], [`norm`], [`positions`], [`attention`], [`mlp`],
+//! [`block`], [`gpt`], then [`init`] (seeded weight init) and [`loss`].
 //!
 //! Every op used is differentiable in candle 0.11: the fused `candle_nn` softmax / norm / rotary
 //! kernels have no backward and are deliberately not used (see the gradient-flow tests).
@@ -156,16 +156,9 @@ pub fn weight_table(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         vec![cfg.context, c],
         cfg.positions == Positions::Learned,
     );
-    push(
-        "bigram_emb.weight".into(),
-        vec![cfg.bigram_buckets, c],
-        cfg.bigram_buckets > 0,
-    );
-    push(
-        "trigram_emb.weight".into(),
-        vec![cfg.trigram_buckets, c],
-        cfg.trigram_buckets > 0,
-    );
+    for spec in ngram::tables(cfg) {
+        push(spec.weight_name(), vec![spec.buckets, c], true);
+    }
     for i in 0..cfg.n_layers {
         let p = format!("blocks.{i}");
         push(format!("{p}.ln1.weight"), vec![c], true);

@@ -14,7 +14,8 @@
 //! window, or the sequence starts there), so they count as [`NO_TOKEN`]. Incremental decoding
 //! passes the last tokens of the previous calls instead ([`History`]).
 
-use candle_core::{bail, Result, Tensor};
+use crate::config::ModelConfig;
+use candle_core::{bail, Result};
 
 /// A token before the start of what the model sees.
 pub const NO_TOKEN: u32 = u32::MAX;
@@ -44,58 +45,88 @@ pub fn bucket(tokens: &[u32], buckets: usize) -> u32 {
     (z % buckets as u64) as u32
 }
 
-/// The `(B, T)` bucket ids of the `order`-grams ending at each position of `ids (B, T)` u32.
-/// `history` holds the tokens before each row's first position (`None`: none, all
-/// [`NO_TOKEN`]). Computed on the host: the ids are small.
-pub fn bucket_ids(
-    ids: &Tensor,
-    history: Option<&History>,
-    order: usize,
-    buckets: usize,
-) -> Result<Tensor> {
-    let (b, t) = ids.dims2()?;
-    if buckets == 0 || !(2..=MAX_ORDER).contains(&order) {
-        bail!("n-gram table: order {order} must be 2..={MAX_ORDER} and buckets {buckets} > 0")
-    }
-    if history.is_some_and(|h| h.len() != b) {
-        bail!(
-            "n-gram table: history of {} rows for a batch of {b}",
-            history.map_or(0, Vec::len)
-        )
-    }
-    let rows = ids.to_vec2::<u32>()?;
-    let mut out = Vec::with_capacity(b * t);
-    for (r, row) in rows.iter().enumerate() {
-        let before = history.map_or([NO_TOKEN; MAX_ORDER - 1], |h| h[r]);
-        let seq: Vec<u32> = before.iter().chain(row).copied().collect();
-        // Position i of the row is seq[MAX_ORDER - 1 + i]; its n-gram ends there.
-        for end in MAX_ORDER - 1..seq.len() {
-            out.push(bucket(&seq[end + 1 - order..=end], buckets));
-        }
-    }
-    Tensor::from_vec(out, (b, t), ids.device())
+/// One n-gram table a config asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSpec {
+    /// 2 for (previous, token), 3 for (two previous, token).
+    pub order: usize,
+    pub buckets: usize,
+    /// The weight is `<name>.weight`, shape `(buckets, C)`.
+    pub name: &'static str,
 }
 
-/// The history after `ids (B, T)` followed `before` (`None`: no earlier tokens).
-pub fn advance(before: Option<&History>, ids: &Tensor) -> Result<History> {
-    let rows = ids.to_vec2::<u32>()?;
+impl TableSpec {
+    pub fn weight_name(&self) -> String {
+        format!("{}.weight", self.name)
+    }
+}
+
+/// The n-gram tables of `cfg`, lowest order first: the one list the model, the weight table,
+/// the optimizer's learning-rate multipliers and the FLOP count all read.
+pub fn tables(cfg: &ModelConfig) -> Vec<TableSpec> {
+    [
+        (2, cfg.bigram_buckets, "bigram_emb"),
+        (3, cfg.trigram_buckets, "trigram_emb"),
+    ]
+    .into_iter()
+    .filter(|&(_, buckets, _)| buckets > 0)
+    .map(|(order, buckets, name)| TableSpec {
+        order,
+        buckets,
+        name,
+    })
+    .collect()
+}
+
+/// Each row of `rows` (the ids of a `(B, T)` batch, read to the host once for every table)
+/// behind its [`History`] entry (`None`: all [`NO_TOKEN`]): `B` sequences of `MAX_ORDER - 1 + T`
+/// tokens, so that position `i` of row `r` is `seq[r][MAX_ORDER - 1 + i]`.
+pub fn with_history(rows: &[Vec<u32>], history: Option<&History>) -> Result<Vec<Vec<u32>>> {
+    if history.is_some_and(|h| h.len() != rows.len()) {
+        bail!(
+            "n-gram table: history of {} rows for a batch of {}",
+            history.map_or(0, Vec::len),
+            rows.len()
+        )
+    }
     Ok(rows
         .iter()
         .enumerate()
         .map(|(r, row)| {
-            let old = before.map_or([NO_TOKEN; MAX_ORDER - 1], |h| h[r]);
-            let seq: Vec<u32> = old.iter().chain(row).copied().collect();
+            let before = history.map_or([NO_TOKEN; MAX_ORDER - 1], |h| h[r]);
+            before.iter().chain(row).copied().collect()
+        })
+        .collect())
+}
+
+/// The bucket ids, `B·T` in row-major order, of the `order`-grams ending at each position of
+/// sequences made by [`with_history`].
+pub fn bucket_ids(seqs: &[Vec<u32>], order: usize, buckets: usize) -> Result<Vec<u32>> {
+    if buckets == 0 || !(2..=MAX_ORDER).contains(&order) {
+        bail!("n-gram table: order {order} must be 2..={MAX_ORDER} and buckets {buckets} > 0")
+    }
+    Ok(seqs
+        .iter()
+        .flat_map(|seq| {
+            (MAX_ORDER - 1..seq.len()).map(move |end| bucket(&seq[end + 1 - order..=end], buckets))
+        })
+        .collect())
+}
+
+/// The history after the sequences made by [`with_history`]: each one's last tokens.
+pub fn advance(seqs: &[Vec<u32>]) -> History {
+    seqs.iter()
+        .map(|seq| {
             let mut last = [NO_TOKEN; MAX_ORDER - 1];
             last.copy_from_slice(&seq[seq.len() - (MAX_ORDER - 1)..]);
             last
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
     fn buckets_are_in_range_and_depend_on_every_token_and_the_order() {
@@ -142,16 +173,23 @@ mod tests {
         }
     }
 
+    /// The `(B, T)` bucket ids of `rows` behind `history`, through the public steps.
+    fn ids_2d(rows: &[Vec<u32>], history: Option<&History>, order: usize) -> Result<Vec<Vec<u32>>> {
+        let t = rows[0].len();
+        let flat = bucket_ids(&with_history(rows, history)?, order, 97)?;
+        Ok(flat.chunks(t).map(<[u32]>::to_vec).collect())
+    }
+
     #[test]
     fn bucket_ids_take_the_tokens_before_each_position() -> Result<()> {
-        let ids = Tensor::new(&[[5u32, 6, 7], [8, 9, 10]], &Device::Cpu)?;
+        let ids = vec![vec![5u32, 6, 7], vec![8, 9, 10]];
         let want = |ctx: &[u32]| bucket(ctx, 97);
-        let bi = bucket_ids(&ids, None, 2, 97)?.to_vec2::<u32>()?;
+        let bi = ids_2d(&ids, None, 2)?;
         assert_eq!(
             bi[0],
             vec![want(&[NO_TOKEN, 5]), want(&[5, 6]), want(&[6, 7])]
         );
-        let tri = bucket_ids(&ids, None, 3, 97)?.to_vec2::<u32>()?;
+        let tri = ids_2d(&ids, None, 3)?;
         assert_eq!(
             tri[1],
             vec![
@@ -161,38 +199,42 @@ mod tests {
             ]
         );
         let history = vec![[1, 2], [3, 4]];
-        let tri = bucket_ids(&ids, Some(&history), 3, 97)?.to_vec2::<u32>()?;
+        let tri = ids_2d(&ids, Some(&history), 3)?;
         assert_eq!(tri[0][..2], [want(&[1, 2, 5]), want(&[2, 5, 6])]);
         assert_eq!(tri[1][0], want(&[3, 4, 8]));
         assert!(
-            bucket_ids(&ids, Some(&vec![[1, 2]]), 2, 97).is_err(),
+            ids_2d(&ids, Some(&vec![[1, 2]]), 2).is_err(),
             "one history per row"
         );
-        assert!(
-            bucket_ids(&ids, None, 4, 97).is_err(),
-            "orders 2 and 3 only"
-        );
+        assert!(ids_2d(&ids, None, 4).is_err(), "orders 2 and 3 only");
         Ok(())
     }
 
     /// Decoding in pieces sees the same n-grams as one call over the whole sequence.
     #[test]
     fn history_carries_the_last_tokens_across_calls() -> Result<()> {
-        let whole = Tensor::new(&[[5u32, 6, 7, 8]], &Device::Cpu)?;
-        let want = bucket_ids(&whole, None, 3, 97)?.to_vec2::<u32>()?;
+        let want = ids_2d(&[vec![5u32, 6, 7, 8]], None, 3)?;
         let mut history: Option<History> = None;
         let mut got = Vec::new();
         for piece in [&[5u32][..], &[6, 7], &[8]] {
-            let ids = Tensor::new(piece, &Device::Cpu)?.unsqueeze(0)?;
-            got.extend(
-                bucket_ids(&ids, history.as_ref(), 3, 97)?
-                    .to_vec2::<u32>()?
-                    .remove(0),
-            );
-            history = Some(advance(history.as_ref(), &ids)?);
+            let seqs = with_history(&[piece.to_vec()], history.as_ref())?;
+            got.extend(bucket_ids(&seqs, 3, 97)?);
+            history = Some(advance(&seqs));
         }
         assert_eq!(got, want[0]);
         assert_eq!(history.unwrap(), vec![[7, 8]]);
         Ok(())
+    }
+
+    #[test]
+    fn tables_list_only_the_configured_orders() {
+        let cfg = ModelConfig {
+            trigram_buckets: 5,
+            ..ModelConfig::default()
+        };
+        let specs = tables(&cfg);
+        assert_eq!(specs.len(), 1);
+        assert_eq!((specs[0].order, specs[0].buckets), (3, 5));
+        assert_eq!(specs[0].weight_name(), "trigram_emb.weight");
     }
 }

@@ -16,7 +16,11 @@ pub fn flops_per_token(cfg: &ModelConfig) -> f64 {
         Positions::Learned => cfg.context * cfg.d_model,
         Positions::Rope => 0,
     };
-    let lookups = pos + (cfg.bigram_buckets + cfg.trigram_buckets) * cfg.d_model;
+    let ngram_rows: usize = crate::model::ngram::tables(cfg)
+        .iter()
+        .map(|t| t.buckets)
+        .sum();
+    let lookups = pos + ngram_rows * cfg.d_model;
     let n = (crate::model::param_count(cfg) - lookups) as f64;
     6.0 * n + 12.0 * (cfg.n_layers * cfg.context * cfg.d_model) as f64
 }

@@ -98,14 +98,10 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             weight_decay: t.weight_decay,
         },
     )?;
-    if t.embed_lr_mult != 1.0 {
-        opt.set_lr_mult("tok_emb.weight", t.embed_lr_mult)?;
-        if cfg.model.bigram_buckets > 0 {
-            opt.set_lr_mult("bigram_emb.weight", t.embed_lr_mult)?;
-        }
-        if cfg.model.trigram_buckets > 0 {
-            opt.set_lr_mult("trigram_emb.weight", t.embed_lr_mult)?;
-        }
+    let ngram_tables = crate::model::ngram::tables(&cfg.model);
+    let lookups = ngram_tables.iter().map(|spec| spec.weight_name());
+    for name in std::iter::once("tok_emb.weight".to_string()).chain(lookups) {
+        opt.set_lr_mult(&name, t.embed_lr_mult)?;
     }
     let mut state = match s.resume_from.clone() {
         Some(dir) => {
