@@ -55,7 +55,7 @@ impl CustomOp2 for AddBias {
         if b.len() != c {
             bail!("add_bias: {c} columns but a bias of {}", b.len())
         }
-        let mut y = vec![0f32; n * c];
+        let mut y = super::output_buffer(n * c); // add_rows writes every element
         if let Some(per_task) = super::CHUNK.checked_div(c) {
             let rows_per_task = per_task.max(1);
             y.par_chunks_mut(rows_per_task * c)

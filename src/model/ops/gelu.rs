@@ -59,7 +59,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous::<f32>(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::output_buffer(x.len()); // gelu_chunk writes every element
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(y, x)| gelu_chunk(y, x));
@@ -96,7 +96,7 @@ impl CustomOp2 for GeluBackward {
         if x.len() != dy.len() {
             candle_core::bail!("{}: x and dy differ in size", self.name())
         }
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = super::output_buffer(x.len()); // gelu_grad_chunk writes every element
         dx.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
             .for_each(|(dx, (x, dy))| gelu_grad_chunk(dx, x, dy));

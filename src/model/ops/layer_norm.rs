@@ -152,7 +152,7 @@ impl NormOp {
         if w.len() != c || b.is_some_and(|b| b.len() != c) {
             bail!("norm: weight and bias must have {c} entries")
         }
-        let mut y = vec![0f32; n * c]; // (N, C)
+        let mut y = super::output_buffer(n * c); // (N, C); norm_fwd_row writes every element
         let mut mean = vec![0f32; n];
         let mut rstd = vec![0f32; n];
         if c > 0 {

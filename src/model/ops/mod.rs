@@ -48,6 +48,21 @@ pub(crate) fn contiguous<'a, T: candle_core::WithDType>(
     Ok(&s.as_slice::<T>()?[start..end])
 }
 
+/// A `len`-element output buffer for a kernel that writes every element before anything
+/// reads it. `vec![0.0; len]` would zero-fill it first: a memset of every activation, about 3%
+/// of a training step in `perf` once freed memory is kept for reuse (perf log entry 9).
+///
+/// Each caller says which loop writes all of it; the kernels' tests against their composed
+/// twins fail on any element left unwritten (checked by breaking one).
+#[allow(clippy::uninit_vec)]
+pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: every `f32` bit pattern is a valid value, and each caller overwrites all `len`
+    // elements before the buffer is read or leaves the kernel.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// `Σ f(x)` in eight lanes: vectorisable, and more accurate than one running sum. `f` is applied
 /// to a block of 64 elements before they are summed: fused into the summing loop, LLVM kept
 /// `f` scalar (a 7× slower exp-sum, measured).
@@ -199,6 +214,40 @@ pub(crate) fn tanh_fast(u: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// candle's CPU matmul no longer zero-fills its output (vendor patch): every element must
+    /// still be written, for batched and strided operands and for k == 0. The outputs are
+    /// small (≤ 1 KB), so glibc's per-thread cache (the test binary's allocator) hands the
+    /// matmul one of the NaN-filled blocks of that size freed just before it: an element left
+    /// unwritten shows up as NaN.
+    #[test]
+    fn matmul_writes_its_whole_output() {
+        use candle_core::Device;
+        let dev = Device::Cpu;
+        for (b, m, k, n) in [(2, 5, 7, 3), (3, 4, 0, 6), (1, 9, 16, 8), (4, 3, 5, 1)] {
+            let lhs = Tensor::randn(0f32, 1.0, (b, m, k), &dev).unwrap(); // (B, M, K)
+            let rhs = Tensor::randn(0f32, 1.0, (b, n, k), &dev).unwrap(); // (B, N, K)
+            let (l, r) = (lhs.to_vec3::<f32>().unwrap(), rhs.to_vec3::<f32>().unwrap());
+            let rhs = rhs.transpose(1, 2).unwrap(); // (B, K, N), strided
+            let blocks: Vec<Vec<f32>> = (0..8).map(|_| vec![f32::NAN; b * m * n]).collect();
+            drop(blocks);
+            let got = lhs.matmul(&rhs).unwrap().to_vec3::<f32>().unwrap(); // (B, M, N)
+            for (bi, got) in got.iter().enumerate() {
+                for (i, row) in got.iter().enumerate() {
+                    for (j, &y) in row.iter().enumerate() {
+                        let want: f64 = (0..k)
+                            .map(|p| l[bi][i][p] as f64 * r[bi][j][p] as f64)
+                            .sum();
+                        // f32 products summed in f32 over k ≤ 16 terms of size ~1.
+                        assert!(
+                            (y as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "({b},{m},{k},{n}) [{bi},{i},{j}]: {y} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// Against f64's exp over the whole useful range, in steps fine enough to hit every
     /// reduction interval many times.

@@ -1478,7 +1478,10 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        let mut dst = vec![T::zero(); b * m * n];
+        // lmtrain patch: no zero fill. With `read_dst = false` gemm overwrites every element of
+        // each (m, n) block without reading it (it writes zeros itself when k == 0), and the
+        // loop below covers all b blocks (LMTRAIN-PATCH.md).
+        let mut dst: Vec<T> = Vec::with_capacity(b * m * n);
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
@@ -1502,13 +1505,13 @@ impl Map2 for MatMul {
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
-            let dst_p = &mut dst[step * c_skip..];
+            let dst_p = &mut dst.spare_capacity_mut()[step * c_skip..];
             unsafe {
                 gemm(
                     /* m: usize = */ m,
                     /* n: usize = */ n,
                     /* k: usize = */ k,
-                    /* dst: *mut T = */ dst_p.as_mut_ptr(),
+                    /* dst: *mut T = */ dst_p.as_mut_ptr().cast::<T>(),
                     /* dst_cs: isize = */ dst_cs as isize,
                     /* dst_rs: isize = */ dst_rs as isize,
                     /* read_dst: bool = */ false,
@@ -1527,6 +1530,9 @@ impl Map2 for MatMul {
                 )
             }
         }
+        // SAFETY: the gemm calls above wrote all b * m * n elements (the batch fold keeps
+        // b * m * n unchanged).
+        unsafe { dst.set_len(b * m * n) };
         Ok(dst)
     }
 
