@@ -5,7 +5,7 @@ use super::block::{Block, Step};
 use super::loss::head_nll_sum;
 use super::ngram;
 use super::norm::Norm;
-use super::ops::fused_enabled;
+use super::ops::{embedding, fused_enabled};
 use super::positions::{LearnedPositions, Rope};
 use super::Linear;
 use super::{Mode, INIT_STD};
@@ -178,7 +178,7 @@ impl Gpt {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let c = self.cfg.d_model;
-        let x = self.tok_emb.index_select(&ids.flatten_all()?, 0)?; // (B*T, C)
+        let x = embedding::lookup(&self.tok_emb, &ids.flatten_all()?)?; // (B*T, C)
         let mut x = x.reshape((b, t, c))?; // (B, T, C)
         if !self.ngram_tables.is_empty() {
             // The ids come to the host once for every table (and the cache's history).
@@ -188,7 +188,7 @@ impl Gpt {
                 let (order, buckets) = (table.spec.order, table.spec.buckets);
                 let rows = ngram::bucket_ids(&seqs, order, buckets)?;
                 let rows = Tensor::from_vec(rows, b * t, ids.device())?; // (B*T)
-                let e = table.weight.index_select(&rows, 0)?; // (B*T, C)
+                let e = embedding::lookup(&table.weight, &rows)?; // (B*T, C)
                 x = (x + e.reshape((b, t, c))?)?; // (B, T, C)
             }
             if let Some(c) = cache.as_mut() {

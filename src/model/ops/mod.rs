@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod bias;
 pub mod cross_entropy;
+pub mod embedding;
 pub mod gelu;
 mod gemm;
 pub mod head_loss;

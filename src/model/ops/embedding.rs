@@ -1,0 +1,146 @@
+//! Row lookup `table[ids]` and its backward, a scatter-add into one zeroed table-sized buffer.
+//!
+//! candle's `index_select` backward is `zeros_like(table).index_add(ids, grad)`, and the CPU
+//! `index_add` copies its input before adding: a memset *and* a copy of the whole table per
+//! lookup per step. For the hashed n-gram tables (65,536 × 128 floats, 33 MB each) that was two
+//! extra passes over 33 MB every step, for a gradient with at most B·T non-zero rows. Here the
+//! backward writes the zeros once and adds the rows into them, in position order (the order
+//! `index_add` uses, so gradients are bit-identical to candle's).
+
+use super::{contiguous, fused_enabled};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `table (V, C)`, `ids (N)` of dtype u32 → `(N, C)`: the fused op for an `f32` table on the
+/// CPU, `index_select` elsewhere. An id ≥ V is an error.
+pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    if !(fused_enabled(table) && ids.dtype() == candle_core::DType::U32 && table.rank() == 2) {
+        return table.index_select(ids, 0);
+    }
+    table.contiguous()?.apply_op2(&ids.contiguous()?, Lookup)
+}
+
+/// The ids of a lookup as `usize`, each checked against the table's `rows`.
+fn checked_ids(s: &CpuStorage, l: &Layout, rows: usize) -> Result<Vec<usize>> {
+    let ids = contiguous::<u32>(s, l, "lookup ids")?;
+    ids.iter()
+        .map(|&id| match id as usize {
+            id if id < rows => Ok(id),
+            id => bail!("lookup: id {id} is outside a table of {rows} rows"),
+        })
+        .collect()
+}
+
+struct Lookup;
+
+impl CustomOp2 for Lookup {
+    fn name(&self) -> &'static str {
+        "lmtrain-lookup"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, c) = l1.shape().dims2()?;
+        let table = contiguous::<f32>(s1, l1, "lookup table")?;
+        let ids = checked_ids(s2, l2, rows)?;
+        let mut out = super::output_buffer(ids.len() * c); // (N, C); one row copied per id
+        if c > 0 {
+            out.par_chunks_mut(c)
+                .zip(ids.par_iter())
+                .with_min_len(64)
+                .for_each(|(row, &id)| row.copy_from_slice(&table[id * c..(id + 1) * c]));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((ids.len(), c))))
+    }
+
+    fn bwd(
+        &self,
+        table: &Tensor,
+        ids: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let scatter = ScatterRows {
+            rows: table.dim(0)?,
+        };
+        let dtable = ids.apply_op2_no_bwd(&grad.contiguous()?, &scatter)?; // (V, C)
+        Ok((Some(dtable), None))
+    }
+}
+
+/// `(ids (N), grad (N, C))` → `(V, C)` zeros with `grad[i]` added to row `ids[i]`, i in order.
+struct ScatterRows {
+    rows: usize,
+}
+
+impl CustomOp2 for ScatterRows {
+    fn name(&self) -> &'static str {
+        "lmtrain-lookup-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ids = checked_ids(s1, l1, self.rows)?;
+        let (n, c) = l2.shape().dims2()?;
+        if n != ids.len() {
+            bail!("lookup backward: {} ids for {n} gradient rows", ids.len())
+        }
+        let grad = contiguous::<f32>(s2, l2, "lookup grad")?;
+        let mut out = vec![0f32; self.rows * c]; // (V, C)
+        if c > 0 {
+            // At most N rows are touched: one thread, in position order (deterministic, and
+            // the order of index_add's sums).
+            for (&id, g) in ids.iter().zip(grad.chunks_exact(c)) {
+                for (o, &g) in out[id * c..(id + 1) * c].iter_mut().zip(g) {
+                    *o += g;
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((self.rows, c))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Values and the table gradient against `index_select`, with repeated ids (rows that sum
+    /// several gradient rows) and unused rows. Both sum the same f32 values in the same order,
+    /// so the claim is bit-exactness.
+    #[test]
+    fn matches_index_select_values_and_gradient_exactly() -> Result<()> {
+        let dev = Device::Cpu;
+        let (v, c) = (11, 7);
+        let table = Var::from_tensor(&Tensor::randn(0f32, 1.0, (v, c), &dev)?)?;
+        let ids = Tensor::new(&[3u32, 0, 3, 10, 3, 5, 0, 9], &dev)?; // (N); rows 1, 2, 4, … unused
+        let dy = Tensor::randn(0f32, 1.0, (8, c), &dev)?;
+        let fused = lookup(table.as_tensor(), &ids)?;
+        let composed = table.as_tensor().index_select(&ids, 0)?;
+        assert_eq!(fused.to_vec2::<f32>()?, composed.to_vec2::<f32>()?);
+        let gf = (fused * &dy)?.sum_all()?.backward()?;
+        let gc = (composed * &dy)?.sum_all()?.backward()?;
+        let (a, b) = (gf.get(&table).unwrap(), gc.get(&table).unwrap());
+        assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+        assert!(a.get(1)?.to_vec1::<f32>()?.iter().all(|&g| g == 0.0));
+        Ok(())
+    }
+
+    #[test]
+    fn an_id_outside_the_table_is_an_error() {
+        let table = Tensor::zeros((4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[1u32, 4], &Device::Cpu).unwrap();
+        let err = lookup(&table, &ids).unwrap_err().to_string();
+        assert!(err.contains("id 4 is outside a table of 4 rows"), "{err}");
+    }
+}
