@@ -1,11 +1,11 @@
 //! Row lookup `table[ids]` and its backward, a scatter-add into one zeroed table-sized buffer.
 //!
 //! candle's `index_select` backward is `zeros_like(table).index_add(ids, grad)`, and the CPU
-//! `index_add` copies its input before adding: a memset *and* a copy of the whole table per
-//! lookup per step. For the hashed n-gram tables (65,536 × 128 floats, 33 MB each) that was two
-//! extra passes over 33 MB every step, for a gradient with at most B·T non-zero rows. Here the
-//! backward writes the zeros once and adds the rows into them, in position order (the order
-//! `index_add` uses, so gradients are bit-identical to candle's).
+//! `index_add` copies its input into a fresh zeroed buffer before adding: two memsets and a copy
+//! of the whole table per lookup per step. For the hashed n-gram tables (65,536 × 128 floats,
+//! 33 MB each) that was three passes over 33 MB every step, for a gradient with at most B·T
+//! non-zero rows. Here the backward writes the zeros once and adds the rows into them, in
+//! position order (the order `index_add` uses, so gradients are bit-identical to candle's).
 
 use super::{contiguous, fused_enabled};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
