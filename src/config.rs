@@ -186,6 +186,11 @@ pub struct TrainConfig {
     /// rare one's row gets few, small updates; a larger rate lets it learn from few occurrences
     /// (as in modded-nanogpt's separate embedding rate). 1 = the base rate.
     pub embed_lr_mult: f64,
+    /// Weight-decay multiplier of those same tables: their decay is `weight_decay ·
+    /// embed_wd_mult`, applied (decoupled, as everywhere) at their rate `lr · embed_lr_mult`.
+    /// A rare n-gram's row decays on every step but is only fed when the n-gram is in the batch,
+    /// so the tables want a decay of their own. 1 = the same as the matrices'.
+    pub embed_wd_mult: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -281,6 +286,7 @@ impl Default for TrainConfig {
             decay_steps: 0,
             weight_decay: 0.1,
             embed_lr_mult: 1.0,
+            embed_wd_mult: 1.0,
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
@@ -403,6 +409,7 @@ impl Config {
         }
         for (key, v) in [
             ("train.weight_decay", t.weight_decay),
+            ("train.embed_wd_mult", t.embed_wd_mult),
             ("train.grad_clip", t.grad_clip),
             ("train.spike_zscore", t.spike_zscore),
         ] {

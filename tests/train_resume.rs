@@ -55,10 +55,10 @@ fn resume_continues_exactly_like_an_uninterrupted_run() {
     check_resume_is_exact("plain", &[]);
 }
 
-/// The n-gram tables and their learning-rate multiplier are state too: their moments must be
-/// saved and restored, and the multiplier must come back from the run's config.
+/// The n-gram tables and their lr and weight-decay multipliers are state too: their moments must be
+/// saved and restored, and the multipliers must come back from the run's config.
 #[test]
-fn resume_is_exact_with_ngram_tables_and_an_embedding_lr_multiplier() {
+fn resume_is_exact_with_ngram_tables_and_embedding_multipliers() {
     check_resume_is_exact(
         "ngram",
         &[
@@ -66,6 +66,7 @@ fn resume_is_exact_with_ngram_tables_and_an_embedding_lr_multiplier() {
             "model.bigram_buckets=31",
             "model.trigram_buckets=37",
             "train.embed_lr_mult=10",
+            "train.embed_wd_mult=5",
         ],
     );
 }

@@ -23,9 +23,10 @@ pub struct AdamWParams {
 pub struct Param {
     pub name: String,
     pub var: Var,
-    /// Weight decay applies: true for matrices (rank ≥ 2: linear weights, embeddings), false
-    /// for vectors (norm gains, biases), as in GPT-2/nanoGPT.
-    pub decay: bool,
+    /// This parameter's decoupled weight decay: the optimizer's for matrices (rank ≥ 2: linear
+    /// weights, embeddings), 0 for vectors (norm gains, biases), as in GPT-2/nanoGPT, unless
+    /// [`AdamW::set_weight_decay`] changed it.
+    pub weight_decay: f64,
     /// This parameter's learning rate is `lr · lr_mult` (its weight decay scales with it, as in
     /// a PyTorch parameter group with its own lr). 1 unless [`AdamW::set_lr_mult`] changed it.
     pub lr_mult: f64,
@@ -50,7 +51,11 @@ impl AdamW {
                 // Two buffers, never one shared: the CPU path updates them in place.
                 let zeros = || var.as_tensor().zeros_like()?.to_dtype(DType::F32);
                 Ok(Param {
-                    decay: var.as_tensor().rank() >= 2,
+                    weight_decay: if var.as_tensor().rank() >= 2 {
+                        hp.weight_decay
+                    } else {
+                        0.0
+                    },
                     lr_mult: 1.0,
                     m: zeros()?,
                     v: zeros()?,
@@ -65,15 +70,26 @@ impl AdamW {
     /// Gives parameter `name` the learning rate `lr · mult`; an error when no parameter has
     /// that name (a misspelt name must not silently train at the base rate).
     pub fn set_lr_mult(&mut self, name: &str, mult: f64) -> Result<()> {
-        let p = self
-            .params
+        self.param_mut(name, "an lr multiplier")?.lr_mult = mult;
+        Ok(())
+    }
+
+    /// Gives matrix `name` its own weight decay (still scaled by its lr, decoupled); an error
+    /// when no parameter has that name or when it is a vector, which is never decayed.
+    pub fn set_weight_decay(&mut self, name: &str, weight_decay: f64) -> Result<()> {
+        let p = self.param_mut(name, "a weight decay")?;
+        if p.var.as_tensor().rank() < 2 {
+            candle_core::bail!("`{name}` is a vector; vectors are never weight-decayed");
+        }
+        p.weight_decay = weight_decay;
+        Ok(())
+    }
+
+    fn param_mut(&mut self, name: &str, what: &str) -> Result<&mut Param> {
+        self.params
             .iter_mut()
             .find(|p| p.name == name)
-            .ok_or_else(|| {
-                candle_core::Error::Msg(format!("no parameter `{name}` to give an lr multiplier"))
-            })?;
-        p.lr_mult = mult;
-        Ok(())
+            .ok_or_else(|| candle_core::Error::Msg(format!("no parameter `{name}` to give {what}")))
     }
 
     pub fn params(&self) -> &[Param] {
@@ -97,10 +113,7 @@ impl AdamW {
         }
         self.t += 1;
         let AdamWParams {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
+            beta1, beta2, eps, ..
         } = self.hp;
         let bias1 = 1.0 - beta1.powi(self.t as i32);
         let bias2 = 1.0 - beta2.powi(self.t as i32);
@@ -108,11 +121,7 @@ impl AdamW {
             let Some(g) = g else { continue };
             let w = p.var.as_tensor();
             let lr = lr * p.lr_mult;
-            let decay = if p.decay {
-                1.0 - lr * weight_decay
-            } else {
-                1.0
-            };
+            let decay = 1.0 - lr * p.weight_decay;
             if fused_enabled(w) && fused_enabled(g) && p.m.is_contiguous() && p.v.is_contiguous() {
                 super::fused_adamw::adamw_in_place(
                     w,
@@ -297,12 +306,44 @@ mod tests {
         Ok(())
     }
 
+    /// A matrix given its own decay steps exactly like one in an optimizer whose decay is that
+    /// value, while its neighbour keeps the optimizer's; vectors and unknown names are refused.
+    #[test]
+    fn own_weight_decay_matches_an_optimizer_with_that_decay() -> Result<()> {
+        let dev = Device::Cpu;
+        let fresh = || Var::from_vec(vec![1.0f32, -2.0, 0.5, 3.0], (2, 2), &dev);
+        let (a, b, solo) = (fresh()?, fresh()?, fresh()?);
+        let bias = Var::from_vec(vec![1.0f32, 1.0], 2, &dev)?;
+        let mut opt = AdamW::new(
+            vec![
+                ("a".into(), a.clone()),
+                ("b".into(), b.clone()),
+                ("bias".into(), bias),
+            ],
+            hp(0.1),
+        )?;
+        opt.set_weight_decay("a", 0.7)?;
+        let mut alone = AdamW::new(vec![("a".into(), solo.clone())], hp(0.7))?;
+        let g = Tensor::new(&[[0.3f32, -0.1], [2.0, 0.5]], &dev)?;
+        for _ in 0..3 {
+            opt.step(&[Some(g.clone()), Some(g.clone()), None], 0.05, 1.0)?;
+            alone.step(&[Some(g.clone())], 0.05, 1.0)?;
+        }
+        let vals = |v: &Var| v.as_tensor().to_vec2::<f32>();
+        // Same arithmetic in the same order on the same inputs: bit-identical.
+        assert_eq!(vals(&a)?, vals(&solo)?);
+        assert_ne!(vals(&a)?, vals(&b)?);
+        assert!(opt.set_weight_decay("bias", 0.1).is_err());
+        assert!(opt.set_weight_decay("c", 0.1).is_err());
+        Ok(())
+    }
+
     #[test]
     fn vectors_are_not_decayed() -> Result<()> {
         let dev = Device::Cpu;
         let b = Var::from_vec(vec![1.0f32, 1.0], 2, &dev)?;
         let mut opt = AdamW::new(vec![("b".into(), b.clone())], hp(0.5))?;
-        assert!(!opt.params()[0].decay);
+        assert_eq!(opt.params()[0].weight_decay, 0.0);
         // Zero gradient: Adam's step is 0, so only decay could move the value.
         opt.step(&[Some(Tensor::zeros(2, DType::F32, &dev)?)], 0.1, 1.0)?;
         assert_eq!(b.as_tensor().to_vec1::<f32>()?, vec![1.0, 1.0]);

@@ -102,6 +102,7 @@ pub fn train(s: Session) -> Result<TrainSummary> {
     let lookups = ngram_tables.iter().map(|spec| spec.weight_name());
     for name in std::iter::once("tok_emb.weight".to_string()).chain(lookups) {
         opt.set_lr_mult(&name, t.embed_lr_mult)?;
+        opt.set_weight_decay(&name, t.weight_decay * t.embed_wd_mult)?;
     }
     let mut state = match s.resume_from.clone() {
         Some(dir) => {
