@@ -132,7 +132,11 @@ fn loss_panel(area: &Area, series: &Series, baseline: Option<&BaselineReport>) -
     let marker = if val.len() <= 100 { 4 } else { 0 };
     let val_clipped = val.iter().map(|p| (p.0, clip(p.1)));
     chart
-        .draw_series(LineSeries::new(val_clipped, VAL_COLOR.stroke_width(2)).point_size(marker))?
+        // Filled, so the points look like the legend's marker (a line series draws its points
+        // with the line's style, open unless that style is filled).
+        .draw_series(
+            LineSeries::new(val_clipped, VAL_COLOR.filled().stroke_width(2)).point_size(marker),
+        )?
         .label(off_scale_label("val loss", &val, y.end))
         .legend(|(x, y)| {
             EmptyElement::at((x, y))
