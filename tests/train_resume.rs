@@ -55,8 +55,8 @@ fn resume_continues_exactly_like_an_uninterrupted_run() {
     check_resume_is_exact("plain", &[]);
 }
 
-/// The n-gram tables and their lr and weight-decay multipliers are state too: their moments must be
-/// saved and restored, and the multipliers must come back from the run's config.
+/// The n-gram tables and their lr and weight-decay multipliers are state too: their moments
+/// must be saved and restored, and the multipliers must come back from the run's config.
 #[test]
 fn resume_is_exact_with_ngram_tables_and_embedding_multipliers() {
     check_resume_is_exact(

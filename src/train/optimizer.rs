@@ -218,9 +218,10 @@ pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
             None => squares.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?),
         }
     }
-    let device = match squares.is_empty() {
-        true => 0.0,
-        false => Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f32>()? as f64,
+    let device = if squares.is_empty() {
+        0.0
+    } else {
+        Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f32>()? as f64
     };
     Ok((host + device).sqrt())
 }
