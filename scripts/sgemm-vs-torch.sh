@@ -18,7 +18,7 @@ if ! "$TORCH_PYTHON" -c "import torch" 2>/dev/null; then
     echo "  python3 -m venv /tmp/torchref && /tmp/torchref/bin/pip install torch" >&2
     exit 1
 fi
-cargo bench --quiet --bench sgemm --no-run 2>/dev/null
+cargo bench --quiet --bench sgemm --no-run   # build first, so its output stays out of the rounds
 
 TORCH_BENCH='
 import json, sys, time, torch
