@@ -20,12 +20,14 @@ if ! "$TORCH_PYTHON" -c "import torch" 2>/dev/null; then
 fi
 cargo bench --quiet --bench sgemm --no-run   # build first, so its output stays out of the rounds
 
+# The shapes are those benches/sgemm.rs just printed (its SHAPES), so the two never disagree.
 TORCH_BENCH='
 import json, sys, time, torch
 threads, reps = int(sys.argv[1]), 9
 torch.set_num_threads(threads)
-for m, k, n in [(4096,256,768),(4096,256,256),(4096,256,1024),(4096,1024,256),
-                (4096,256,5000),(256,4096,5000),(4096,5000,256)]:
+rows = [json.loads(l) for l in open(sys.argv[2]) if l.startswith("{")]
+shapes = dict.fromkeys((r["m"], r["k"], r["n"]) for r in rows if r["lib"] == "gemm-crate")
+for m, k, n in shapes:
     a, b, c = torch.rand(m, k) - 0.5, torch.rand(k, n) - 0.5, torch.empty(m, n)
     torch.mm(a, b, out=c)  # warm-up
     secs = []
@@ -40,13 +42,13 @@ trap 'rm -f "$runs"' EXIT
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
     cargo bench --quiet --bench sgemm -- --threads "$THREADS" | tee -a "$runs"
-    OMP_NUM_THREADS=$THREADS "$TORCH_PYTHON" -W ignore -c "$TORCH_BENCH" "$THREADS" | tee -a "$runs"
+    OMP_NUM_THREADS=$THREADS "$TORCH_PYTHON" -W ignore -c "$TORCH_BENCH" "$THREADS" "$runs" | tee -a "$runs"
 done
 
 "$TORCH_PYTHON" - "$runs" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-shapes = sorted({(r["m"], r["k"], r["n"]) for r in rows}, key=lambda s: rows.index(next(r for r in rows if (r["m"], r["k"], r["n"]) == s)))
+shapes = dict.fromkeys((r["m"], r["k"], r["n"]) for r in rows)  # in the order first printed
 print(f"{'m x k x n':>18} {'gemm crate':>11} {'torch':>8} {'ratio':>6}   (median GFLOP/s)")
 for s in shapes:
     med = {lib: statistics.median(r["gflops"] for r in rows if (r["m"], r["k"], r["n"]) == s and r["lib"] == lib)
