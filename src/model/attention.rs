@@ -138,17 +138,20 @@ impl Attention {
         // that on the small weight gradient only (docs/perf-log.md, entry 6).
         let heads = |i: usize| -> Result<Tensor> {
             let y = self.qkv.outputs(i * c, c)?.forward(x)?; // (B, T, C)
-            y.reshape((b, t, h, d))?.transpose(1, 2)?.contiguous() // (B, H, T, D)
+            y.reshape((b, t, h, d)) // (B, T, H, D), no copy
         };
-        let (mut q, mut k, mut v) = (heads(0)?, heads(1)?, heads(2)?);
+        let (mut q, mut k, v) = (heads(0)?, heads(1)?, heads(2)?);
         if let Some(tables) = rope {
-            q = apply_rope(&q, tables)?; // (B, H, T, D)
-            k = apply_rope(&k, tables)?; // (B, H, T, D)
+            q = apply_rope(&q, tables)?; // (B, T, H, D)
+            k = apply_rope(&k, tables)?; // (B, T, H, D)
         }
         let y = match (visibility, cache) {
             // Training and evaluation: the fused kernel on the CPU, the composed ops elsewhere.
+            // It works in the (B, T, H, D) layout, so nothing is transposed here.
             (Visibility::Causal { key_mask }, None) => causal_attention(&q, &k, &v, key_mask)?,
             (Visibility::Additive(mask), cache) => {
+                let heads_first = |x: &Tensor| x.transpose(1, 2)?.contiguous(); // (B, H, T, D)
+                let (q, mut k, mut v) = (heads_first(&q)?, heads_first(&k)?, heads_first(&v)?);
                 if let Some(slot) = cache {
                     if let Some((k_old, v_old)) = slot.as_ref() {
                         k = Tensor::cat(&[k_old, &k], 2)?; // (B, H, S, D)
@@ -156,13 +159,13 @@ impl Attention {
                     }
                     *slot = Some((k.clone(), v.clone()));
                 }
-                attend(&q, &k, &v, mask)? // (B, H, T, D)
+                attend(&q, &k, &v, mask)?.transpose(1, 2)? // (B, T, H, D)
             }
             (Visibility::Causal { .. }, Some(_)) => {
                 bail!("attention with a KV cache needs the additive mask over all cached keys")
             }
-        }; // (B, H, T, D)
-        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, t, c))?; // (B, T, H, D) -> (B, T, C)
+        }; // (B, T, H, D)
+        let y = y.contiguous()?.reshape((b, t, c))?; // (B, T, C)
         self.proj.forward(&y) // (B, T, C)
     }
 }

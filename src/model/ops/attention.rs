@@ -3,12 +3,18 @@
 //! The composed path ([`causal_attention_composed`]) runs a batched matmul per product (each a
 //! tiny gemm parallelised on its own, so the threads mostly synchronise), broadcast-adds a
 //! `(B, H, T, T)` mask, softmaxes in five passes and keeps every intermediate for the backward.
-//! Here each `(batch, head)` pair is one rayon task that runs single-threaded gemms on blocks of
-//! query rows, so the threads never wait on each other inside a pair, and a block of rows only
+//! Here each batch row is one rayon task that runs single-threaded gemms, head by head, on blocks
+//! of query rows, so the threads never wait on each other inside a row, and a block of rows only
 //! multiplies against the keys it may see (`0..r1` for rows `r0..r1`): the future half of
 //! `q kᵀ` and of `P v` is never computed. The probabilities `P (B, H, T, T)` are kept for the
 //! backward (only when a gradient can be asked for): that is one buffer where the composed path
 //! keeps about five of the same size, and saves recomputing `q kᵀ` and the softmax.
+//!
+//! The kernel reads q, k, v and writes y (and, backward, dq, dk, dv) in the `(B, T, H, D)`
+//! layout the projections produce: a head is a column stripe of the `(T, H·D)` rows, which the
+//! gemms read and write through their row stride. The usual `(B, H, T, D)` layout would cost a
+//! transposing copy of each of them per layer, forward and backward, on one thread (~3% of a
+//! step on bench config M, perf log entry 12).
 //!
 //! Semantics are those of the composed path, including its edge case: the composed mask adds
 //! `HIDDEN` (`-1e9`) for a future key and again for a pad key, so a query that sees no key at
@@ -19,7 +25,9 @@
 //! exactly 0 in both paths.
 
 use super::gemm::{matmul, View};
-use super::{dot_lanes, exp_fast, fused_enabled, max_of, multiversion, sum_lanes};
+use super::{
+    dot_lanes, exp_fast, fused_enabled, max_of, multiversion, output_buffer, sum_lanes,
+};
 use crate::model::attention::{attend, attention_mask, HIDDEN};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -30,8 +38,8 @@ use std::sync::OnceLock;
 /// product) but the smaller, less efficient the gemms; 32 keeps the gemms at least 32 × 32.
 const BLOCK: usize = 32;
 
-/// Causal self-attention of `q, k, v (B, H, T, D)` with `key_mask (B, T)` (1 = real key, 0 =
-/// pad; `None` = all real) → `(B, H, T, D)`: query `i` sees key `j` iff `j ≤ i` and `j` is real.
+/// Causal self-attention of `q, k, v (B, T, H, D)` with `key_mask (B, T)` (1 = real key, 0 =
+/// pad; `None` = all real) → `(B, T, H, D)`: query `i` sees key `j` iff `j ≤ i` and `j` is real.
 /// Takes the fused kernel for `f32` CPU tensors (see [`fused_enabled`]), else the composed ops.
 /// A mask with values other than 0 and 1 also takes the composed path, whose additive mask
 /// gives such values a meaning (a partial penalty) the kernel does not reproduce.
@@ -58,9 +66,11 @@ pub fn causal_attention_composed(
     v: &Tensor,
     key_mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let t = q.dim(2)?;
+    let t = q.dim(1)?;
     let mask = attention_mask(t, 0, key_mask, q.device())?; // (B | 1, 1, T, T)
-    attend(q, k, v, &mask) // (B, H, T, D)
+    let heads = |x: &Tensor| x.transpose(1, 2)?.contiguous(); // (B, H, T, D)
+    let y = attend(&heads(q)?, &heads(k)?, &heads(v)?, &mask)?; // (B, H, T, D)
+    y.transpose(1, 2)?.contiguous() // (B, T, H, D)
 }
 
 /// The key mask on the host, as the kernel needs it.
@@ -78,9 +88,9 @@ fn host_key_mask(
     v: &Tensor,
     key_mask: Option<&Tensor>,
 ) -> Result<HostMask> {
-    let (b, h, t, d) = q.dims4()?;
+    let (b, t, h, d) = q.dims4()?;
     for (name, x) in [("k", k), ("v", v)] {
-        if x.dims() != [b, h, t, d] {
+        if x.dims() != [b, t, h, d] {
             bail!(
                 "causal_attention: {name} has shape {:?}, q {:?}",
                 x.dims(),
@@ -117,23 +127,29 @@ fn fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<Vec<f32>>) -> Result<T
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
-/// `(B, H, T, D)` of one call.
+/// `(B, T, H, D)` of one call.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     b: usize,
-    h: usize,
     t: usize,
+    h: usize,
     d: usize,
 }
 
 impl Dims {
     fn of(shape: &Shape) -> Result<Self> {
-        let (b, h, t, d) = shape.dims4()?;
-        Ok(Self { b, h, t, d })
+        let (b, t, h, d) = shape.dims4()?;
+        Ok(Self { b, t, h, d })
     }
 
-    fn pairs(&self) -> usize {
-        self.b * self.h
+    /// Elements per row of q, k, v and y: all heads of one position.
+    fn c(&self) -> usize {
+        self.h * self.d
+    }
+
+    /// Elements of one batch row of q, k, v and y: `(T, H·D)`.
+    fn row_len(&self) -> usize {
+        self.t * self.c()
     }
 
     /// `1/√D`, rounded to `f32` as the composed path's `affine` rounds it.
@@ -227,22 +243,30 @@ multiversion! {
     }
 }
 
-/// Forward of one (batch, head) pair: `q, k, v (T, D)` → `y (T, D)`, and `probs (T, T)` when
-/// given (otherwise the probabilities of one block live in a scratch buffer). Entries of a row
-/// of `probs` past the row's block extent are left as they are (0 in a fresh buffer).
+/// One head of one batch row: the head's column stripe of `(T, H·D)` rows, so element `(i, j)`
+/// of its `(T, D)` matrix is at `i · C + j` of a slice that starts at the stripe (`C = H·D`).
+fn stripe(row: &[f32], dims: Dims, head: usize) -> &[f32] {
+    &row[head * dims.d..]
+}
+
+fn stripe_mut(row: &mut [f32], dims: Dims, head: usize) -> &mut [f32] {
+    &mut row[head * dims.d..]
+}
+
+/// Forward of one (batch, head) pair: the stripes `q, k, v (T, D)` (row stride `C`) → the
+/// stripe `y (T, D)`, and `probs (T, T)` when given (otherwise the probabilities of one block
+/// live in `scratch`, at least `BLOCK · T` long). Every element of `y`'s stripe and of `probs`
+/// is written (`probs` is 0 past each row's extent).
 fn forward_pair(
     dims: Dims,
     keys: Keys,
     (q, k, v): (&[f32], &[f32], &[f32]),
     y: &mut [f32],
     mut probs: Option<&mut [f32]>,
+    scratch: &mut [f32],
 ) -> Result<()> {
-    let Dims { t, d, .. } = dims;
+    let (t, d, c) = (dims.t, dims.d, dims.c());
     let scale = dims.scale();
-    let mut scratch = match probs {
-        Some(_) => Vec::new(),
-        None => vec![0.0f32; BLOCK.min(t) * t],
-    };
     for r0 in (0..t).step_by(BLOCK) {
         let r1 = r1_of(r0, t);
         let e = keys.block_extent(r0, r1);
@@ -251,48 +275,48 @@ fn forward_pair(
             None => &mut scratch[..(r1 - r0) * t],
         };
         // S = Q[r0..r1] K[0..e]ᵀ: (R, D) @ (D, e) = (R, e), rows T apart in p.
-        let q_blk = View::rows(q, r0, r1 - r0, d, d);
-        let k_t = View::rows(k, 0, e, d, d).t();
+        let q_blk = View::rows(q, r0, r1 - r0, d, c);
+        let k_t = View::rows(k, 0, e, d, c).t();
         matmul(p, t, false, q_blk, k_t, 1.0, 1)?;
         for (i, row) in (r0..r1).zip(p.chunks_exact_mut(t)) {
             let n = keys.extent(i);
             keys.softmax_row(&mut row[..n], i, scale);
-            row[n..e].fill(0.0); // hidden future keys inside the block's gemm width
+            row[n..].fill(0.0); // hidden future keys, inside the gemm's width and past it
         }
         // Y[r0..r1] = P[r0..r1, 0..e] V[0..e]: (R, e) @ (e, D) = (R, D).
         let p_blk = View::rows(p, 0, r1 - r0, e, t);
-        let v_blk = View::rows(v, 0, e, d, d);
-        matmul(&mut y[r0 * d..r1 * d], d, false, p_blk, v_blk, 1.0, 1)?;
+        let v_blk = View::rows(v, 0, e, d, c);
+        matmul(&mut y[r0 * c..], c, false, p_blk, v_blk, 1.0, 1)?;
     }
     Ok(())
 }
 
-/// Backward of one pair, from its `probs (T, T)` and `dy (T, D)`: `dq, dk, dv (T, D)`, which
-/// must start zeroed (dk and dv accumulate over blocks of query rows).
-#[allow(clippy::too_many_arguments)] // the pair's inputs and outputs, each a (T, D) slice
+/// Backward of one pair, from its `probs (T, T)` and the stripe `dy (T, D)`: the stripes `dq,
+/// dk, dv (T, D)`; dk and dv must start zeroed (they accumulate over blocks of query rows).
+/// `ds` is scratch of at least `BLOCK · T`.
+#[allow(clippy::too_many_arguments)] // the pair's inputs and outputs, each a (T, D) stripe
 fn backward_pair(
     dims: Dims,
     keys: Keys,
     (q, k, v): (&[f32], &[f32], &[f32]),
     probs: &[f32],
     dy: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+    ds: &mut [f32],
 ) -> Result<()> {
-    let Dims { t, d, .. } = dims;
+    let (t, d, c) = (dims.t, dims.d, dims.c());
     let scale = dims.scale();
-    let mut ds = vec![0.0f32; BLOCK.min(t) * t]; // dP, then dS, of one block (R, T)
     for r0 in (0..t).step_by(BLOCK) {
         let r1 = r1_of(r0, t);
         let (rows, e) = (r1 - r0, keys.block_extent(r0, r1));
         let p_blk = View::rows(probs, r0, rows, e, t); // (R, e)
-        let dy_blk = View::rows(dy, r0, rows, d, d); // (R, D)
-                                                     // dV[0..e] += P[r0..r1, 0..e]ᵀ dY[r0..r1]: (e, R) @ (R, D).
-        matmul(dv, d, true, p_blk.t(), dy_blk, 1.0, 1)?;
+        let dy_blk = View::rows(dy, r0, rows, d, c); // (R, D)
+
+        // dV[0..e] += P[r0..r1, 0..e]ᵀ dY[r0..r1]: (e, R) @ (R, D).
+        matmul(dv, c, true, p_blk.t(), dy_blk, 1.0, 1)?;
         // dP = dY[r0..r1] V[0..e]ᵀ: (R, D) @ (D, e).
-        let v_t = View::rows(v, 0, e, d, d).t();
-        matmul(&mut ds, t, false, dy_blk, v_t, 1.0, 1)?;
+        let v_t = View::rows(v, 0, e, d, c).t();
+        matmul(ds, t, false, dy_blk, v_t, 1.0, 1)?;
         // dS = P ⊙ (dP − rowsum(dP ⊙ P)) over each row's extent, 0 beyond it; times the scale
         // here, once, rather than in both gemms below.
         for (i, (g, p)) in (r0..r1).zip(ds.chunks_exact_mut(t).zip(probs[r0 * t..].chunks(t))) {
@@ -300,13 +324,14 @@ fn backward_pair(
             softmax_grad_row(&mut g[..n], &p[..n], scale);
             g[n..e].fill(0.0);
         }
-        let ds_blk = View::rows(&ds, 0, rows, e, t); // (R, e)
-                                                     // dQ[r0..r1] = dS K[0..e]: (R, e) @ (e, D).
-        let k_blk = View::rows(k, 0, e, d, d);
-        matmul(&mut dq[r0 * d..r1 * d], d, false, ds_blk, k_blk, 1.0, 1)?;
+        let ds_blk = View::rows(ds, 0, rows, e, t); // (R, e)
+
+        // dQ[r0..r1] = dS K[0..e]: (R, e) @ (e, D).
+        let k_blk = View::rows(k, 0, e, d, c);
+        matmul(&mut dq[r0 * c..], c, false, ds_blk, k_blk, 1.0, 1)?;
         // dK[0..e] += dSᵀ Q[r0..r1]: (e, R) @ (R, D).
-        let q_blk = View::rows(q, r0, rows, d, d);
-        matmul(dk, d, true, ds_blk.t(), q_blk, 1.0, 1)?;
+        let q_blk = View::rows(q, r0, rows, d, c);
+        matmul(dk, c, true, ds_blk.t(), q_blk, 1.0, 1)?;
     }
     Ok(())
 }
@@ -327,8 +352,8 @@ struct FusedCausalAttention {
 }
 
 impl FusedCausalAttention {
-    fn keys(&self, dims: Dims, pair: usize) -> Keys<'_> {
-        let b = pair / dims.h;
+    /// The keys of batch row `b`.
+    fn keys(&self, dims: Dims, b: usize) -> Keys<'_> {
         let mask = self
             .key_mask
             .as_deref()
@@ -336,20 +361,21 @@ impl FusedCausalAttention {
         Keys::new(mask, dims.t)
     }
 
-    /// Checks the sizes the per-pair slicing relies on: `(B, T)` mask, `(B, H, T, D)` inputs.
+    /// Checks the sizes the per-row slicing relies on: `(B, T)` mask, `(B, T, H, D)` inputs.
     fn check_sizes(&self, dims: Dims, tensors: &[&[f32]]) -> Result<()> {
         let mask_ok = self
             .key_mask
             .as_ref()
             .is_none_or(|m| m.len() == dims.b * dims.t);
-        let n = dims.pairs() * dims.t * dims.d;
+        let n = dims.b * dims.row_len();
         if !mask_ok || tensors.iter().any(|x| x.len() != n) {
             bail!("fused attention: inputs or key mask do not match {dims:?}")
         }
         Ok(())
     }
 
-    /// `y (B, H, T, D)` and, when `keep`, `P (B, H, T, T)` (else empty), in parallel over pairs.
+    /// `y (B, T, H, D)` and, when `keep`, `P (B, H, T, T)` (else empty), in parallel over batch
+    /// rows.
     fn run_forward(
         &self,
         dims: Dims,
@@ -357,21 +383,29 @@ impl FusedCausalAttention {
         keep: bool,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         self.check_sizes(dims, &[q, k, v])?;
-        let (td, tt) = (dims.t * dims.d, dims.t * dims.t);
-        let mut y = vec![0.0f32; dims.pairs() * td];
-        let mut probs = vec![0.0f32; if keep { dims.pairs() * tt } else { 0 }];
-        let inputs = |i: usize| (&q[i * td..][..td], &k[i * td..][..td], &v[i * td..][..td]);
+        let (n, tt) = (dims.row_len(), dims.t * dims.t);
+        // Written in full below: every head's stripe of every row of y, every element of P.
+        let mut y = output_buffer(dims.b * n);
+        let mut probs = output_buffer(if keep { dims.b * dims.h * tt } else { 0 });
+        let forward_row = |b: usize, y: &mut [f32], mut probs: Option<&mut [f32]>| {
+            let (q, k, v) = (&q[b * n..][..n], &k[b * n..][..n], &v[b * n..][..n]);
+            let mut scratch = if keep { Vec::new() } else { output_buffer(BLOCK * dims.t) };
+            (0..dims.h).try_for_each(|h| {
+                let p = probs.as_deref_mut().map(|p| &mut p[h * tt..][..tt]);
+                let qkv = (stripe(q, dims, h), stripe(k, dims, h), stripe(v, dims, h));
+                let y = stripe_mut(y, dims, h);
+                forward_pair(dims, self.keys(dims, b), qkv, y, p, &mut scratch)
+            })
+        };
         if keep {
-            y.par_chunks_mut(td)
-                .zip(probs.par_chunks_mut(tt))
+            y.par_chunks_mut(n)
+                .zip(probs.par_chunks_mut(dims.h * tt))
                 .enumerate()
-                .try_for_each(|(i, (y, p))| {
-                    forward_pair(dims, self.keys(dims, i), inputs(i), y, Some(p))
-                })?;
+                .try_for_each(|(b, (y, p))| forward_row(b, y, Some(p)))?;
         } else {
-            y.par_chunks_mut(td).enumerate().try_for_each(|(i, y)| {
-                forward_pair(dims, self.keys(dims, i), inputs(i), y, None)
-            })?;
+            y.par_chunks_mut(n)
+                .enumerate()
+                .try_for_each(|(b, y)| forward_row(b, y, None))?;
         }
         Ok((y, probs))
     }
@@ -447,21 +481,36 @@ impl CustomOp3 for FusedCausalAttention {
         };
         let (q, k, v) = qkv;
         self.check_sizes(dims, &[q, k, v, dy])?;
-        let (td, tt) = (dims.t * dims.d, dims.t * dims.t);
-        if probs.len() != dims.pairs() * tt {
+        let (n, tt) = (dims.row_len(), dims.t * dims.t);
+        if probs.len() != dims.b * dims.h * tt {
             bail!("fused attention: saved probabilities of the wrong size")
         }
-        let mut dq = vec![0.0f32; dims.pairs() * td];
-        let mut dk = vec![0.0f32; dims.pairs() * td];
-        let mut dv = vec![0.0f32; dims.pairs() * td];
-        dq.par_chunks_mut(td)
-            .zip(dk.par_chunks_mut(td))
-            .zip(dv.par_chunks_mut(td))
+        // dq is written in full by the blocks; dk and dv accumulate, so each row task zeroes
+        // its own part first (on its thread, rather than a one-thread memset here).
+        let mut dq = output_buffer(dims.b * n);
+        let mut dk = output_buffer(dims.b * n);
+        let mut dv = output_buffer(dims.b * n);
+        dq.par_chunks_mut(n)
+            .zip(dk.par_chunks_mut(n))
+            .zip(dv.par_chunks_mut(n))
             .enumerate()
-            .try_for_each(|(i, ((dq, dk), dv))| {
-                let inputs = (&q[i * td..][..td], &k[i * td..][..td], &v[i * td..][..td]);
-                let (p, g) = (&probs[i * tt..][..tt], &dy[i * td..][..td]);
-                backward_pair(dims, self.keys(dims, i), inputs, p, g, dq, dk, dv)
+            .try_for_each(|(b, ((dq, dk), dv))| {
+                dk.fill(0.0);
+                dv.fill(0.0);
+                let mut ds = output_buffer(BLOCK * dims.t); // each block writes what it reads
+                let (q, k, v) = (&q[b * n..][..n], &k[b * n..][..n], &v[b * n..][..n]);
+                let dy = &dy[b * n..][..n];
+                (0..dims.h).try_for_each(|h| {
+                    let qkv = (stripe(q, dims, h), stripe(k, dims, h), stripe(v, dims, h));
+                    let p = &probs[(b * dims.h + h) * tt..][..tt];
+                    let grads = (
+                        stripe_mut(dq, dims, h),
+                        stripe_mut(dk, dims, h),
+                        stripe_mut(dv, dims, h),
+                    );
+                    let keys = self.keys(dims, b);
+                    backward_pair(dims, keys, qkv, p, stripe(dy, dims, h), grads, &mut ds)
+                })
             })?;
         let dq = Tensor::from_vec(dq, &shape, &device)?;
         let dk = Tensor::from_vec(dk, &shape, &device)?;
@@ -517,7 +566,7 @@ mod tests {
             vars[1].as_tensor(),
             vars[2].as_tensor(),
         );
-        let y = attn(q, k, v, m.as_ref()).unwrap(); // (B, H, T, D)
+        let y = attn(q, k, v, m.as_ref()).unwrap(); // (B, T, H, D)
         let grads = (&y * cast(&inputs[3]))
             .unwrap()
             .sum_all()
@@ -565,12 +614,12 @@ mod tests {
     #[test]
     fn fused_matches_composed_with_right_padding() {
         let rows = [vec![1.0; 7], vec![1., 1., 1., 1., 0., 0., 0.]];
-        check([2, 3, 7, 4], Some(&rows), 1, true);
+        check([2, 7, 3, 4], Some(&rows), 1, true);
     }
 
     #[test]
     fn fused_matches_composed_without_key_mask() {
-        check([2, 3, 7, 4], None, 2, true);
+        check([2, 7, 3, 4], None, 2, true);
     }
 
     #[test]
@@ -581,9 +630,9 @@ mod tests {
         let left: Vec<f32> = (0..70)
             .map(|j| if j < 40 || j == 55 { 0.0 } else { 1.0 })
             .collect();
-        check([2, 2, 70, 8], Some(&[right.clone(), right]), 3, true);
-        check([2, 2, 70, 8], Some(&[vec![1.0; 70], left]), 4, false);
-        check([1, 2, 70, 8], None, 5, true);
+        check([2, 70, 2, 8], Some(&[right.clone(), right]), 3, true);
+        check([2, 70, 2, 8], Some(&[vec![1.0; 70], left]), 4, false);
+        check([1, 70, 2, 8], None, 5, true);
     }
 
     #[test]
@@ -592,7 +641,7 @@ mod tests {
         // `s - 1e9` rounds every score of a blind row to the same value in f32 (ulp 64 there),
         // giving a uniform softmax, while f64 keeps the scores apart.
         let rows = [vec![0.0; 7], vec![0., 0., 1., 1., 1., 0., 1.]];
-        check([2, 3, 7, 4], Some(&rows), 6, false);
+        check([2, 7, 3, 4], Some(&rows), 6, false);
     }
 
     #[test]
@@ -600,7 +649,7 @@ mod tests {
         // All keys pad: query i averages v over keys 0..=i (each at -1e9; the future ones
         // are at -2e9 and get nothing).
         let mut rng = Rng::new(7);
-        let [q, k, v] = [(); 3].map(|_| randn(&[1, 1, 5, 2], &mut rng));
+        let [q, k, v] = [(); 3].map(|_| randn(&[1, 5, 1, 2], &mut rng));
         let m = mask(&[vec![0.0; 5]]);
         let y: Vec<Vec<f32>> = fused_attention(&q, &k, &v, Some(&m))
             .unwrap()
@@ -637,7 +686,7 @@ mod tests {
     fn forward_without_gradients_matches() {
         // Plain tensors: no variable upstream, so the kernel keeps no probabilities.
         let mut rng = Rng::new(8);
-        let [q, k, v] = [(); 3].map(|_| randn(&[2, 2, 40, 4], &mut rng));
+        let [q, k, v] = [(); 3].map(|_| randn(&[2, 40, 2, 4], &mut rng));
         let m = mask(&[
             vec![1.0; 40],
             (0..40).map(|j| (j < 33) as u8 as f32).collect(),
@@ -651,7 +700,7 @@ mod tests {
     #[test]
     fn backward_recomputes_probabilities_the_forward_did_not_keep() {
         let mut rng = Rng::new(9);
-        let inputs = [(); 4].map(|_| randn(&[1, 2, 6, 4], &mut rng));
+        let inputs = [(); 4].map(|_| randn(&[1, 6, 2, 4], &mut rng));
         let without_keep: Attn = |q, k, v, _| {
             let op = FusedCausalAttention {
                 key_mask: None,
@@ -668,7 +717,7 @@ mod tests {
     #[test]
     fn non_binary_key_mask_takes_the_composed_path() {
         let mut rng = Rng::new(10);
-        let [q, k, v] = [(); 3].map(|_| randn(&[1, 1, 4, 2], &mut rng));
+        let [q, k, v] = [(); 3].map(|_| randn(&[1, 4, 1, 2], &mut rng));
         let m = mask(&[vec![1.0, 0.5, 1.0, 0.0]]);
         let a = causal_attention(&q, &k, &v, Some(&m)).unwrap();
         let b = causal_attention_composed(&q, &k, &v, Some(&m)).unwrap();
@@ -679,8 +728,8 @@ mod tests {
     #[test]
     fn bad_shapes_are_errors() {
         let mut rng = Rng::new(11);
-        let q = randn(&[1, 2, 4, 3], &mut rng);
-        let short = randn(&[1, 2, 3, 3], &mut rng);
+        let q = randn(&[1, 4, 2, 3], &mut rng); // (B, T, H, D)
+        let short = randn(&[1, 3, 2, 3], &mut rng);
         assert!(causal_attention(&q, &short, &q, None).is_err());
         assert!(causal_attention(&q, &q, &short, None).is_err());
         assert!(causal_attention(&short.flatten_all().unwrap(), &q, &q, None).is_err());
