@@ -4,7 +4,7 @@
 //! in bf16: the weight is cast to the activation's dtype at use, and the cast's backward returns
 //! the gradient in f32 to the master weight. With f32 activations the casts are no-ops.
 
-use super::ops::bias::add_bias;
+use super::ops::linear::linear;
 use candle_core::{Module, Result, Tensor};
 
 /// `y = x Wᵀ + b`, with `weight (out, in)` and `bias (out)`.
@@ -55,11 +55,11 @@ impl Module for Linear {
             None => candle_core::bail!("linear: a scalar input has no feature dimension"),
         };
         let rows: usize = lead.iter().product();
-        let y = x.reshape((rows, inner))?.matmul(&w.t()?)?; // (rows, out)
-        let y = match &self.bias {
-            Some(b) => add_bias(&y, &b.to_dtype(dtype)?)?,
-            None => y,
+        let b = match &self.bias {
+            Some(b) => Some(b.to_dtype(dtype)?),
+            None => None,
         };
+        let y = linear(&x.reshape((rows, inner))?, &w, b.as_ref())?; // (rows, out)
         let mut shape = lead.to_vec();
         shape.push(w.dim(0)?);
         y.reshape(shape)

@@ -128,7 +128,7 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x1 = x.narrow(D::Minus1, 0, half)?; // (.., D/2)
     let x2 = x.narrow(D::Minus1, half, half)?; // (.., D/2)
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // (.., D)
-    // The tables are kept in the weights' dtype; under mixed precision x is bf16.
+                                                               // The tables are kept in the weights' dtype; under mixed precision x is bf16.
     let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }

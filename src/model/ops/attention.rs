@@ -25,9 +25,7 @@
 //! exactly 0 in both paths.
 
 use super::gemm::{matmul, View};
-use super::{
-    dot_lanes, exp_fast, fused_enabled, max_of, multiversion, output_buffer, sum_lanes,
-};
+use super::{dot_lanes, exp_fast, fused_enabled, max_of, multiversion, output_buffer, sum_lanes};
 use crate::model::attention::{attend, attention_mask, HIDDEN};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -389,7 +387,11 @@ impl FusedCausalAttention {
         let mut probs = output_buffer(if keep { dims.b * dims.h * tt } else { 0 });
         let forward_row = |b: usize, y: &mut [f32], mut probs: Option<&mut [f32]>| {
             let (q, k, v) = (&q[b * n..][..n], &k[b * n..][..n], &v[b * n..][..n]);
-            let mut scratch = if keep { Vec::new() } else { output_buffer(BLOCK * dims.t) };
+            let mut scratch = if keep {
+                Vec::new()
+            } else {
+                output_buffer(BLOCK * dims.t)
+            };
             (0..dims.h).try_for_each(|h| {
                 let p = probs.as_deref_mut().map(|p| &mut p[h * tt..][..tt]);
                 let qkv = (stripe(q, dims, h), stripe(k, dims, h), stripe(v, dims, h));

@@ -73,9 +73,15 @@ impl CustomOp2 for AddBias {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let db = grad.apply_op1_no_bwd(&ColumnSum)?;
+        let db = column_sums(&grad)?;
         Ok((Some(grad), Some(db)))
     }
+}
+
+/// `g (N, C)` → `Σ_rows g (C)` on the parallel kernel below (`g` contiguous, `f32` on the CPU),
+/// recording no graph: for backward passes.
+pub(crate) fn column_sums(g: &Tensor) -> Result<Tensor> {
+    g.apply_op1_no_bwd(&ColumnSum)
 }
 
 multiversion! {

@@ -17,6 +17,7 @@ pub mod gelu;
 mod gemm;
 pub mod head_loss;
 pub mod layer_norm;
+pub mod linear;
 
 use candle_core::{DType, Tensor};
 
