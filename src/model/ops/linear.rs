@@ -68,8 +68,8 @@ impl FusedLinear {
                 if b.len() != out {
                     bail!("linear: {out} outputs but a bias of {}", b.len())
                 }
-                if out > 0 {
-                    let rows_per_task = (super::CHUNK / out).max(1);
+                if let Some(per_task) = super::CHUNK.checked_div(out) {
+                    let rows_per_task = per_task.max(1);
                     y.par_chunks_mut(rows_per_task * out).for_each(|rows| {
                         rows.chunks_exact_mut(out)
                             .for_each(|r| r.copy_from_slice(b))
