@@ -1,5 +1,5 @@
 //! `report::runs_table` / `runs_json` over synthetic run folders: rows, parameter counts,
-//! config differences, runs without checkpoints, and an empty folder.
+//! config differences, runs without checkpoints, unreadable run folders and an empty folder.
 
 mod common;
 
@@ -150,4 +150,40 @@ fn an_empty_or_missing_folder_gives_a_friendly_message() {
     let missing = runs_table(&parent.join("missing")).unwrap();
     assert!(missing.starts_with("no runs in"), "{missing}");
     assert_eq!(runs_json(&parent).unwrap()["runs"], serde_json::json!([]));
+}
+
+#[test]
+fn a_folder_with_an_unreadable_config_is_listed_as_skipped_not_fatal() {
+    let parent = common::temp_dir("report-runs-skip");
+    run_folder(&parent, "good", 32);
+    // A config from a version of lmtrain that had a key this one does not know.
+    let (bad, config) = run_folder(&parent, "newer", 32);
+    let text = format!("{}\n[extra]\nunknown_key = 1\n", config.to_toml());
+    fs::write(bad.join("config.toml"), text).unwrap();
+    let table = runs_table(&parent).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("good")), "{table}");
+    let skip = table
+        .lines()
+        .find(|l| l.starts_with("skipped"))
+        .unwrap_or_else(|| panic!("no skipped line:\n{table}"));
+    assert!(
+        skip.contains("newer") && skip.contains("config.toml"),
+        "{skip}"
+    );
+    assert!(
+        skip.contains("extra"),
+        "the reason names the bad key: {skip}"
+    );
+    let json = runs_json(&parent).unwrap();
+    assert_eq!(json["runs"].as_array().unwrap().len(), 1);
+    let skipped = json["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0]["path"].as_str().unwrap().ends_with("newer"));
+    // Only unreadable runs: the friendly message, and the reason.
+    fs::remove_dir_all(parent.join("good")).unwrap();
+    let table = runs_table(&parent).unwrap();
+    assert!(
+        table.starts_with("no runs in") && table.contains("skipped"),
+        "{table}"
+    );
 }

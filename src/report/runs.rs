@@ -29,13 +29,27 @@ struct RunRow {
     config: BTreeMap<String, String>,
 }
 
+/// A run folder whose row could not be made (e.g. a config written by another version of
+/// lmtrain): listed with the reason instead of failing the whole table.
+#[derive(Debug)]
+struct Skipped {
+    path: PathBuf,
+    /// The error and its causes on one line.
+    reason: String,
+}
+
 /// The run table of every run folder in `dir` as aligned plain text, followed by the config
-/// differences. A `dir` without runs gives a friendly one-line message, not an error.
+/// differences and the folders that could not be read. A `dir` without runs gives a friendly
+/// one-line message, not an error.
 pub fn runs_table(dir: &Path) -> Result<String> {
-    let rows = load_rows(dir)?;
+    let (rows, skipped) = load_rows(dir)?;
+    let skipped_lines: String = skipped
+        .iter()
+        .map(|s| format!("skipped {}: {}\n", s.path.display(), s.reason))
+        .collect();
     if rows.is_empty() {
         return Ok(format!(
-            "no runs in {} (a run is a folder with config.toml; start one with `lmtrain train --config …`)\n",
+            "no runs in {} (a run is a folder with config.toml; start one with `lmtrain train --config …`)\n{skipped_lines}",
             dir.display()
         ));
     }
@@ -87,14 +101,18 @@ pub fn runs_table(dir: &Path) -> Result<String> {
             }
         }
     }
+    if !skipped.is_empty() {
+        out.push('\n');
+        out.push_str(&skipped_lines);
+    }
     Ok(out)
 }
 
 /// The same as [`runs_table`] as JSON: `{"dir", "runs": [{name, path, params, steps,
 /// tokens_seen, elapsed_s, best_val_loss, best_val_bits_per_token, baseline}],
-/// "config_differences": {key: [value per run]}}`.
+/// "config_differences": {key: [value per run]}, "skipped": [{path, reason}]}`.
 pub fn runs_json(dir: &Path) -> Result<Value> {
-    let rows = load_rows(dir)?;
+    let (rows, skipped) = load_rows(dir)?;
     let runs: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -115,14 +133,23 @@ pub fn runs_json(dir: &Path) -> Result<Value> {
         .into_iter()
         .map(|(k, v)| (k, json!(v)))
         .collect();
-    Ok(json!({ "dir": dir.display().to_string(), "runs": runs, "config_differences": diffs }))
+    let skipped: Vec<Value> = skipped
+        .iter()
+        .map(|s| json!({"path": s.path.display().to_string(), "reason": s.reason}))
+        .collect();
+    Ok(json!({
+        "dir": dir.display().to_string(),
+        "runs": runs,
+        "config_differences": diffs,
+        "skipped": skipped,
+    }))
 }
 
-/// Every subfolder of `dir` with a `config.toml`, by name; hidden folders (`.cache`) are not
-/// runs. A missing `dir` has no runs.
-fn load_rows(dir: &Path) -> Result<Vec<RunRow>> {
+/// Every subfolder of `dir` with a `config.toml`, by name, and the ones whose row could not be
+/// made; hidden folders (`.cache`) are not runs. A missing `dir` has no runs.
+fn load_rows(dir: &Path) -> Result<(Vec<RunRow>, Vec<Skipped>)> {
     if !dir.is_dir() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -137,7 +164,17 @@ fn load_rows(dir: &Path) -> Result<Vec<RunRow>> {
         }
     }
     paths.sort();
-    paths.iter().map(|p| load_row(p)).collect()
+    let (mut rows, mut skipped) = (Vec::new(), Vec::new());
+    for path in paths {
+        match load_row(&path) {
+            Ok(row) => rows.push(row),
+            Err(e) => skipped.push(Skipped {
+                reason: format!("{e:#}").replace('\n', " "),
+                path,
+            }),
+        }
+    }
+    Ok((rows, skipped))
 }
 
 /// One run's row. Progress comes from whichever is newer, the latest checkpoint's state or
