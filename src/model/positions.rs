@@ -116,21 +116,18 @@ impl Rope {
 }
 
 /// Rotates `x (B, T, H, D)` by its positions: `x·cos + rotate_half(x)·sin`, where
-/// `rotate_half([x1, x2]) = [-x2, x1]` over the two halves of `D`. The `(T, H, D)` layout is the
-/// one the fused attention kernel reads, so the tables broadcast as `(T, 1, D)`.
+/// `rotate_half([x1, x2]) = [-x2, x1]` over the two halves of `D`. `(B, T, H, D)` is the layout
+/// the fused attention kernel reads, so the `(T, D)` tables broadcast as `(T, 1, D)`.
 pub fn apply_rope(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
-    rotate(x, &tables.cos.unsqueeze(1)?, &tables.sin.unsqueeze(1)?) // (B, T, H, D) * (T, 1, D)
-}
-
-/// `x·cos + rotate_half(x)·sin`, the tables broadcast against `x (.., D)`.
-fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?; // (.., D/2)
-    let x2 = x.narrow(D::Minus1, half, half)?; // (.., D/2)
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // (.., D)
-                                                               // The tables are kept in the weights' dtype; under mixed precision x is bf16.
-    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    let x1 = x.narrow(D::Minus1, 0, half)?; // (B, T, H, D/2)
+    let x2 = x.narrow(D::Minus1, half, half)?; // (B, T, H, D/2)
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // (B, T, H, D)
+
+    // The tables are kept in the weights' dtype; under mixed precision x is bf16.
+    let cos = tables.cos.to_dtype(x.dtype())?.unsqueeze(1)?; // (T, 1, D)
+    let sin = tables.sin.to_dtype(x.dtype())?.unsqueeze(1)?; // (T, 1, D)
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)? // (B, T, H, D)
 }
 
 #[cfg(test)]
