@@ -2,8 +2,8 @@
 //! tokens seen, one colour per run.
 
 use super::draw::{
-    baseline_label, draw_hline, draw_legend, draw_noisy, loss_range, run_name, write_atomic, Area,
-    FONT, LOSS_DESC,
+    baseline_label, draw_hline, draw_legend, draw_noisy, loss_range, loss_x_range, run_name,
+    write_atomic, Area, FONT, LOSS_DESC,
 };
 use super::series::{Series, BITS_PER_NAT};
 use super::text::human;
@@ -133,7 +133,7 @@ fn panel(area: &Area, runs: &[Run], axis: Axis) -> Result<()> {
         .margin_right(30)
         .x_label_area_size(45)
         .y_label_area_size(65)
-        .build_cartesian_2d(0.0..x_end, y.clone())?;
+        .build_cartesian_2d(loss_x_range(x_end), y.clone())?;
     chart
         .configure_mesh()
         .x_desc(x_desc)

@@ -20,6 +20,12 @@ pub(crate) const VAL_COLOR: RGBColor = RGBColor(214, 39, 40);
 
 /// The drawing area of one panel of an SVG held in memory.
 pub(crate) type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+/// The x range `0..last` of a loss chart, plus 2%: a val marker at the last step (the final
+/// evaluation) is then drawn whole instead of clipped in half by the plot's edge.
+pub(crate) fn loss_x_range(last: f64) -> Range<f64> {
+    0.0..last.max(1.0) * 1.02
+}
 /// A chart with plain numeric axes drawn into an [`Area`].
 pub(crate) type Chart<'a> =
     ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;

@@ -2,8 +2,8 @@
 //! baseline, learning rate and throughput — drawn with plotters' pure-Rust SVG backend.
 
 use super::draw::{
-    baseline_label, draw_hline, draw_legend, draw_noisy, loss_range, off_scale_label, run_name,
-    write_atomic, Area, BUCKETS, FONT, LOSS_DESC, TRAIN_COLOR, VAL_COLOR,
+    baseline_label, draw_hline, draw_legend, draw_noisy, loss_range, loss_x_range, off_scale_label,
+    run_name, write_atomic, Area, BUCKETS, FONT, LOSS_DESC, TRAIN_COLOR, VAL_COLOR,
 };
 use super::series::{envelope, tokens_at, Series, BITS_PER_NAT};
 use super::text::human;
@@ -80,7 +80,7 @@ fn draw_run(
 fn loss_panel(area: &Area, series: &Series, baseline: Option<&BaselineReport>) -> Result<()> {
     let base_bits = baseline.map(|b| b.val_bits_per_token);
     let y = loss_range(&[series], base_bits.as_slice());
-    let x = 0.0..series.last_step().unwrap_or(1).max(1) as f64;
+    let x = loss_x_range(series.last_step().unwrap_or(1) as f64);
     let tokens = series.tokens_by_step();
     let mut chart = ChartBuilder::on(area)
         .margin(12)
