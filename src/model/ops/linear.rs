@@ -86,13 +86,22 @@ impl FusedLinear {
         Ok((CpuStorage::F32(y), Shape::from((n, out))))
     }
 
-    /// `dx = dy w (N, in)`, `dw = dyᵀ x (out, in)` and `db = Σ_rows dy (out)`, from candle ops
-    /// that record no graph (the inputs are detached).
-    fn backward(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// `dx = dy w (N, in)`, `dw = dyᵀ x (out, in)` and, `with_bias`, `db = Σ_rows dy (out)`,
+    /// from candle ops that record no graph (the inputs are detached).
+    fn backward(
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        with_bias: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (x, w, dy) = (x.detach(), w.detach(), dy.detach().contiguous()?);
         let dx = dy.matmul(&w)?; // (N, out) @ (out, in)
         let dw = dy.t()?.matmul(&x)?; // (out, N) @ (N, in), a transposed view: no copy
-        let db = column_sums(&dy)?; // (out)
+        let db = if with_bias {
+            Some(column_sums(&dy)?) // (out)
+        } else {
+            None
+        };
         Ok((dx, dw, db))
     }
 }
@@ -119,7 +128,7 @@ impl CustomOp2 for FusedLinear {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = Self::backward(x, w, dy)?;
+        let (dx, dw, _) = Self::backward(x, w, dy, false)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -149,8 +158,8 @@ impl CustomOp3 for FusedLinear {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = Self::backward(x, w, dy)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let (dx, dw, db) = Self::backward(x, w, dy, true)?;
+        Ok((Some(dx), Some(dw), db))
     }
 }
 
