@@ -392,11 +392,12 @@ impl FusedCausalAttention {
             } else {
                 output_buffer(BLOCK * dims.t)
             };
+            let keys = self.keys(dims, b);
             (0..dims.h).try_for_each(|h| {
                 let p = probs.as_deref_mut().map(|p| &mut p[h * tt..][..tt]);
                 let qkv = (stripe(q, dims, h), stripe(k, dims, h), stripe(v, dims, h));
                 let y = stripe_mut(y, dims, h);
-                forward_pair(dims, self.keys(dims, b), qkv, y, p, &mut scratch)
+                forward_pair(dims, keys, qkv, y, p, &mut scratch)
             })
         };
         if keep {
@@ -502,6 +503,7 @@ impl CustomOp3 for FusedCausalAttention {
                 let mut ds = output_buffer(BLOCK * dims.t); // each block writes what it reads
                 let (q, k, v) = (&q[b * n..][..n], &k[b * n..][..n], &v[b * n..][..n]);
                 let dy = &dy[b * n..][..n];
+                let keys = self.keys(dims, b);
                 (0..dims.h).try_for_each(|h| {
                     let qkv = (stripe(q, dims, h), stripe(k, dims, h), stripe(v, dims, h));
                     let p = &probs[(b * dims.h + h) * tt..][..tt];
@@ -510,7 +512,6 @@ impl CustomOp3 for FusedCausalAttention {
                         stripe_mut(dk, dims, h),
                         stripe_mut(dv, dims, h),
                     );
-                    let keys = self.keys(dims, b);
                     backward_pair(dims, keys, qkv, p, stripe(dy, dims, h), grads, &mut ds)
                 })
             })?;
