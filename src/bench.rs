@@ -265,7 +265,7 @@ fn run_inner(o: &BenchOptions) -> Result<Value> {
         let (c0, t0) = (cpu_seconds(), Instant::now());
         let (nll, grads) = step::gradients(
             &model,
-            &opt,
+            &mut opt,
             std::slice::from_ref(&batch),
             o.seed,
             i as u64,

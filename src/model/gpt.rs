@@ -167,6 +167,26 @@ impl Gpt {
         self.head.forward(&x) // (B, T, C) @ (C, V) = (B, T, V)
     }
 
+    /// The rows of each n-gram table that a forward pass over `ids (B, T)` (no KV cache) will
+    /// read, `B·T` per table in position order, keyed by weight name: what a lazy optimizer
+    /// must bring up to date first (see `AdamW::catch_up`).
+    pub fn table_rows(&self, ids: &Tensor) -> Result<Vec<(String, Vec<u32>)>> {
+        if self.ngram_tables.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seqs = ngram::with_history(&ids.to_vec2::<u32>()?, None)?;
+        let names = self.ngram_tables.iter().map(|t| t.spec.weight_name());
+        Ok(names.zip(self.bucket_rows(&seqs)?).collect())
+    }
+
+    /// Per n-gram table, the bucket ids of `seqs` (made by [`ngram::with_history`]).
+    fn bucket_rows(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
+        self.ngram_tables
+            .iter()
+            .map(|table| ngram::bucket_ids(seqs, table.spec.order, table.spec.buckets))
+            .collect()
+    }
+
     /// Embeddings, blocks and the final norm: `ids (B, T)` → `(B, T, C)`.
     fn trunk(
         &self,
@@ -184,9 +204,7 @@ impl Gpt {
             // The ids come to the host once for every table (and the cache's history).
             let history = cache.as_ref().and_then(|c| c.ngram_history());
             let seqs = ngram::with_history(&ids.to_vec2::<u32>()?, history)?;
-            for table in &self.ngram_tables {
-                let (order, buckets) = (table.spec.order, table.spec.buckets);
-                let rows = ngram::bucket_ids(&seqs, order, buckets)?;
+            for (table, rows) in self.ngram_tables.iter().zip(self.bucket_rows(&seqs)?) {
                 let rows = Tensor::from_vec(rows, b * t, ids.device())?; // (B*T)
                 let e = embedding::lookup(&table.weight, &rows)?; // (B*T, C)
                 x = (x + e.reshape((b, t, c))?)?; // (B, T, C)

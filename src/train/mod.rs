@@ -7,6 +7,7 @@
 pub mod checkpoint;
 mod fused_adamw;
 pub mod guard;
+mod lazy_rows;
 pub mod manifest;
 pub mod metrics;
 pub mod mfu;

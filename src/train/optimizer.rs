@@ -7,6 +7,7 @@
 //!   m ← β1·m + (1 − β1)·g ;  v ← β2·v + (1 − β2)·g²
 //!   p ← p − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + ε)
 
+use super::lazy_rows::LazyRows;
 use crate::model::ops::{contiguous, fused_enabled, sum_lanes, CHUNK};
 use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 use rayon::prelude::*;
@@ -31,8 +32,15 @@ pub struct Param {
     /// This parameter's learning rate is `lr · lr_mult` (its weight decay scales with it, as in
     /// a PyTorch parameter group with its own lr). 1 unless [`AdamW::set_lr_mult`] changed it.
     pub lr_mult: f64,
-    m: Tensor,
-    v: Tensor,
+    moments: Moments,
+}
+
+/// A parameter's AdamW moments.
+enum Moments {
+    /// Tensors on the parameter's device, updated every step.
+    Dense { m: Tensor, v: Tensor },
+    /// A lookup table whose rows are updated when looked up ([`AdamW::set_lazy_rows`]).
+    Lazy(LazyRows),
 }
 
 pub struct AdamW {
@@ -58,8 +66,10 @@ impl AdamW {
                         0.0
                     },
                     lr_mult: 1.0,
-                    m: zeros()?,
-                    v: zeros()?,
+                    moments: Moments::Dense {
+                        m: zeros()?,
+                        v: zeros()?,
+                    },
                     name,
                     var,
                 })
@@ -83,6 +93,56 @@ impl AdamW {
             candle_core::bail!("`{name}` is a vector; vectors are never weight-decayed");
         }
         p.weight_decay = weight_decay;
+        Ok(())
+    }
+
+    /// Updates lookup table `name` row by row, each row when a forward pass is about to read it
+    /// (see [`super::lazy_rows`]): the caller then owes [`AdamW::catch_up`] before every
+    /// forward pass and [`AdamW::flush`] before anything else reads the table. Returns whether
+    /// the table is lazy now: only a CPU `f32` matrix can be, with betas whose momentum tail
+    /// fades (`β1² < β2`); any other stays dense, which gives the same results, slower.
+    pub fn set_lazy_rows(&mut self, name: &str) -> Result<bool> {
+        let AdamWParams {
+            beta1, beta2, eps, ..
+        } = self.hp;
+        let now = self.t;
+        let p = self.param_mut(name, "lazy row updates")?;
+        let w = p.var.as_tensor();
+        let Moments::Dense { m, v } = &p.moments else {
+            return Ok(true);
+        };
+        if !(fused_enabled(w) && w.rank() == 2 && LazyRows::supported(beta1, beta2)) {
+            return Ok(false);
+        }
+        let host = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
+        p.moments = Moments::Lazy(LazyRows::new(
+            w.dims2()?,
+            host(m)?,
+            host(v)?,
+            now,
+            (beta1, beta2, eps),
+        )?);
+        Ok(true)
+    }
+
+    /// Brings rows `rows` of lookup table `name` up to date before a forward pass reads them,
+    /// and has the next step update them. A no-op for a table that is not lazy.
+    pub fn catch_up(&mut self, name: &str, rows: &[u32]) -> Result<()> {
+        let p = self.param_mut(name, "a row catch-up")?;
+        match &mut p.moments {
+            Moments::Lazy(lazy) => lazy.catch_up(p.var.as_tensor(), rows),
+            Moments::Dense { .. } => Ok(()),
+        }
+    }
+
+    /// Brings every row of every lazy table up to date: call before evaluating, saving or
+    /// otherwise reading the whole model. Cheap when nothing lags.
+    pub fn flush(&mut self) -> Result<()> {
+        for p in &mut self.params {
+            if let Moments::Lazy(lazy) = &mut p.moments {
+                lazy.flush(p.var.as_tensor())?;
+            }
+        }
         Ok(())
     }
 
@@ -119,15 +179,32 @@ impl AdamW {
         let bias1 = 1.0 - beta1.powi(self.t as i32);
         let bias2 = 1.0 - beta2.powi(self.t as i32);
         for (p, g) in self.params.iter_mut().zip(grads) {
-            let Some(g) = g else { continue };
             let w = p.var.as_tensor();
             let lr = lr * p.lr_mult;
+            let (m, v) = match &mut p.moments {
+                Moments::Lazy(lazy) => {
+                    // A table the loss did not reach still takes the step (with a zero
+                    // gradient): its lagging rows count every step.
+                    let zeros;
+                    let g = match g {
+                        Some(g) => g,
+                        None => {
+                            zeros = w.zeros_like()?;
+                            &zeros
+                        }
+                    };
+                    lazy.step(w, g, grad_scale, lr, p.weight_decay, self.t)?;
+                    continue;
+                }
+                Moments::Dense { m, v } => (m, v),
+            };
+            let Some(g) = g else { continue };
             let decay = 1.0 - lr * p.weight_decay;
-            if fused_enabled(w) && fused_enabled(g) && p.m.is_contiguous() && p.v.is_contiguous() {
+            if fused_enabled(w) && fused_enabled(g) && m.is_contiguous() && v.is_contiguous() {
                 super::fused_adamw::adamw_in_place(
                     w,
-                    &p.m,
-                    &p.v,
+                    m,
+                    v,
                     g,
                     grad_scale,
                     (beta1, beta2, eps),
@@ -138,10 +215,10 @@ impl AdamW {
                 continue;
             }
             let g = g.to_dtype(DType::F32)?.affine(grad_scale, 0.0)?;
-            p.m = ((&p.m * beta1)? + (&g * (1.0 - beta1))?)?;
-            p.v = ((&p.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let denom = ((p.v.sqrt()? / bias2.sqrt())? + eps)?;
-            let update = (p.m.broadcast_div(&denom)? * (lr / bias1))?;
+            *m = ((&*m * beta1)? + (&g * (1.0 - beta1))?)?;
+            *v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            let denom = ((v.sqrt()? / bias2.sqrt())? + eps)?;
+            let update = (m.broadcast_div(&denom)? * (lr / bias1))?;
             let w = if decay != 1.0 {
                 (w * decay)?
             } else {
@@ -153,38 +230,64 @@ impl AdamW {
         Ok(())
     }
 
-    /// State for a checkpoint: `m.<name>`, `v.<name>` (f32).
-    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
+    /// State for a checkpoint: `m.<name>`, `v.<name>` (f32). An error while a lazy table's rows
+    /// lag ([`AdamW::flush`] first): the state would not be the one its weights go with.
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for p in &self.params {
-            out.insert(format!("m.{}", p.name), p.m.clone());
-            out.insert(format!("v.{}", p.name), p.v.clone());
+            let (m, v) = match &p.moments {
+                Moments::Dense { m, v } => (m.clone(), v.clone()),
+                Moments::Lazy(lazy) => {
+                    let (m, v) = lazy.moments_if_current().ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "optimizer state of `{}` read while rows lag: flush first",
+                            p.name
+                        ))
+                    })?;
+                    let shape = p.var.as_tensor().shape();
+                    let dev = p.var.as_tensor().device();
+                    (
+                        Tensor::from_slice(m, shape, dev)?,
+                        Tensor::from_slice(v, shape, dev)?,
+                    )
+                }
+            };
+            out.insert(format!("m.{}", p.name), m);
+            out.insert(format!("v.{}", p.name), v);
         }
-        out
+        Ok(out)
     }
 
     /// Restores what `state_tensors` saved; every moment must be present with the parameter's
     /// shape (a missing or misshapen one is an error naming it, never a silent zero).
     pub fn load_state(&mut self, mut tensors: HashMap<String, Tensor>, t: u64) -> Result<()> {
+        let betas = (self.hp.beta1, self.hp.beta2, self.hp.eps);
         for p in &mut self.params {
-            for (slot, key) in [
-                (&mut p.m, format!("m.{}", p.name)),
-                (&mut p.v, format!("v.{}", p.name)),
-            ] {
+            let w = p.var.as_tensor();
+            let mut take = |key: String| -> Result<Tensor> {
                 let x = tensors.remove(&key).ok_or_else(|| {
                     candle_core::Error::Msg(format!("optimizer state lacks `{key}`"))
                 })?;
-                if x.dims() != p.var.as_tensor().dims() {
+                if x.dims() != w.dims() {
                     candle_core::bail!(
                         "optimizer state `{key}` has shape {:?}, the parameter has {:?}",
                         x.dims(),
-                        p.var.as_tensor().dims()
+                        w.dims()
                     );
                 }
-                *slot = x
-                    .to_dtype(DType::F32)?
-                    .to_device(p.var.as_tensor().device())?;
-            }
+                x.to_dtype(DType::F32)?.to_device(w.device())
+            };
+            let (m, v) = (
+                take(format!("m.{}", p.name))?,
+                take(format!("v.{}", p.name))?,
+            );
+            p.moments = match &p.moments {
+                Moments::Dense { .. } => Moments::Dense { m, v },
+                Moments::Lazy(_) => {
+                    let host = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
+                    Moments::Lazy(LazyRows::new(w.dims2()?, host(&m)?, host(&v)?, t, betas)?)
+                }
+            };
         }
         self.t = t;
         Ok(())
@@ -389,7 +492,7 @@ mod tests {
         a.step(&[Some(Tensor::ones((2, 2), DType::F32, &dev)?)], 0.1, 1.0)?;
         let w2 = Var::from_tensor(w.as_tensor())?;
         let mut b = AdamW::new(vec![("w".into(), w2.clone())], hp(0.1))?;
-        b.load_state(a.state_tensors(), a.steps_taken())?;
+        b.load_state(a.state_tensors()?, a.steps_taken())?;
         let g = Tensor::new(&[[0.3f32, -0.1], [2.0, 0.0]], &dev)?;
         a.step(&[Some(g.clone())], 0.1, 1.0)?;
         b.step(&[Some(g)], 0.1, 1.0)?;
@@ -397,7 +500,7 @@ mod tests {
             w.as_tensor().to_vec2::<f32>()?,
             w2.as_tensor().to_vec2::<f32>()?
         );
-        let mut missing = a.state_tensors();
+        let mut missing = a.state_tensors()?;
         missing.remove("v.w");
         let err = b.load_state(missing, 1).unwrap_err().to_string();
         assert!(err.contains("v.w"), "{err}");

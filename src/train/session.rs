@@ -221,7 +221,7 @@ impl Session {
             &self.config,
             &self.data.vocab,
             &weights,
-            &opt.state_tensors(),
+            &opt.state_tensors()?,
             inject_failure,
         )?;
         checkpoint::prune(&self.run_dir, self.config.train.keep_last, state.best_step)?;

@@ -57,7 +57,7 @@ impl<'a> PhaseClock<'a> {
 /// (`seed`, `step`, micro-batch index), so a resumed run draws the same ones.
 pub fn gradients(
     model: &Gpt,
-    opt: &AdamW,
+    opt: &mut AdamW,
     micro: &[Batch],
     seed: u64,
     step: u64,
@@ -73,6 +73,10 @@ pub fn gradients(
         let mode = Mode::Train {
             dropout_seed: Rng::derive(seed, &format!("dropout/{step}/{k}")).next_u64(),
         };
+        // Lazily updated table rows are brought up to date before the forward reads them.
+        for (name, rows) in model.table_rows(&batch.ids)? {
+            opt.catch_up(&name, &rows)?;
+        }
         let nll = eval::loss_sum(model, batch, &mode, true)?; // scalar: Σ over real targets
         fwd += clock.lap()?;
         let scaled = (&nll / step_tokens.max(1) as f64)?;

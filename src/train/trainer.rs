@@ -104,6 +104,11 @@ pub fn train(s: Session) -> Result<TrainSummary> {
         opt.set_lr_mult(&name, t.embed_lr_mult)?;
         opt.set_weight_decay(&name, t.weight_decay * t.embed_wd_mult)?;
     }
+    if t.lazy_tables {
+        for spec in &ngram_tables {
+            opt.set_lazy_rows(&spec.weight_name())?;
+        }
+    }
     let mut state = match s.resume_from.clone() {
         Some(dir) => {
             let state = checkpoint::load_state(&dir)?;
@@ -170,7 +175,7 @@ pub fn train(s: Session) -> Result<TrainSummary> {
         }
         let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
         let (mut nll_total, grads) =
-            step::gradients(&s.model, &opt, &micro, cfg.run.seed, state.step, None)?;
+            step::gradients(&s.model, &mut opt, &micro, cfg.run.seed, state.step, None)?;
         if s.faults.nan_loss_at.contains(&(state.step + 1)) {
             nll_total = f64::NAN;
         }
@@ -249,7 +254,13 @@ pub fn train(s: Session) -> Result<TrainSummary> {
         bar.set_position(state.step);
 
         let (mut early_stop, mut improved) = (false, false);
-        if (t.eval_every > 0 && state.step % t.eval_every == 0) || last {
+        let eval_due = (t.eval_every > 0 && state.step % t.eval_every == 0) || last;
+        let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
+        if eval_due || periodic {
+            // Both read every table row: the lazily updated ones must be current.
+            opt.flush()?;
+        }
+        if eval_due {
             let r = eval::evaluate(
                 &s.model,
                 &s.data.val,
@@ -282,7 +293,6 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             }
         }
         // Also on a new best val loss, so the best model is always kept on disk.
-        let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
         if periodic || improved || last || early_stop {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
             let inject = s.faults.fail_checkpoint_at.contains(&state.step);
