@@ -33,6 +33,7 @@
 //! ([`LazyRows::supported`]).
 
 use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
+use crate::model::ops::multiversion;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -337,27 +338,35 @@ impl InplaceOp1 for CatchUp<'_> {
         let w = weights(s, l, self.name())?;
         let mut state = lock(&self.state)?;
         let state = &mut **state;
-        for_rows(
-            state.cols,
-            (w, &mut state.m, &mut state.v),
-            self.rows,
-            |w, m, v, k| {
-                let f = &self.groups[self.group[k]];
-                for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
-                    let root = v.sqrt();
-                    let mut momentum = 0f32;
-                    if *m != 0.0 {
-                        for &(c, e) in &f.tail {
-                            momentum += c / (root + e);
-                        }
-                    }
-                    *w = f.decay * *w - *m * momentum;
-                    *m *= f.m_scale;
-                    *v *= f.v_scale;
-                }
-            },
-        );
+        let cols = state.cols;
+        for_rows(cols, (w, &mut state.m, &mut state.v), self.rows, |w, m, v, k| {
+            let f = &self.groups[self.group[k]];
+            catch_up_row(w, m, v, f, &mut vec![0f32; 2 * cols]);
+        });
         Ok(())
+    }
+}
+
+multiversion! {
+    /// One row's catch-up (`scratch`: 2 × the row's length). The tail is summed term by term
+    /// over the whole row (`Σ c_s / (√v + e_s)`, up to ~200 terms) so that the divisions run in
+    /// vector lanes: element by element, the sum would be one scalar division chain per float.
+    fn catch_up_row(w: &mut [f32], m: &mut [f32], v: &mut [f32], f: &Factors, scratch: &mut [f32]) {
+        let (root, tail) = scratch.split_at_mut(w.len());
+        for (r, &v) in root.iter_mut().zip(v.iter()) {
+            *r = v.sqrt();
+        }
+        tail.fill(0.0);
+        for &(c, e) in &f.tail {
+            for (t, &r) in tail.iter_mut().zip(root.iter()) {
+                *t += c / (r + e);
+            }
+        }
+        for (((w, m), v), &t) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(tail.iter()) {
+            *w = f.decay * *w - *m * t;
+            *m *= f.m_scale;
+            *v *= f.v_scale;
+        }
     }
 }
 
