@@ -263,7 +263,7 @@ fn run_inner(o: &BenchOptions) -> Result<Value> {
         let want = o.profile.then_some(&mut ph);
         device.synchronize()?;
         let (c0, t0) = (cpu_seconds(), Instant::now());
-        let (nll, grads) = step::gradients(
+        let (nll, grads, rows) = step::gradients(
             &model,
             &mut opt,
             std::slice::from_ref(&batch),
@@ -271,10 +271,10 @@ fn run_inner(o: &BenchOptions) -> Result<Value> {
             i as u64,
             want,
         )?;
-        let norm = step::grad_norm(&grads, &device, o.profile.then_some(&mut ph))?;
+        let norm = step::grad_norm(&opt, (&grads, &rows), &device, o.profile.then_some(&mut ph))?;
         step::update(
             &mut opt,
-            &grads,
+            (&grads, &rows),
             norm,
             LR,
             CLIP,

@@ -38,6 +38,9 @@ struct NgramTable {
     spec: ngram::TableSpec,
     /// `(buckets, C)`.
     weight: Tensor,
+    /// Where the lookups' backward leaves this table's gradient as rows, for the row-wise
+    /// optimizer; `None`: a dense gradient through the graph ([`Gpt::collect_table_row_grads`]).
+    row_grads: Option<embedding::RowGrads>,
 }
 
 impl Gpt {
@@ -68,7 +71,11 @@ impl Gpt {
                 let weight = vb
                     .pp(spec.name)
                     .get_with_hints(shape, "weight", Init::Const(0.0))?;
-                Ok(NgramTable { spec, weight })
+                Ok(NgramTable {
+                    spec,
+                    weight,
+                    row_grads: None,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let (pos_emb, rope) = match cfg.positions {
@@ -179,6 +186,33 @@ impl Gpt {
         Ok(names.zip(self.bucket_rows(&seqs)?).collect())
     }
 
+    /// Has the backward passes leave the gradients of n-gram tables `names` (weight names) as
+    /// rows, to be taken with [`Gpt::take_table_row_grads`], instead of as dense gradients in
+    /// the graph: for an optimizer that updates only the rows a batch read. An unknown name is
+    /// an error.
+    pub fn collect_table_row_grads(&mut self, names: &[String]) -> Result<()> {
+        for name in names {
+            let Some(table) = self
+                .ngram_tables
+                .iter_mut()
+                .find(|t| &t.spec.weight_name() == name)
+            else {
+                bail!("no n-gram table `{name}` to collect row gradients of")
+            };
+            table.row_grads = Some(embedding::RowGrads::default());
+        }
+        Ok(())
+    }
+
+    /// The row gradients the backward passes since the last call left, per table weight name
+    /// (see [`Gpt::collect_table_row_grads`]).
+    pub fn take_table_row_grads(&self) -> Vec<(String, Vec<embedding::LookupGrad>)> {
+        self.ngram_tables
+            .iter()
+            .filter_map(|t| Some((t.spec.weight_name(), t.row_grads.as_ref()?.take())))
+            .collect()
+    }
+
     /// Per n-gram table, the bucket ids of `seqs` (made by [`ngram::with_history`]).
     fn bucket_rows(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
         self.ngram_tables
@@ -206,7 +240,10 @@ impl Gpt {
             let seqs = ngram::with_history(&ids.to_vec2::<u32>()?, history)?;
             for (table, rows) in self.ngram_tables.iter().zip(self.bucket_rows(&seqs)?) {
                 let rows = Tensor::from_vec(rows, b * t, ids.device())?; // (B*T)
-                let e = embedding::lookup(&table.weight, &rows)?; // (B*T, C)
+                let e = match &table.row_grads {
+                    Some(sink) => embedding::lookup_with_row_grads(&table.weight, &rows, sink)?,
+                    None => embedding::lookup(&table.weight, &rows)?,
+                }; // (B*T, C)
                 x = (x + e.reshape((b, t, c))?)?; // (B, T, C)
             }
             if let Some(c) = cache.as_mut() {

@@ -32,8 +32,9 @@
 //! (`ρ < 1`); otherwise the tail does not fade and the tables stay dense
 //! ([`LazyRows::supported`]).
 
-use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
+use crate::model::ops::embedding::LookupGrad;
 use crate::model::ops::multiversion;
+use candle_core::{bail, CpuStorage, InplaceOp1, Layout, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -239,14 +240,70 @@ impl LazyRows {
         w.inplace_op1(&op)
     }
 
-    /// One AdamW step on the rows looked up since the last one, with gradient `g` (the dense
-    /// `(rows, cols)` gradient; zero outside those rows) scaled by `grad_scale`; the other rows
-    /// only have this step's factors recorded. `lr` and `weight_decay` are this table's.
+    /// The rows looked up since the last step, ascending, and their gradients summed from
+    /// `parts` (`(ids (N), grad (N, C))` per lookup, see `RowGrads`): `(rows, (rows.len(), C))`.
+    /// A gradient for a row that was not looked up is an error: the row was read without being
+    /// brought up to date first.
+    fn coalesce(&self, parts: &[LookupGrad]) -> Result<(Vec<u32>, Vec<f32>)> {
+        let mut rows = self.touched.clone();
+        rows.sort_unstable();
+        let cols = self.cols;
+        let mut sums = vec![0f32; rows.len() * cols];
+        for (ids, grad) in parts {
+            let (storage, layout) = grad.storage_and_layout();
+            let grad = crate::model::ops::host_f32(&storage, layout, "lazy table row gradient")?;
+            if grad.len() != ids.len() * cols {
+                bail!(
+                    "lazy table: {} row gradients for {} ids",
+                    grad.len() / cols.max(1),
+                    ids.len()
+                )
+            }
+            // In lookup order, as the dense scatter sums them.
+            for (&id, g) in ids.iter().zip(grad.chunks_exact(cols)) {
+                let Ok(k) = rows.binary_search(&id) else {
+                    bail!("lazy table: row {id} has a gradient but was not brought up to date before the forward pass (AdamW::catch_up)")
+                };
+                for (s, &g) in sums[k * cols..(k + 1) * cols].iter_mut().zip(g) {
+                    *s += g;
+                }
+            }
+        }
+        Ok((rows, sums))
+    }
+
+    /// `Σ g²` of this step's gradient, given as `parts` (see [`LazyRows::coalesce`]).
+    pub fn sum_of_squares(&self, parts: &[LookupGrad]) -> Result<f64> {
+        let (_, sums) = self.coalesce(parts)?;
+        Ok(sums
+            .par_chunks(self.cols.max(1))
+            .map(|row| {
+                row.iter()
+                    .map(|&g| f64::from(g) * f64::from(g))
+                    .sum::<f64>()
+            })
+            .sum())
+    }
+
+    /// This step's gradient from `parts`, checked, as [`LazyRows::step`] takes it.
+    pub fn prepare(&self, parts: &[LookupGrad]) -> Result<(Vec<u32>, Vec<f32>)> {
+        if parts.is_empty() && !self.touched.is_empty() {
+            bail!(
+                "lazy table: {} rows were looked up but got no gradient rows",
+                self.touched.len()
+            )
+        }
+        self.coalesce(parts)
+    }
+
+    /// One AdamW step on the rows looked up since the last one, with their gradients (from
+    /// [`LazyRows::prepare`]) scaled by `grad_scale`; the other rows only have this step's
+    /// factors recorded. `lr` and `weight_decay` are this table's.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         w: &Tensor,
-        g: &Tensor,
+        (rows, g): (Vec<u32>, Vec<f32>),
         grad_scale: f64,
         lr: f64,
         weight_decay: f64,
@@ -264,8 +321,7 @@ impl LazyRows {
             lr_over_bias1: lr / bias1,
             bias2_sqrt,
         });
-        let mut rows = std::mem::take(&mut self.touched);
-        rows.sort_unstable();
+        self.touched.clear();
         for &r in &rows {
             self.looked_up[r as usize] = false;
             self.current_at[r as usize] = t;
@@ -274,13 +330,14 @@ impl LazyRows {
         let op = Update {
             state: Mutex::new(self),
             rows: &rows,
+            g: &g,
             grad_scale: grad_scale as f32,
             decay: decay as f32,
             step_size: (lr / bias1) as f32,
             bias2_sqrt: bias2_sqrt as f32,
             eps,
         };
-        w.inplace_op2(&g.contiguous()?, &op)
+        w.inplace_op1(&op)
     }
 }
 
@@ -339,10 +396,15 @@ impl InplaceOp1 for CatchUp<'_> {
         let mut state = lock(&self.state)?;
         let state = &mut **state;
         let cols = state.cols;
-        for_rows(cols, (w, &mut state.m, &mut state.v), self.rows, |w, m, v, k| {
-            let f = &self.groups[self.group[k]];
-            catch_up_row(w, m, v, f, &mut vec![0f32; 2 * cols]);
-        });
+        for_rows(
+            cols,
+            (w, &mut state.m, &mut state.v),
+            self.rows,
+            |w, m, v, k| {
+                let f = &self.groups[self.group[k]];
+                catch_up_row(w, m, v, f, &mut vec![0f32; 2 * cols]);
+            },
+        );
         Ok(())
     }
 }
@@ -381,7 +443,10 @@ fn lock<'a, 'b>(
 /// AdamW's step on `rows` (ascending), the same arithmetic as the dense fused update.
 struct Update<'a> {
     state: Mutex<&'a mut LazyRows>,
+    /// Ascending.
     rows: &'a [u32],
+    /// `(rows.len(), C)`: each row's gradient.
+    g: &'a [f32],
     grad_scale: f32,
     decay: f32,
     step_size: f32,
@@ -389,37 +454,29 @@ struct Update<'a> {
     eps: f32,
 }
 
-impl InplaceOp2 for Update<'_> {
+impl InplaceOp1 for Update<'_> {
     fn name(&self) -> &'static str {
         "lmtrain-lazy-update"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let w = weights(s1, l1, self.name())?;
-        let g = crate::model::ops::contiguous::<f32>(s2, l2, self.name())?;
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let w = weights(s, l, self.name())?;
         let mut state = lock(&self.state)?;
         let state = &mut **state;
-        if g.len() != w.len() || state.m.len() != w.len() {
+        let cols = state.cols;
+        if state.m.len() != w.len() || self.g.len() != self.rows.len() * cols {
             bail!(
                 "{}: gradient, weight and moments differ in size",
                 self.name()
             )
         }
-        let cols = state.cols;
         let (beta1, beta2) = (state.beta1 as f32, state.beta2 as f32);
         for_rows(
             cols,
             (w, &mut state.m, &mut state.v),
             self.rows,
             |w, m, v, k| {
-                let r = self.rows[k] as usize;
-                let g = &g[r * cols..(r + 1) * cols];
+                let g = &self.g[k * cols..(k + 1) * cols];
                 for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
                     let g = g * self.grad_scale;
                     *m = beta1 * *m + (1.0 - beta1) * g;
@@ -435,7 +492,7 @@ impl InplaceOp2 for Update<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::optimizer::{AdamW, AdamWParams};
+    use super::super::optimizer::{AdamW, AdamWParams, TableRowGrads};
     use crate::rng::Rng;
     use candle_core::{Device, Result, Tensor, Var};
 
@@ -471,18 +528,34 @@ mod tests {
         for step in 1..=steps {
             // Warmup then a decay, as a schedule does: the catch-up must use each step's lr.
             let lr = 0.02 * (step.min(5) as f64 / 5.0) * (1.0 - step as f64 / (2 * steps) as f64);
+            // A lookup of a few rows (with repeats), one gradient row per read: the lazy
+            // optimizer takes them as rows, the dense one their scatter into the table.
             let rows: Vec<u32> = (0..rng.below(4)).map(|_| rng.below(ROWS) as u32).collect();
+            let per_read: Vec<f32> = (0..rows.len() * COLS)
+                .map(|_| (scale * rng.normal()) as f32)
+                .collect();
             let mut g = vec![0f32; ROWS * COLS];
-            for &r in &rows {
-                for x in &mut g[r as usize * COLS..][..COLS] {
-                    *x += (scale * rng.normal()) as f32;
+            for (&r, read) in rows.iter().zip(per_read.chunks_exact(COLS)) {
+                for (x, &y) in g[r as usize * COLS..][..COLS].iter_mut().zip(read) {
+                    *x += y;
                 }
             }
-            let g = Tensor::from_vec(g, (ROWS, COLS), &dev)?;
+            let dense_grads = [Some(Tensor::from_vec(g, (ROWS, COLS), &dev)?)];
+            let part = (
+                rows.clone(),
+                Tensor::from_vec(per_read, (rows.len(), COLS), &dev)?,
+            );
+            let table_rows = TableRowGrads::from([("table".to_string(), vec![part])]);
             lazy.catch_up("table", &rows)?;
             let clip = if step % 3 == 0 { 0.5 } else { 1.0 };
-            dense.step(&[Some(g.clone())], lr, clip)?;
-            lazy.step(&[Some(g)], lr, clip)?;
+            let norm_dense = dense.grad_norm(&dense_grads, &TableRowGrads::new())?;
+            let norm_lazy = lazy.grad_norm(&[None], &table_rows)?;
+            assert!(
+                (norm_dense - norm_lazy).abs() <= 1e-6 * norm_dense,
+                "{norm_dense} vs {norm_lazy}"
+            );
+            dense.step(&dense_grads, lr, clip)?;
+            lazy.step_with_rows(&[None], &table_rows, lr, clip)?;
             if step % flush_every == 0 {
                 lazy.flush()?;
             }
@@ -539,11 +612,16 @@ mod tests {
         let dev = Device::Cpu;
         let w = Var::from_vec(vec![1f32; 3 * 2], (3, 2), &dev)?;
         let mut opt = optimizer(&w, true)?;
-        let g = Tensor::new(&[[0.5f32, -0.5], [0.0, 0.0], [1.0, 2.0]], &dev)?;
+        let reads = Tensor::new(&[[0.5f32, -0.5], [1.0, 2.0], [0.5, 0.5]], &dev)?;
+        let rows = TableRowGrads::from([("table".to_string(), vec![(vec![0, 2, 0], reads)])]);
+        // A dense gradient for a lazy table is refused: its rows would not learn.
+        let dense = Tensor::zeros((3, 2), candle_core::DType::F32, &dev)?;
+        assert!(opt.step(&[Some(dense)], 0.1, 1.0).is_err());
+        // Rows looked up with no gradient rows is refused too.
         opt.catch_up("table", &[0, 2, 0])?;
-        opt.step(&[Some(g)], 0.1, 1.0)?;
-        let zero = Tensor::zeros((3, 2), candle_core::DType::F32, &dev)?;
-        opt.step(&[Some(zero)], 0.1, 1.0)?; // nothing looked up
+        assert!(opt.step(&[None], 0.1, 1.0).is_err());
+        opt.step_with_rows(&[None], &rows, 0.1, 1.0)?;
+        opt.step(&[None], 0.1, 1.0)?; // nothing looked up
         assert_eq!(w.as_tensor().get(1)?.to_vec1::<f32>()?, vec![1.0, 1.0]);
         assert!(opt.state_tensors().is_err(), "state read while rows lag");
         let before = w.as_tensor().to_vec2::<f32>()?;

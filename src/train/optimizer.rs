@@ -8,6 +8,7 @@
 //!   p ← p − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + ε)
 
 use super::lazy_rows::LazyRows;
+use crate::model::ops::embedding::LookupGrad;
 use crate::model::ops::{contiguous, fused_enabled, sum_lanes, CHUNK};
 use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 use rayon::prelude::*;
@@ -165,6 +166,20 @@ impl AdamW {
     /// reach) skips that parameter entirely, like PyTorch. Gradients are multiplied by
     /// `grad_scale` first (the clipping factor).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<()> {
+        self.step_with_rows(grads, &TableRowGrads::new(), lr, grad_scale)
+    }
+
+    /// [`AdamW::step`] with the gradients of the lazy tables given as rows (see
+    /// [`TableRowGrads`]): a lazy table takes its gradient from `rows` only. A lazy table with a
+    /// dense gradient in `grads` is an error (its lookups were not set up to leave rows, and
+    /// the rows would silently not learn), as is one whose looked-up rows got no gradient.
+    pub fn step_with_rows(
+        &mut self,
+        grads: &[Option<Tensor>],
+        rows: &TableRowGrads,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
         if grads.len() != self.params.len() {
             candle_core::bail!(
                 "optimizer got {} gradients for {} parameters",
@@ -172,6 +187,15 @@ impl AdamW {
                 self.params.len()
             );
         }
+        // The lazy tables' gradients, checked before anything moves: a refused step leaves
+        // the optimizer as it was.
+        let mut prepared = Vec::new();
+        for (p, g) in self.params.iter().zip(grads) {
+            if let Moments::Lazy(lazy) = &p.moments {
+                prepared.push(lazy.prepare(lazy_parts(&p.name, g, rows)?)?);
+            }
+        }
+        let mut prepared = prepared.into_iter();
         self.t += 1;
         let AdamWParams {
             beta1, beta2, eps, ..
@@ -183,16 +207,11 @@ impl AdamW {
             let lr = lr * p.lr_mult;
             let (m, v) = match &mut p.moments {
                 Moments::Lazy(lazy) => {
+                    let Some(g) = prepared.next() else {
+                        candle_core::bail!("optimizer: lazy tables changed during a step")
+                    };
                     // A table the loss did not reach still takes the step (with a zero
                     // gradient): its lagging rows count every step.
-                    let zeros;
-                    let g = match g {
-                        Some(g) => g,
-                        None => {
-                            zeros = w.zeros_like()?;
-                            &zeros
-                        }
-                    };
                     lazy.step(w, g, grad_scale, lr, p.weight_decay, self.t)?;
                     continue;
                 }
@@ -228,6 +247,22 @@ impl AdamW {
             p.var.set(&(w - update)?)?;
         }
         Ok(())
+    }
+
+    /// √(Σ‖g‖²) over `grads` (`grads[i]` belongs to `params()[i]`) and the lazy tables' `rows`,
+    /// as [`global_norm`].
+    pub fn grad_norm(&self, grads: &[Option<Tensor>], rows: &TableRowGrads) -> Result<f64> {
+        let mut others = Vec::with_capacity(grads.len());
+        let mut tables = 0.0;
+        for (p, g) in self.params.iter().zip(grads) {
+            match &p.moments {
+                Moments::Lazy(lazy) => {
+                    tables += lazy.sum_of_squares(lazy_parts(&p.name, g, rows)?)?;
+                }
+                Moments::Dense { .. } => others.push(g.clone()),
+            }
+        }
+        Ok((global_norm(&others)?.powi(2) + tables).sqrt())
     }
 
     /// State for a checkpoint: `m.<name>`, `v.<name>` (f32). An error while a lazy table's rows
@@ -292,6 +327,25 @@ impl AdamW {
         self.t = t;
         Ok(())
     }
+}
+
+/// The gradients of lazily updated tables, by weight name: per lookup, the rows it read and
+/// one gradient row per read (`(ids (N), grad (N, C))`, see
+/// [`crate::model::ops::embedding::RowGrads`]), in place of a dense table-sized gradient.
+pub type TableRowGrads = HashMap<String, Vec<LookupGrad>>;
+
+/// Lazy table `name`'s gradient parts from `rows`; an error when it has a dense gradient.
+fn lazy_parts<'a>(
+    name: &str,
+    dense: &Option<Tensor>,
+    rows: &'a TableRowGrads,
+) -> Result<&'a [LookupGrad]> {
+    if dense.is_some() {
+        candle_core::bail!(
+            "`{name}` is updated row by row but got a dense gradient: its lookups must leave row gradients (Gpt::collect_table_row_grads)"
+        )
+    }
+    Ok(rows.get(name).map_or(&[], Vec::as_slice))
 }
 
 /// Adds the gradients of one backward pass to the running sums (gradient accumulation).

@@ -1,7 +1,7 @@
 //! One optimizer step's arithmetic — forward, backward, clip, AdamW — shared by `train` and
 //! `bench`, so the benchmark measures exactly the code a training run executes.
 
-use super::optimizer::{self, AdamW};
+use super::optimizer::{self, AdamW, TableRowGrads};
 use crate::data::batch::Batch;
 use crate::eval;
 use crate::model::{Gpt, Mode};
@@ -52,7 +52,7 @@ impl<'a> PhaseClock<'a> {
 }
 
 /// Forward and backward over one step's micro-batches: returns Σ NLL over their real target
-/// tokens and the gradient of the step's mean loss (Σ NLL / all real tokens of the step), so
+/// tokens and the gradient of the step's mean loss (dense, and as rows for the lazy tables) (Σ NLL / all real tokens of the step), so
 /// accumulation averages over tokens, not over micro-batches. Dropout masks derive from
 /// (`seed`, `step`, micro-batch index), so a resumed run draws the same ones.
 pub fn gradients(
@@ -62,9 +62,11 @@ pub fn gradients(
     seed: u64,
     step: u64,
     phases: Option<&mut Phases>,
-) -> Result<(f64, Vec<Option<Tensor>>)> {
+) -> Result<(f64, Vec<Option<Tensor>>, TableRowGrads)> {
     let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
     let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
+    let mut rows = TableRowGrads::new();
+    model.take_table_row_grads(); // nothing left over from a pass that was not a step's
     let mut nll_total = 0.0f64;
     let device = model.device();
     let mut clock = PhaseClock::new(&device, phases.is_some())?;
@@ -81,6 +83,9 @@ pub fn gradients(
         fwd += clock.lap()?;
         let scaled = (&nll / step_tokens.max(1) as f64)?;
         optimizer::accumulate(&mut grads, opt.params(), &scaled.backward()?)?;
+        for (name, parts) in model.take_table_row_grads() {
+            rows.entry(name).or_default().extend(parts);
+        }
         nll_total += nll.to_scalar::<f32>()? as f64;
         bwd += clock.lap()?;
     }
@@ -88,17 +93,18 @@ pub fn gradients(
         p.forward_ms = fwd;
         p.backward_ms = bwd;
     }
-    Ok((nll_total, grads))
+    Ok((nll_total, grads, rows))
 }
 
 /// The global gradient norm (clip phase), timed into `phases` when given.
 pub fn grad_norm(
-    grads: &[Option<Tensor>],
+    opt: &AdamW,
+    (grads, rows): (&[Option<Tensor>], &TableRowGrads),
     device: &Device,
     phases: Option<&mut Phases>,
 ) -> Result<f64> {
     let mut clock = PhaseClock::new(device, phases.is_some())?;
-    let norm = optimizer::global_norm(grads)?;
+    let norm = opt.grad_norm(grads, rows)?;
     if let Some(p) = phases {
         p.clip_ms = clock.lap()?;
     }
@@ -109,7 +115,7 @@ pub fn grad_norm(
 /// into `phases` when given.
 pub fn update(
     opt: &mut AdamW,
-    grads: &[Option<Tensor>],
+    (grads, rows): (&[Option<Tensor>], &TableRowGrads),
     norm: f64,
     lr: f64,
     max_norm: f64,
@@ -117,7 +123,7 @@ pub fn update(
     phases: Option<&mut Phases>,
 ) -> Result<()> {
     let mut clock = PhaseClock::new(device, phases.is_some())?;
-    opt.step(grads, lr, optimizer::clip_factor(norm, max_norm))?;
+    opt.step_with_rows(grads, rows, lr, optimizer::clip_factor(norm, max_norm))?;
     if let Some(p) = phases {
         p.optimizer_ms = clock.lap()?;
     }

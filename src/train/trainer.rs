@@ -84,7 +84,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-pub fn train(s: Session) -> Result<TrainSummary> {
+pub fn train(mut s: Session) -> Result<TrainSummary> {
     let cfg = s.config.clone();
     let t = &cfg.train;
     let pad = crate::data::vocab::Vocab::PAD_ID;
@@ -105,9 +105,14 @@ pub fn train(s: Session) -> Result<TrainSummary> {
         opt.set_weight_decay(&name, t.weight_decay * t.embed_wd_mult)?;
     }
     if t.lazy_tables {
+        let mut lazy = Vec::new();
         for spec in &ngram_tables {
-            opt.set_lazy_rows(&spec.weight_name())?;
+            if opt.set_lazy_rows(&spec.weight_name())? {
+                lazy.push(spec.weight_name());
+            }
         }
+        // Their lookups leave row gradients for the optimizer, not dense ones.
+        s.model.collect_table_row_grads(&lazy)?;
     }
     let mut state = match s.resume_from.clone() {
         Some(dir) => {
@@ -174,17 +179,25 @@ pub fn train(s: Session) -> Result<TrainSummary> {
             break Stop::MaxEpochs;
         }
         let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
-        let (mut nll_total, grads) =
+        let (mut nll_total, grads, rows) =
             step::gradients(&s.model, &mut opt, &micro, cfg.run.seed, state.step, None)?;
         if s.faults.nan_loss_at.contains(&(state.step + 1)) {
             nll_total = f64::NAN;
         }
-        let norm = step::grad_norm(&grads, &s.device, None)?;
+        let norm = step::grad_norm(&opt, (&grads, &rows), &s.device, None)?;
         let lr = lr_at(state.step, t.lr, t.min_lr, t.warmup_steps, decay_end);
         let loss = nll_total / step_tokens.max(1) as f64;
         match state.guard.judge(loss, norm, t.spike_zscore) {
             Verdict::Apply => {
-                step::update(&mut opt, &grads, norm, lr, t.grad_clip, &s.device, None)?;
+                step::update(
+                    &mut opt,
+                    (&grads, &rows),
+                    norm,
+                    lr,
+                    t.grad_clip,
+                    &s.device,
+                    None,
+                )?;
                 state.optimizer_steps += 1;
                 window_loss += nll_total;
                 window_tokens += step_tokens as u64;

@@ -10,6 +10,7 @@
 use super::{contiguous, fused_enabled};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 /// `table (V, C)`, `ids (N)` of dtype u32 → `(N, C)`: the fused op for an `f32` table on the
 /// CPU, `index_select` elsewhere. An id ≥ V is an error.
@@ -17,7 +18,9 @@ pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     if !(fused_enabled(table) && ids.dtype() == candle_core::DType::U32 && table.rank() == 2) {
         return table.index_select(ids, 0);
     }
-    table.contiguous()?.apply_op2(&ids.contiguous()?, Lookup)
+    table
+        .contiguous()?
+        .apply_op2(&ids.contiguous()?, Lookup { sink: None })
 }
 
 /// The ids of a lookup as `usize`, each checked against the table's `rows`.
@@ -31,7 +34,47 @@ fn checked_ids(s: &CpuStorage, l: &Layout, rows: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-struct Lookup;
+/// The gradient of a table's lookups as the rows each one read and one gradient row per read,
+/// `(ids (N), grad (N, C))` per lookup in the order their backward passes ran: what an
+/// optimizer that updates only those rows needs, without the dense table-sized gradient (and
+/// its zero fill) that [`lookup`]'s backward writes. Shared by the lookups that fill it and the
+/// caller that takes it.
+#[derive(Debug, Clone, Default)]
+pub struct RowGrads(Arc<Mutex<Vec<LookupGrad>>>);
+
+/// One lookup's gradient: the ids it read `(N)` and one gradient row per read `(N, C)`.
+pub type LookupGrad = (Vec<u32>, Tensor);
+
+impl RowGrads {
+    /// What the backward passes since the last call left, oldest first.
+    pub fn take(&self) -> Vec<LookupGrad> {
+        let mut parts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::take(&mut *parts)
+    }
+}
+
+/// [`lookup`] whose backward leaves the table's gradient in `sink` as rows: the table gets no
+/// gradient through the graph. For an `f32` CPU table (the only place the row-wise optimizer
+/// runs); elsewhere an error.
+pub fn lookup_with_row_grads(table: &Tensor, ids: &Tensor, sink: &RowGrads) -> Result<Tensor> {
+    if !(fused_enabled(table) && ids.dtype() == candle_core::DType::U32 && table.rank() == 2) {
+        bail!("lookup with row gradients: needs an f32 CPU table and u32 ids")
+    }
+    table.contiguous()?.apply_op2(
+        &ids.contiguous()?,
+        Lookup {
+            sink: Some(sink.clone()),
+        },
+    )
+}
+
+/// `sink`: where the backward leaves the table's gradient as rows, instead of a dense tensor.
+struct Lookup {
+    sink: Option<RowGrads>,
+}
 
 impl CustomOp2 for Lookup {
     fn name(&self) -> &'static str {
@@ -65,6 +108,14 @@ impl CustomOp2 for Lookup {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if let Some(sink) = &self.sink {
+            let part = (ids.to_vec1::<u32>()?, grad.contiguous()?); // (N), (N, C)
+            sink.0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(part);
+            return Ok((None, None));
+        }
         let scatter = ScatterRows {
             rows: table.dim(0)?,
         };
@@ -133,6 +184,38 @@ mod tests {
         let (a, b) = (gf.get(&table).unwrap(), gc.get(&table).unwrap());
         assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
         assert!(a.get(1)?.to_vec1::<f32>()?.iter().all(|&g| g == 0.0));
+        Ok(())
+    }
+
+    /// With a sink, the values are the same, the table gets no gradient in the graph, and the
+    /// sink holds the ids and the gradient rows whose scatter is the dense gradient.
+    #[test]
+    fn row_grads_scatter_to_the_dense_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let (v, c) = (11, 7);
+        let table = Var::from_tensor(&Tensor::randn(0f32, 1.0, (v, c), &dev)?)?;
+        let ids = Tensor::new(&[3u32, 0, 3, 10, 5], &dev)?; // (N)
+        let dy = Tensor::randn(0f32, 1.0, (5, c), &dev)?;
+        let sink = RowGrads::default();
+        let sparse = lookup_with_row_grads(table.as_tensor(), &ids, &sink)?;
+        let dense = lookup(table.as_tensor(), &ids)?;
+        assert_eq!(sparse.to_vec2::<f32>()?, dense.to_vec2::<f32>()?);
+        let gs = (sparse * &dy)?.sum_all()?.backward()?;
+        assert!(gs.get(&table).is_none(), "the table has no gradient in the graph");
+        let want = (dense * &dy)?.sum_all()?.backward()?;
+        let want = want.get(&table).unwrap().to_vec2::<f32>()?;
+        let parts = sink.take();
+        assert_eq!(parts.len(), 1);
+        let (got_ids, rows) = (&parts[0].0, parts[0].1.to_vec2::<f32>()?);
+        let mut got = vec![vec![0f32; c]; v];
+        for (&id, row) in got_ids.iter().zip(&rows) {
+            for (g, &x) in got[id as usize].iter_mut().zip(row) {
+                *g += x;
+            }
+        }
+        // The same f32 sums in the same order: bit-exact.
+        assert_eq!(got, want);
+        assert!(sink.take().is_empty(), "taken once");
         Ok(())
     }
 

@@ -50,6 +50,19 @@ pub(crate) fn contiguous<'a, T: candle_core::WithDType>(
     Ok(&s.as_slice::<T>()?[start..end])
 }
 
+/// The contiguous `f32` data of a tensor's storage, for code that reads a tensor where it lies;
+/// an error naming `what` off the CPU (and as [`contiguous`]).
+pub(crate) fn host_f32<'a>(
+    s: &'a candle_core::Storage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(cpu) => contiguous::<f32>(cpu, l, what),
+        _ => candle_core::bail!("{what}: expected a CPU tensor"),
+    }
+}
+
 /// A `len`-element output buffer for a kernel that writes every element before anything
 /// reads it. `vec![0.0; len]` would zero-fill it first: a memset of every activation, about 3%
 /// of a training step in `perf` once freed memory is kept for reuse (perf log entry 9).
