@@ -201,7 +201,10 @@ mod tests {
         let dense = lookup(table.as_tensor(), &ids)?;
         assert_eq!(sparse.to_vec2::<f32>()?, dense.to_vec2::<f32>()?);
         let gs = (sparse * &dy)?.sum_all()?.backward()?;
-        assert!(gs.get(&table).is_none(), "the table has no gradient in the graph");
+        assert!(
+            gs.get(&table).is_none(),
+            "the table has no gradient in the graph"
+        );
         let want = (dense * &dy)?.sum_all()?.backward()?;
         let want = want.get(&table).unwrap().to_vec2::<f32>()?;
         let parts = sink.take();
