@@ -52,8 +52,9 @@ impl<'a> PhaseClock<'a> {
 }
 
 /// Forward and backward over one step's micro-batches: returns Σ NLL over their real target
-/// tokens and the gradient of the step's mean loss (dense, and as rows for the lazy tables) (Σ NLL / all real tokens of the step), so
-/// accumulation averages over tokens, not over micro-batches. Dropout masks derive from
+/// tokens and the gradient of the step's mean loss (Σ NLL / all real tokens of the step), so
+/// accumulation averages over tokens, not over micro-batches: dense per parameter, and as rows
+/// for the lazily updated tables. Dropout masks derive from
 /// (`seed`, `step`, micro-batch index), so a resumed run draws the same ones.
 pub fn gradients(
     model: &Gpt,
@@ -76,8 +77,8 @@ pub fn gradients(
             dropout_seed: Rng::derive(seed, &format!("dropout/{step}/{k}")).next_u64(),
         };
         // Lazily updated table rows are brought up to date before the forward reads them.
-        for (name, rows) in model.table_rows(&batch.ids)? {
-            opt.catch_up(&name, &rows)?;
+        for (name, looked_up) in model.table_rows(&batch.ids)? {
+            opt.catch_up(&name, &looked_up)?;
         }
         let nll = eval::loss_sum(model, batch, &mode, true)?; // scalar: Σ over real targets
         fwd += clock.lap()?;
