@@ -231,11 +231,17 @@ impl LazyRows {
                 })
             })
             .collect::<Vec<_>>();
-        let op = CatchUp {
-            state: Mutex::new(self),
+        let cols = self.cols;
+        let op = OnRows {
+            name: "lmtrain-lazy-catch-up",
+            moments: Mutex::new((&mut self.m, &mut self.v)),
+            cols,
             rows: &rows,
-            group: &group,
-            groups: &groups,
+            // w ← D·w − m · Σ c_s / (√v + e_s), m ← β1^k m, v ← β2^k v.
+            f: |w: &mut [f32], m: &mut [f32], v: &mut [f32], k: usize, scratch: &mut Vec<f32>| {
+                scratch.resize(2 * cols, 0.0);
+                catch_up_row(w, m, v, &groups[group[k]], scratch);
+            },
         };
         w.inplace_op1(&op)
     }
@@ -326,16 +332,32 @@ impl LazyRows {
             self.looked_up[r as usize] = false;
             self.current_at[r as usize] = t;
         }
-        let eps = self.eps as f32;
-        let op = Update {
-            state: Mutex::new(self),
+        let cols = self.cols;
+        if g.len() != rows.len() * cols {
+            bail!(
+                "lazy table update: {} gradient floats for {} rows",
+                g.len(),
+                rows.len()
+            )
+        }
+        // AdamW's step, the same arithmetic as the dense fused update.
+        let (beta1, beta2, eps) = (self.beta1 as f32, self.beta2 as f32, self.eps as f32);
+        let (grad_scale, decay) = (grad_scale as f32, decay as f32);
+        let (step_size, bias2_sqrt) = ((lr / bias1) as f32, bias2_sqrt as f32);
+        let op = OnRows {
+            name: "lmtrain-lazy-update",
+            moments: Mutex::new((&mut self.m, &mut self.v)),
+            cols,
             rows: &rows,
-            g: &g,
-            grad_scale: grad_scale as f32,
-            decay: decay as f32,
-            step_size: (lr / bias1) as f32,
-            bias2_sqrt: bias2_sqrt as f32,
-            eps,
+            f: |w: &mut [f32], m: &mut [f32], v: &mut [f32], k: usize, _: &mut Vec<f32>| {
+                let g = &g[k * cols..(k + 1) * cols];
+                for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                    let g = g * grad_scale;
+                    *m = beta1 * *m + (1.0 - beta1) * g;
+                    *v = beta2 * *v + (1.0 - beta2) * (g * g);
+                    *w = *w * decay - step_size * *m / (v.sqrt() / bias2_sqrt + eps);
+                }
+            },
         };
         w.inplace_op1(&op)
     }
@@ -349,13 +371,14 @@ fn weights<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f
     }
 }
 
-/// Runs `f(w_row, m_row, v_row, k)` on `rows` (distinct, ascending), `k` being the row's index
-/// in `rows`, in parallel: each row is its own disjoint slice of the three buffers.
+/// Runs `f(w_row, m_row, v_row, k, scratch)` on `rows` (distinct, ascending) in parallel, `k`
+/// being the row's index in `rows` and `scratch` a buffer reused across one task's rows: each
+/// row is its own disjoint slice of the three buffers.
 fn for_rows(
     cols: usize,
     (w, m, v): (&mut [f32], &mut [f32], &mut [f32]),
     rows: &[u32],
-    f: impl Fn(&mut [f32], &mut [f32], &mut [f32], usize) + Sync,
+    f: &(impl Fn(&mut [f32], &mut [f32], &mut [f32], usize, &mut Vec<f32>) + Sync),
 ) {
     // Split the buffers at each row in turn: the borrow checker's proof that rows are disjoint.
     let mut jobs = Vec::with_capacity(rows.len());
@@ -373,44 +396,43 @@ fn for_rows(
     }
     jobs.into_par_iter()
         .with_min_len(64)
-        .for_each(|(w, m, v, k)| f(w, m, v, k));
+        .for_each_init(Vec::new, |scratch, (w, m, v, k)| f(w, m, v, k, scratch));
 }
 
-/// Catch-up of lagging rows: `w ← D·w − m · Σ c_s / (√v + e_s)`, `m ← β1^k m`, `v ← β2^k v`.
-struct CatchUp<'a> {
-    state: Mutex<&'a mut LazyRows>,
-    /// Ascending.
+/// An in-place op on `rows` (ascending) of a table and its moments `(m, v)`: [`for_rows`] with
+/// `f`. The moments sit behind a mutex only because candle hands the op `&self`.
+struct OnRows<'a, F> {
+    name: &'static str,
+    moments: Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+    cols: usize,
     rows: &'a [u32],
-    /// Each row's factors, as an index into `groups`.
-    group: &'a [usize],
-    groups: &'a [Factors],
+    f: F,
 }
 
-impl InplaceOp1 for CatchUp<'_> {
+impl<F: Fn(&mut [f32], &mut [f32], &mut [f32], usize, &mut Vec<f32>) + Sync> InplaceOp1
+    for OnRows<'_, F>
+{
     fn name(&self) -> &'static str {
-        "lmtrain-lazy-catch-up"
+        self.name
     }
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        let w = weights(s, l, self.name())?;
-        let mut state = lock(&self.state)?;
-        let state = &mut **state;
-        let cols = state.cols;
-        for_rows(
-            cols,
-            (w, &mut state.m, &mut state.v),
-            self.rows,
-            |w, m, v, k| {
-                let f = &self.groups[self.group[k]];
-                catch_up_row(w, m, v, f, &mut vec![0f32; 2 * cols]);
-            },
-        );
+        let w = weights(s, l, self.name)?;
+        let mut moments = self.moments.lock().map_err(|_| {
+            candle_core::Error::Msg("lazy table state: a previous update panicked".into())
+        })?;
+        let (m, v) = &mut *moments;
+        if m.len() != w.len() || v.len() != w.len() {
+            bail!("{}: weight and moments differ in size", self.name)
+        }
+        for_rows(self.cols, (w, m, v), self.rows, &self.f);
         Ok(())
     }
 }
 
 multiversion! {
-    /// One row's catch-up (`scratch`: 2 × the row's length). The tail is summed term by term
+    /// One row's catch-up: `w ← D·w − m · Σ c_s / (√v + e_s)`, `m ← β1^k m`, `v ← β2^k v`
+    /// (`scratch`: 2 × the row's length). The tail is summed term by term
     /// over the whole row (`Σ c_s / (√v + e_s)`, up to ~200 terms) so that the divisions run in
     /// vector lanes: element by element, the sum would be one scalar division chain per float.
     fn catch_up_row(w: &mut [f32], m: &mut [f32], v: &mut [f32], f: &Factors, scratch: &mut [f32]) {
@@ -429,64 +451,6 @@ multiversion! {
             *m *= f.m_scale;
             *v *= f.v_scale;
         }
-    }
-}
-
-fn lock<'a, 'b>(
-    state: &'a Mutex<&'b mut LazyRows>,
-) -> Result<std::sync::MutexGuard<'a, &'b mut LazyRows>> {
-    state
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("lazy table state: a previous update panicked".into()))
-}
-
-/// AdamW's step on `rows` (ascending), the same arithmetic as the dense fused update.
-struct Update<'a> {
-    state: Mutex<&'a mut LazyRows>,
-    /// Ascending.
-    rows: &'a [u32],
-    /// `(rows.len(), C)`: each row's gradient.
-    g: &'a [f32],
-    grad_scale: f32,
-    decay: f32,
-    step_size: f32,
-    bias2_sqrt: f32,
-    eps: f32,
-}
-
-impl InplaceOp1 for Update<'_> {
-    fn name(&self) -> &'static str {
-        "lmtrain-lazy-update"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        let w = weights(s, l, self.name())?;
-        let mut state = lock(&self.state)?;
-        let state = &mut **state;
-        let cols = state.cols;
-        if state.m.len() != w.len() || self.g.len() != self.rows.len() * cols {
-            bail!(
-                "{}: gradient, weight and moments differ in size",
-                self.name()
-            )
-        }
-        let (beta1, beta2) = (state.beta1 as f32, state.beta2 as f32);
-        for_rows(
-            cols,
-            (w, &mut state.m, &mut state.v),
-            self.rows,
-            |w, m, v, k| {
-                let g = &self.g[k * cols..(k + 1) * cols];
-                for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                    let g = g * self.grad_scale;
-                    *m = beta1 * *m + (1.0 - beta1) * g;
-                    *v = beta2 * *v + (1.0 - beta2) * (g * g);
-                    *w = *w * self.decay
-                        - self.step_size * *m / (v.sqrt() / self.bias2_sqrt + self.eps);
-                }
-            },
-        );
-        Ok(())
     }
 }
 
