@@ -150,6 +150,7 @@ fn make_batch(
         ids: Tensor::from_vec(ids, (b, len), device)?,
         targets: Tensor::from_vec(targets, (b, len), device)?,
         mask: Tensor::from_vec(mask, (b, len), device)?,
+        key_mask: None,
         n_tokens,
         n_slots: b * len,
     })

@@ -74,6 +74,11 @@ pub struct DataConfig {
     pub max_size: usize,
     /// What to do with sequences longer than `model.context` predictions.
     pub long_sequences: LongSequences,
+    /// Evaluation of long sequences (`long_sequences = "window"`): `0` cuts them into the
+    /// training windows, whose first tokens have no context; `k` scores `k` new targets per
+    /// window with up to `model.context` tokens before them (every target still once; about
+    /// `context / k` times the evaluation's work on long sequences).
+    pub eval_stride: usize,
     /// Group sequences of similar length into a batch to cut padding (shuffled in chunks, so
     /// batch order stays random).
     pub bucket_by_length: bool,
@@ -250,6 +255,7 @@ impl Default for DataConfig {
             min_freq: 1,
             max_size: 0,
             long_sequences: LongSequences::Window,
+            eval_stride: 0,
             bucket_by_length: true,
             cache_dir: PathBuf::new(),
         }
@@ -448,6 +454,15 @@ impl Config {
                 format!(
                     "rope needs an even head dimension, got d_model/n_heads = {}",
                     m.head_dim()
+                ),
+            );
+        }
+        if d.eval_stride > m.context {
+            return bad(
+                "data.eval_stride",
+                format!(
+                    "{} is more than model.context = {}: use at most the context (or 0 = the training windows)",
+                    d.eval_stride, m.context
                 ),
             );
         }

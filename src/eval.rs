@@ -4,7 +4,7 @@
 //! `<BOS>` is predicted, `<EOS>` included, padding never counts. Perplexity = e^loss, bits per
 //! token = loss / ln 2.
 
-use crate::data::batch::{make_windows, Batch, Batcher};
+use crate::data::batch::{make_eval_windows, Batch, Batcher};
 use crate::data::dataset::{self, TokenSeqs};
 use crate::model::{Gpt, Mode};
 use crate::train::checkpoint::Pick;
@@ -18,7 +18,8 @@ use std::time::Instant;
 /// Σ −log p(target) over the batch's real targets, a scalar (`with_grad`: a backward will
 /// follow; evaluation passes false and skips the gradient work). Training divides it by the step's
 /// token count; evaluation sums it over the split. With right padding the real inputs are exactly
-/// the real targets' positions, so `mask` doubles as the attention key mask.
+/// the real targets' positions, so `mask` doubles as the attention key mask unless the batch
+/// has context-only targets (a strided evaluation window).
 pub fn loss_sum(
     model: &Gpt,
     batch: &Batch,
@@ -26,7 +27,8 @@ pub fn loss_sum(
     with_grad: bool,
 ) -> candle_core::Result<Tensor> {
     let targets = (&batch.targets, &batch.mask);
-    model.nll_sum(&batch.ids, Some(&batch.mask), targets, mode, with_grad)
+    let keys = batch.key_mask.as_ref().unwrap_or(&batch.mask);
+    model.nll_sum(&batch.ids, Some(keys), targets, mode, with_grad)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +89,8 @@ pub struct EvalOptions {
     pub device: String,
     /// Sequences per batch; default: the run's `train.batch_size`.
     pub batch_size: Option<usize>,
+    /// New targets per window on long sequences (`data.eval_stride`); default: the run's.
+    pub stride: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,7 +140,14 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
             (prepared.val, source, None)
         }
     };
-    let (windows, _) = make_windows(&seqs, cfg.model.context, cfg.data.long_sequences);
+    let stride = opts.stride.unwrap_or(cfg.data.eval_stride);
+    if stride > cfg.model.context {
+        anyhow::bail!(
+            "--stride {stride} is more than the model's context of {} tokens: use at most that (0 = the training windows)",
+            cfg.model.context
+        );
+    }
+    let windows = make_eval_windows(&seqs, cfg.model.context, cfg.data.long_sequences, stride);
     let batcher = Batcher::new(
         windows,
         opts.batch_size.unwrap_or(cfg.train.batch_size),

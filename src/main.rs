@@ -119,6 +119,10 @@ struct EvalArgs {
     /// Sequences per batch (default: the run's train.batch_size).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Score long sequences N new targets per window, each window reading back up to the
+    /// context (default: the run's data.eval_stride; 0 = the training windows).
+    #[arg(long, value_name = "N")]
+    stride: Option<usize>,
 }
 
 #[derive(Args)]
@@ -295,6 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data: a.data,
                 device: a.device,
                 batch_size: a.batch_size,
+                stride: a.stride,
             })?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);

@@ -177,3 +177,86 @@ fn bucketing_reduces_padding() {
     let f = bucketed.padding_fraction(&plan);
     assert!((f - pad as f64 / slots as f64).abs() < 1e-12);
 }
+
+/// Strided evaluation windows score every target exactly once, fit the context, and give every
+/// target past the first window at least `context + 1 - stride` tokens before it (exhaustively
+/// over small lengths, contexts and strides); stride 0 gives the training windows.
+#[test]
+fn eval_windows_score_every_target_once_with_context_before_it() {
+    use lmtrain::data::batch::make_eval_windows;
+    for context in 1..9 {
+        for stride in 0..=context {
+            for len in 2..40 {
+                let seqs = TokenSeqs::from_vecs(vec![seq(0, len), seq(0, 3)]);
+                let w = make_eval_windows(&seqs, context, LongSequences::Window, stride);
+                if stride == 0 {
+                    assert_eq!(w, make_windows(&seqs, context, LongSequences::Window).0);
+                    continue;
+                }
+                let mut scored: Vec<(usize, usize)> = w
+                    .iter()
+                    .flat_map(|w| {
+                        (w.start + 1 + w.scored_from..w.start + w.len).map(move |p| (w.seq, p))
+                    })
+                    .collect();
+                scored.sort();
+                let mut want: Vec<(usize, usize)> =
+                    (1..len).map(|p| (0, p)).chain([(1, 1), (1, 2)]).collect();
+                want.sort();
+                assert_eq!(scored, want, "len {len} context {context} stride {stride}");
+                for w in &w {
+                    assert!(w.len >= 2 && w.len <= context + 1, "{w:?}");
+                    assert!(w.scored_from < w.len - 1, "{w:?} scores nothing");
+                    let first_scored = w.start + 1 + w.scored_from;
+                    if first_scored > context {
+                        assert!(
+                            first_scored - w.start > context - stride,
+                            "{w:?}: only {} tokens before its first scored target",
+                            first_scored - w.start
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A batch of strided windows counts only the scored targets, while the attention still sees
+/// the context-only tokens as real keys.
+#[test]
+fn context_only_targets_are_keys_but_not_counted() {
+    use lmtrain::data::batch::make_eval_windows;
+    let seqs = TokenSeqs::from_vecs(vec![seq(100, 10), seq(200, 3)]);
+    let w = make_eval_windows(&seqs, 4, LongSequences::Window, 2);
+    let spans: Vec<(usize, usize, usize)> =
+        w.iter().map(|w| (w.start, w.len, w.scored_from)).collect();
+    // Targets 1–4, then 5–6 and 7–8 reading back 4 tokens, then 9; the short sequence whole.
+    assert_eq!(
+        spans,
+        [(0, 5, 0), (2, 5, 2), (4, 5, 2), (5, 5, 3), (0, 3, 0)]
+    );
+    let batcher = Batcher::new(w, 5, false, 0);
+    let b = batcher
+        .make_batch(&seqs, &[0, 1, 2, 3, 4], 0, &Device::Cpu)
+        .unwrap();
+    let rows = |t: &candle_core::Tensor| t.to_vec2::<f32>().unwrap();
+    let mask = rows(&b.mask);
+    let keys = rows(
+        b.key_mask
+            .as_ref()
+            .expect("context-only targets need a key mask"),
+    );
+    assert_eq!(mask[1], [0.0, 0.0, 1.0, 1.0]);
+    assert_eq!(keys[1], [1.0, 1.0, 1.0, 1.0]);
+    assert_eq!(mask[3], [0.0, 0.0, 0.0, 1.0]);
+    assert_eq!(mask[4], [1.0, 1.0, 0.0, 0.0]);
+    assert_eq!(keys[4], [1.0, 1.0, 0.0, 0.0]);
+    assert_eq!(b.n_tokens, 4 + 2 + 2 + 1 + 2);
+    // Training windows need no separate key mask.
+    let (plain, _) = make_windows(&seqs, 4, LongSequences::Window);
+    let b = Batcher::new(plain, 4, false, 0)
+        .make_batch(&seqs, &[0, 1, 2, 3], 0, &Device::Cpu)
+        .unwrap();
+    assert!(b.key_mask.is_none());
+    assert_eq!(b.n_tokens, 9 + 2);
+}

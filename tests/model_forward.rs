@@ -224,3 +224,63 @@ fn half_precision_forward_is_finite_and_close() {
     let d = max_diff(&a, &b.to_dtype(candle_core::DType::F32).unwrap());
     assert!(d < 0.25, "bf16 logits differ by {d}");
 }
+
+/// The loss of a strided evaluation (windows that re-read earlier tokens as context) equals
+/// the sum, over its windows, of the f64 log-likelihoods of the scored targets computed from the
+/// whole window's logits, one window at a time with no mask: the context-only tokens are
+/// visible as keys and not counted. f32 logits, sums of ~60 terms of a few nats: 1e-4 relative.
+#[test]
+fn strided_evaluation_scores_each_target_once_with_its_context() {
+    use lmtrain::config::LongSequences;
+    use lmtrain::data::batch::{make_eval_windows, Batcher};
+    use lmtrain::data::dataset::TokenSeqs;
+    use lmtrain::eval::loss_sum;
+    for cfg in variants() {
+        let m = model(&cfg);
+        let mut rng = lmtrain::rng::Rng::new(3);
+        let seqs: Vec<Vec<u32>> = [23usize, 9, 3, 17]
+            .iter()
+            .map(|&len| (0..len).map(|_| 1 + rng.below(10) as u32).collect())
+            .collect();
+        let seqs = TokenSeqs::from_vecs(seqs);
+        let windows = make_eval_windows(&seqs, cfg.context, LongSequences::Window, 3);
+        assert!(windows.iter().any(|w| w.scored_from > 0));
+        let batcher = Batcher::new(windows.clone(), 4, false, 0);
+        let (mut got, mut counted) = (0f64, 0usize);
+        for idx in batcher.sequential_plan() {
+            let b = batcher.make_batch(&seqs, &idx, 0, &Device::Cpu).unwrap();
+            got += loss_sum(&m, &b, &Mode::Eval, false)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
+            counted += b.n_tokens;
+        }
+        let (mut want, mut scored) = (0f64, 0usize);
+        for w in &windows {
+            let toks = seqs.slice(w.seq, w.start, w.len);
+            let n = toks.len() - 1;
+            let logits = m
+                .forward_t(&ids(&[&toks[..n]]), None, &Mode::Eval)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_vec2::<f64>()
+                .unwrap(); // (n, V)
+            for (j, row) in logits.iter().enumerate().skip(w.scored_from) {
+                let max = row.iter().cloned().fold(f64::MIN, f64::max);
+                let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+                want += lse - row[toks[j + 1] as usize];
+                scored += 1;
+            }
+        }
+        assert_eq!(counted, 23 - 1 + 9 - 1 + 3 - 1 + 17 - 1);
+        assert_eq!(counted, scored);
+        assert!(
+            (got - want).abs() <= 1e-4 * want,
+            "{:?}: strided loss {got} vs per-window {want}",
+            cfg.positions
+        );
+    }
+}

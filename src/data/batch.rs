@@ -23,20 +23,27 @@ pub struct Batch {
     pub ids: Tensor,
     /// `(B, T)` u32 target ids (the inputs shifted left by one).
     pub targets: Tensor,
-    /// `(B, T)` f32: 1.0 for a real target, 0.0 for padding.
+    /// `(B, T)` f32: 1.0 for a target the loss counts, 0.0 for padding (and for the targets a
+    /// strided evaluation window only reads as context, see [`Window::scored_from`]).
     pub mask: Tensor,
-    /// Real targets in the batch (the mask's sum).
+    /// `(B, T)` f32 attention key mask, 1.0 for a real token and 0.0 for padding, when it
+    /// differs from `mask` (context-only targets); `None`: `mask` is the key mask too.
+    pub key_mask: Option<Tensor>,
+    /// Targets the loss counts (the mask's sum).
     pub n_tokens: usize,
     /// `B * T`.
     pub n_slots: usize,
 }
 
-/// Tokens `[start, start + len)` of sequence `seq`; `len` in `2..=context + 1`.
+/// Tokens `[start, start + len)` of sequence `seq`; `len` in `2..=context + 1`. Its targets
+/// before index `scored_from` (the first `scored_from` of its `len - 1`) are context only: the
+/// model reads them, the loss does not count them (an earlier window scored them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Window {
     pub seq: usize,
     pub start: usize,
     pub len: usize,
+    pub scored_from: usize,
 }
 
 /// What [`make_windows`] did.
@@ -77,7 +84,12 @@ pub fn make_windows(
         // A window starting at the last token would have no target.
         while start + 1 < l {
             let len = (context + 1).min(l - start);
-            windows.push(Window { seq, start, len });
+            windows.push(Window {
+                seq,
+                start,
+                len,
+                scored_from: 0,
+            });
             if policy == LongSequences::Truncate {
                 stats.dropped_targets += (l - 1) - (len - 1);
                 break;
@@ -88,6 +100,48 @@ pub fn make_windows(
     }
     stats.windows = windows.len();
     (windows, stats)
+}
+
+/// Windows for evaluation. `stride` 0 (or the `Truncate` policy): those of [`make_windows`],
+/// where a long sequence's later windows start with no context at all. Otherwise a long
+/// sequence is scored `stride` targets at a time, each window reaching back as far as the
+/// context allows (the strided evaluation of Hugging Face's perplexity guide): every target is
+/// still scored exactly once, and all but the first `context - stride` targets of a sequence
+/// get at least `context - stride` tokens before them. Costs about `context / stride` times
+/// the forward passes on long sequences.
+pub fn make_eval_windows(
+    seqs: &TokenSeqs,
+    context: usize,
+    policy: LongSequences,
+    stride: usize,
+) -> Vec<Window> {
+    let context = context.max(1);
+    if stride == 0 || policy == LongSequences::Truncate {
+        return make_windows(seqs, context, policy).0;
+    }
+    let stride = stride.min(context); // config validation refuses more
+    let mut windows = Vec::new();
+    for seq in 0..seqs.len() {
+        let l = seqs.seq_len(seq);
+        if l < 2 {
+            continue;
+        }
+        // `next`: the position of the first target not scored yet (target p is token p).
+        let mut next = 1;
+        while next < l {
+            let first = next == 1;
+            let end = if first { context + 1 } else { next + stride }.min(l); // tokens [.., end)
+            let start = end.saturating_sub(context + 1);
+            windows.push(Window {
+                seq,
+                start,
+                len: end - start,
+                scored_from: next - start - 1,
+            });
+            next = end;
+        }
+    }
+    windows
 }
 
 /// Plans and builds batches over a fixed list of windows.
@@ -189,6 +243,7 @@ impl Batcher {
         let mut ids = vec![pad_id; b * t];
         let mut targets = vec![pad_id; b * t];
         let mut mask = vec![0f32; b * t];
+        let mut keys = vec![0f32; b * t];
         let mut n_tokens = 0;
         for (row, w) in wins.iter().enumerate() {
             let toks = seqs.slice(w.seq, w.start, w.len);
@@ -196,13 +251,21 @@ impl Batcher {
             let at = row * t;
             ids[at..at + n].copy_from_slice(&toks[..n]);
             targets[at..at + n].copy_from_slice(&toks[1..]);
-            mask[at..at + n].fill(1.0);
-            n_tokens += n;
+            keys[at..at + n].fill(1.0);
+            let scored = w.scored_from.min(n);
+            mask[at + scored..at + n].fill(1.0);
+            n_tokens += n - scored;
         }
+        let context_only = wins.iter().any(|w| w.scored_from > 0);
         Ok(Batch {
             ids: Tensor::from_vec(ids, (b, t), device)?,
             targets: Tensor::from_vec(targets, (b, t), device)?,
             mask: Tensor::from_vec(mask, (b, t), device)?,
+            key_mask: if context_only {
+                Some(Tensor::from_vec(keys, (b, t), device)?)
+            } else {
+                None
+            },
             n_tokens,
             n_slots: b * t,
         })

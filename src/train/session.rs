@@ -5,7 +5,7 @@ use super::checkpoint::{self, Pick, TrainState};
 use super::optimizer::AdamW;
 use crate::baseline::{self, BaselineReport};
 use crate::config::Config;
-use crate::data::batch::{make_windows, Batcher};
+use crate::data::batch::{make_eval_windows, make_windows, Batcher};
 use crate::data::dataset::{self, Prepared};
 use crate::model::{self, Gpt};
 use anyhow::{bail, Context, Result};
@@ -89,7 +89,12 @@ impl Session {
             config.model.context,
             config.data.long_sequences,
         );
-        let (val_w, _) = make_windows(&data.val, config.model.context, config.data.long_sequences);
+        let val_w = make_eval_windows(
+            &data.val,
+            config.model.context,
+            config.data.long_sequences,
+            config.data.eval_stride,
+        );
         if train_w.is_empty() || val_w.is_empty() {
             bail!(
                 "{}: the train or val split has no sequence to learn from",
