@@ -561,6 +561,30 @@ fn eval_with_a_bad_data_line_names_file_and_line() {
 }
 
 #[test]
+fn eval_stride_longer_than_the_context() {
+    // The trained run's context is 32: a window cannot score more new targets than that.
+    let out = lmtrain(&[
+        "eval",
+        "--checkpoint",
+        s(trained_run()),
+        "--stride",
+        "33",
+        "--device",
+        "cpu",
+    ]);
+    assert_fails_with(&out, &["--stride 33", "context of 32"]);
+}
+
+#[test]
+fn config_eval_stride_longer_than_the_context() {
+    train_rejects_config(
+        "[data]",
+        "[data]\neval_stride = 33",
+        &["data.eval_stride", "model.context = 32"],
+    );
+}
+
+#[test]
 fn sample_prompt_longer_than_the_context() {
     // 40 characters + `<BOS>` = 41 tokens > context 32.
     let prompt = "党".repeat(40);
