@@ -17,6 +17,7 @@
 //! half-written `step-…` folder. A folder without `manifest.json` is ignored, and loading
 //! verifies every file against it (see `manifest`).
 
+use super::optimizer::StateTensor;
 use crate::config::Config;
 use crate::data::vocab::Vocab;
 use anyhow::{bail, Context, Result};
@@ -103,7 +104,7 @@ pub fn save(
     config: &Config,
     vocab: &Vocab,
     weights: &HashMap<String, Tensor>,
-    optimizer: &HashMap<String, Tensor>,
+    optimizer: &[(String, StateTensor)],
     inject_failure: bool,
 ) -> Result<PathBuf> {
     let name = step_dir_name(state.step);
@@ -127,7 +128,8 @@ pub fn save(
             let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "injected fault");
             return Err(full).context("writing optimizer.safetensors");
         }
-        candle_core::safetensors::save(optimizer, tmp.join("optimizer.safetensors"))
+        let tensors = optimizer.iter().map(|(name, t)| (name.as_str(), t));
+        safetensors::serialize_to_file(tensors, None, &tmp.join("optimizer.safetensors"))
             .context("writing optimizer.safetensors")?;
         pause();
         vocab.save(&tmp.join("tokenizer.json"))?;

@@ -602,4 +602,43 @@ mod tests {
         );
         Ok(())
     }
+
+    /// A checkpoint writes the lazy moments straight from their slices
+    /// (`state_for_checkpoint`): the file must be byte for byte what candle's own writer makes
+    /// of the same state as tensors, so that loading it is unchanged.
+    #[test]
+    fn checkpoint_state_is_written_as_candle_writes_it() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::from_vec(
+            (0..ROWS * COLS).map(|i| i as f32 * 0.01).collect(),
+            (ROWS, COLS),
+            &dev,
+        )?;
+        let mut opt = optimizer(&w, true)?;
+        let grads = Tensor::new(&[[0.5f32, -0.5, 1.0, 2.0, -3.0]; 3], &dev)?;
+        opt.catch_up("table", &[4, 9, 4])?;
+        let rows = TableRowGrads::from([("table".to_string(), vec![(vec![4, 9, 4], grads)])]);
+        opt.step_with_rows(&[None], &rows, 0.1, 1.0)?;
+        opt.flush()?;
+        let dir = std::env::temp_dir().join(format!("lmtrain-lazy-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ours, candles) = (dir.join("ours.safetensors"), dir.join("candle.safetensors"));
+        let state = opt.state_for_checkpoint()?;
+        let named = state.iter().map(|(name, t)| (name.as_str(), t));
+        safetensors::serialize_to_file(named, None, &ours).unwrap();
+        candle_core::safetensors::save(&opt.state_tensors()?, &candles)?;
+        let (a, b) = (
+            std::fs::read(&ours).unwrap(),
+            std::fs::read(&candles).unwrap(),
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(a.len() > 2 * ROWS * COLS * 4, "{} bytes", a.len());
+        assert!(
+            a == b,
+            "the two writers differ ({} vs {} bytes)",
+            a.len(),
+            b.len()
+        );
+        Ok(())
+    }
 }

@@ -269,9 +269,30 @@ impl AdamW {
     /// lag ([`AdamW::flush`] first): the state would not be the one its weights go with.
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
+        for (name, state) in self.state_for_checkpoint()? {
+            let t = match state {
+                StateTensor::Tensor(t) => t,
+                StateTensor::HostF32 { shape, data } => {
+                    Tensor::from_slice(data, shape, &candle_core::Device::Cpu)?
+                }
+            };
+            out.insert(name, t);
+        }
+        Ok(out)
+    }
+
+    /// The state [`AdamW::state_tensors`] returns, with the lazy tables' moments borrowed
+    /// rather than copied into tensors: what a checkpoint writes (see
+    /// [`crate::train::checkpoint::save`]). On the PKU recipe those moments are 1.6 GB, and a
+    /// copy of them made a checkpoint raise the peak RSS by about that much.
+    pub fn state_for_checkpoint(&self) -> Result<Vec<(String, StateTensor<'_>)>> {
+        let mut out = Vec::with_capacity(2 * self.params.len());
         for p in &self.params {
             let (m, v) = match &p.moments {
-                Moments::Dense { m, v } => (m.clone(), v.clone()),
+                Moments::Dense { m, v } => (
+                    StateTensor::Tensor(m.clone()),
+                    StateTensor::Tensor(v.clone()),
+                ),
                 Moments::Lazy(lazy) => {
                     let (m, v) = lazy.moments_if_current().ok_or_else(|| {
                         candle_core::Error::Msg(format!(
@@ -279,16 +300,18 @@ impl AdamW {
                             p.name
                         ))
                     })?;
-                    let shape = p.var.as_tensor().shape();
-                    let dev = p.var.as_tensor().device();
+                    let shape = p.var.as_tensor().dims().to_vec();
                     (
-                        Tensor::from_slice(m, shape, dev)?,
-                        Tensor::from_slice(v, shape, dev)?,
+                        StateTensor::HostF32 {
+                            shape: shape.clone(),
+                            data: m,
+                        },
+                        StateTensor::HostF32 { shape, data: v },
                     )
                 }
             };
-            out.insert(format!("m.{}", p.name), m);
-            out.insert(format!("v.{}", p.name), v);
+            out.push((format!("m.{}", p.name), m));
+            out.push((format!("v.{}", p.name), v));
         }
         Ok(out)
     }
@@ -326,6 +349,51 @@ impl AdamW {
         }
         self.t = t;
         Ok(())
+    }
+}
+
+/// One tensor of optimizer state as a checkpoint writes it (safetensors): a candle tensor, or
+/// a lazy table's moments in host memory, written straight from the slice.
+pub enum StateTensor<'a> {
+    Tensor(Tensor),
+    /// Row-major f32 of `shape`.
+    HostF32 {
+        shape: Vec<usize>,
+        data: &'a [f32],
+    },
+}
+
+impl safetensors::View for &StateTensor<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        match self {
+            StateTensor::Tensor(t) => safetensors::View::dtype(&t),
+            StateTensor::HostF32 { .. } => safetensors::Dtype::F32,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            StateTensor::Tensor(t) => t.dims(),
+            StateTensor::HostF32 { shape, .. } => shape,
+        }
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            StateTensor::Tensor(t) => safetensors::View::data(t),
+            // safetensors stores little-endian f32, which is what this slice holds in memory
+            // on every target lmtrain builds for (x86-64, aarch64).
+            StateTensor::HostF32 { data, .. } => {
+                std::borrow::Cow::Borrowed(bytemuck::cast_slice(data))
+            }
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        match self {
+            StateTensor::Tensor(t) => safetensors::View::data_len(&t),
+            StateTensor::HostF32 { data, .. } => std::mem::size_of_val(*data),
+        }
     }
 }
 

@@ -226,7 +226,7 @@ impl Session {
             &self.config,
             &self.data.vocab,
             &weights,
-            &opt.state_tensors()?,
+            &opt.state_for_checkpoint()?,
             inject_failure,
         )?;
         checkpoint::prune(&self.run_dir, self.config.train.keep_last, state.best_step)?;
