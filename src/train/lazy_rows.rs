@@ -278,19 +278,6 @@ impl LazyRows {
         Ok((rows, sums))
     }
 
-    /// `Σ g²` of this step's gradient, given as `parts` (see [`LazyRows::coalesce`]).
-    pub fn sum_of_squares(&self, parts: &[LookupGrad]) -> Result<f64> {
-        let (_, sums) = self.coalesce(parts)?;
-        Ok(sums
-            .par_chunks(self.cols.max(1))
-            .map(|row| {
-                row.iter()
-                    .map(|&g| f64::from(g) * f64::from(g))
-                    .sum::<f64>()
-            })
-            .sum())
-    }
-
     /// This step's gradient from `parts`, checked, as [`LazyRows::step`] takes it.
     pub fn prepare(&self, parts: &[LookupGrad]) -> Result<(Vec<u32>, Vec<f32>)> {
         if parts.is_empty() && !self.touched.is_empty() {
@@ -309,7 +296,7 @@ impl LazyRows {
     pub fn step(
         &mut self,
         w: &Tensor,
-        (rows, g): (Vec<u32>, Vec<f32>),
+        (rows, g): &(Vec<u32>, Vec<f32>),
         grad_scale: f64,
         lr: f64,
         weight_decay: f64,
@@ -328,7 +315,7 @@ impl LazyRows {
             bias2_sqrt,
         });
         self.touched.clear();
-        for &r in &rows {
+        for &r in rows {
             self.looked_up[r as usize] = false;
             self.current_at[r as usize] = t;
         }
@@ -348,7 +335,7 @@ impl LazyRows {
             name: "lmtrain-lazy-update",
             moments: Mutex::new((&mut self.m, &mut self.v)),
             cols,
-            rows: &rows,
+            rows,
             f: |w: &mut [f32], m: &mut [f32], v: &mut [f32], k: usize, _: &mut Vec<f32>| {
                 let g = &g[k * cols..(k + 1) * cols];
                 for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
@@ -512,7 +499,9 @@ mod tests {
             let table_rows = TableRowGrads::from([("table".to_string(), vec![part])]);
             lazy.catch_up("table", &rows)?;
             let clip = if step % 3 == 0 { 0.5 } else { 1.0 };
-            let norm_dense = dense.grad_norm(&dense_grads, &TableRowGrads::new())?;
+            let dense_rows = dense.sum_table_rows(&dense_grads, &TableRowGrads::new())?;
+            let table_rows = lazy.sum_table_rows(&[None], &table_rows)?;
+            let norm_dense = dense.grad_norm(&dense_grads, &dense_rows)?;
             let norm_lazy = lazy.grad_norm(&[None], &table_rows)?;
             assert!(
                 (norm_dense - norm_lazy).abs() <= 1e-6 * norm_dense,
@@ -584,6 +573,7 @@ mod tests {
         // Rows looked up with no gradient rows is refused too.
         opt.catch_up("table", &[0, 2, 0])?;
         assert!(opt.step(&[None], 0.1, 1.0).is_err());
+        let rows = opt.sum_table_rows(&[None], &rows)?;
         opt.step_with_rows(&[None], &rows, 0.1, 1.0)?;
         opt.step(&[None], 0.1, 1.0)?; // nothing looked up
         assert_eq!(w.as_tensor().get(1)?.to_vec1::<f32>()?, vec![1.0, 1.0]);
@@ -618,6 +608,7 @@ mod tests {
         let grads = Tensor::new(&[[0.5f32, -0.5, 1.0, 2.0, -3.0]; 3], &dev)?;
         opt.catch_up("table", &[4, 9, 4])?;
         let rows = TableRowGrads::from([("table".to_string(), vec![(vec![4, 9, 4], grads)])]);
+        let rows = opt.sum_table_rows(&[None], &rows)?;
         opt.step_with_rows(&[None], &rows, 0.1, 1.0)?;
         opt.flush()?;
         let dir = std::env::temp_dir().join(format!("lmtrain-lazy-st-{}", std::process::id()));

@@ -166,20 +166,20 @@ impl AdamW {
     /// reach) skips that parameter entirely, like PyTorch. Gradients are multiplied by
     /// `grad_scale` first (the clipping factor).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<()> {
-        self.step_with_rows(grads, &TableRowGrads::new(), lr, grad_scale)
+        let rows = self.sum_table_rows(grads, &TableRowGrads::new())?;
+        self.step_with_rows(grads, &rows, lr, grad_scale)
     }
 
-    /// [`AdamW::step`] with the gradients of the lazy tables given as rows (see
-    /// [`TableRowGrads`]): a lazy table takes its gradient from `rows` only. A lazy table with a
-    /// dense gradient in `grads` is an error (its lookups were not set up to leave rows, and
-    /// the rows would silently not learn), as is one whose looked-up rows got no gradient.
-    pub fn step_with_rows(
-        &mut self,
+    /// The lazy tables' gradients of one step, from the row parts their lookups left (see
+    /// [`TableRowGrads`]), summed per looked-up row once, for both [`AdamW::grad_norm`] and
+    /// [`AdamW::step_with_rows`]. A lazy table with a dense gradient in `grads` is an error
+    /// (its lookups were not set up to leave rows, and the rows would silently not learn), as
+    /// is one whose looked-up rows got no gradient. Checked here, before anything moves.
+    pub fn sum_table_rows(
+        &self,
         grads: &[Option<Tensor>],
         rows: &TableRowGrads,
-        lr: f64,
-        grad_scale: f64,
-    ) -> Result<()> {
+    ) -> Result<RowGradSums> {
         if grads.len() != self.params.len() {
             candle_core::bail!(
                 "optimizer got {} gradients for {} parameters",
@@ -187,15 +187,38 @@ impl AdamW {
                 self.params.len()
             );
         }
-        // The lazy tables' gradients, checked before anything moves: a refused step leaves
-        // the optimizer as it was.
-        let mut prepared = Vec::new();
+        let mut sums = Vec::new();
         for (p, g) in self.params.iter().zip(grads) {
             if let Moments::Lazy(lazy) = &p.moments {
-                prepared.push(lazy.prepare(lazy_parts(&p.name, g, rows)?)?);
+                sums.push(lazy.prepare(lazy_parts(&p.name, g, rows)?)?);
             }
         }
-        let mut prepared = prepared.into_iter();
+        Ok(RowGradSums(sums))
+    }
+
+    /// [`AdamW::step`] with the lazy tables' gradients as `rows`, from
+    /// [`AdamW::sum_table_rows`] on this step's gradients.
+    pub fn step_with_rows(
+        &mut self,
+        grads: &[Option<Tensor>],
+        rows: &RowGradSums,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
+        let lazy_tables = self
+            .params
+            .iter()
+            .filter(|p| matches!(p.moments, Moments::Lazy(_)))
+            .count();
+        if grads.len() != self.params.len() || rows.0.len() != lazy_tables {
+            candle_core::bail!(
+                "optimizer got {} gradients for {} parameters and {} row gradients for {lazy_tables} lazy tables",
+                grads.len(),
+                self.params.len(),
+                rows.0.len()
+            );
+        }
+        let mut prepared = rows.0.iter();
         self.t += 1;
         let AdamWParams {
             beta1, beta2, eps, ..
@@ -249,20 +272,12 @@ impl AdamW {
         Ok(())
     }
 
-    /// √(Σ‖g‖²) over `grads` (`grads[i]` belongs to `params()[i]`) and the lazy tables' `rows`,
-    /// as [`global_norm`].
-    pub fn grad_norm(&self, grads: &[Option<Tensor>], rows: &TableRowGrads) -> Result<f64> {
-        let mut others = Vec::with_capacity(grads.len());
-        let mut tables = 0.0;
-        for (p, g) in self.params.iter().zip(grads) {
-            match &p.moments {
-                Moments::Lazy(lazy) => {
-                    tables += lazy.sum_of_squares(lazy_parts(&p.name, g, rows)?)?;
-                }
-                Moments::Dense { .. } => others.push(g.clone()),
-            }
-        }
-        Ok((global_norm(&others)?.powi(2) + tables).sqrt())
+    /// √(Σ‖g‖²) over `grads` (`grads[i]` belongs to `params()[i]`; the lazy tables' entries
+    /// are `None`) and the lazy tables' `rows` (from [`AdamW::sum_table_rows`]), as
+    /// [`global_norm`].
+    pub fn grad_norm(&self, grads: &[Option<Tensor>], rows: &RowGradSums) -> Result<f64> {
+        let tables: f64 = rows.0.iter().map(|(_, g)| sum_of_squares(g)).sum();
+        Ok((global_norm(grads)?.powi(2) + tables).sqrt())
     }
 
     /// State for a checkpoint: `m.<name>`, `v.<name>` (f32). An error while a lazy table's rows
@@ -395,6 +410,17 @@ impl safetensors::View for &StateTensor<'_> {
             StateTensor::HostF32 { data, .. } => std::mem::size_of_val(*data),
         }
     }
+}
+
+/// The lazy tables' gradients of one step, in parameter order: per table, the rows looked up
+/// (ascending) and their gradients summed, `(rows, (rows.len(), C))`.
+pub struct RowGradSums(Vec<(Vec<u32>, Vec<f32>)>);
+
+/// `Σ x²` in f64, in parallel chunks.
+fn sum_of_squares(x: &[f32]) -> f64 {
+    x.par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
+        .sum()
 }
 
 /// The gradients of lazily updated tables, by weight name: per lookup, the rows it read and

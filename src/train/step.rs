@@ -1,7 +1,7 @@
 //! One optimizer step's arithmetic — forward, backward, clip, AdamW — shared by `train` and
 //! `bench`, so the benchmark measures exactly the code a training run executes.
 
-use super::optimizer::{self, AdamW, TableRowGrads};
+use super::optimizer::{self, AdamW, RowGradSums, TableRowGrads};
 use crate::data::batch::Batch;
 use crate::eval;
 use crate::model::{Gpt, Mode};
@@ -63,7 +63,7 @@ pub fn gradients(
     seed: u64,
     step: u64,
     phases: Option<&mut Phases>,
-) -> Result<(f64, Vec<Option<Tensor>>, TableRowGrads)> {
+) -> Result<(f64, Vec<Option<Tensor>>, RowGradSums)> {
     let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
     let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
     let mut rows = TableRowGrads::new();
@@ -94,13 +94,14 @@ pub fn gradients(
         p.forward_ms = fwd;
         p.backward_ms = bwd;
     }
+    let rows = opt.sum_table_rows(&grads, &rows)?; // once, for the norm and the update
     Ok((nll_total, grads, rows))
 }
 
 /// The global gradient norm (clip phase), timed into `phases` when given.
 pub fn grad_norm(
     opt: &AdamW,
-    (grads, rows): (&[Option<Tensor>], &TableRowGrads),
+    (grads, rows): (&[Option<Tensor>], &RowGradSums),
     device: &Device,
     phases: Option<&mut Phases>,
 ) -> Result<f64> {
@@ -116,7 +117,7 @@ pub fn grad_norm(
 /// into `phases` when given.
 pub fn update(
     opt: &mut AdamW,
-    (grads, rows): (&[Option<Tensor>], &TableRowGrads),
+    (grads, rows): (&[Option<Tensor>], &RowGradSums),
     norm: f64,
     lr: f64,
     max_norm: f64,
