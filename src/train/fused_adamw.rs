@@ -9,7 +9,11 @@ use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tens
 use rayon::prelude::*;
 
 /// The mutable contiguous `f32` slice of a CPU storage.
-fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
+pub(super) fn f32_slice_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> Result<&'a mut [f32]> {
     let CpuStorage::F32(data) = s else {
         bail!(
             "{op}: expected f32, got {:?}",
@@ -20,6 +24,13 @@ fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a 
         Some((start, end)) => Ok(&mut data[start..end]),
         None => bail!("{op}: expected a contiguous tensor"),
     }
+}
+
+/// `β·m + (1 − β)·g`: one moment's update, the same f32 operations here and in the lazy
+/// tables' update (`lazy_rows`), so the two paths agree bit for bit.
+#[inline(always)]
+pub(super) fn moment(m: f32, beta: f32, g: f32) -> f32 {
+    beta * m + (1.0 - beta) * g
 }
 
 /// `m ← β·m + (1 − β)·(s·g)`, or with `square`, `v ← β·v + (1 − β)·(s·g)²`.
@@ -46,15 +57,14 @@ impl InplaceOp2 for Moment {
         if m.len() != g.len() {
             bail!("{}: moment and gradient differ in size", self.name())
         }
-        let (beta, one_minus, s, square) =
-            (self.beta, 1.0 - self.beta, self.grad_scale, self.square);
+        let (beta, s, square) = (self.beta, self.grad_scale, self.square);
         m.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .for_each(|(m, g)| {
                 for (m, &g) in m.iter_mut().zip(g) {
                     let g = g * s;
                     let g = if square { g * g } else { g };
-                    *m = beta * *m + one_minus * g;
+                    *m = moment(*m, beta, g);
                 }
             });
         Ok(())
@@ -62,11 +72,20 @@ impl InplaceOp2 for Moment {
 }
 
 /// `w ← w·decay − step_size · m / (√v / bias2_sqrt + ε)`.
-struct Apply {
-    decay: f32,
-    step_size: f32,
-    bias2_sqrt: f32,
-    eps: f32,
+#[derive(Clone, Copy)]
+pub(super) struct Apply {
+    pub decay: f32,
+    pub step_size: f32,
+    pub bias2_sqrt: f32,
+    pub eps: f32,
+}
+
+impl Apply {
+    /// The updated weight, the same f32 operations here and in the lazy tables' update.
+    #[inline(always)]
+    pub(super) fn to(&self, w: f32, m: f32, v: f32) -> f32 {
+        w * self.decay - self.step_size * m / (v.sqrt() / self.bias2_sqrt + self.eps)
+    }
 }
 
 impl InplaceOp3 for Apply {
@@ -91,17 +110,12 @@ impl InplaceOp3 for Apply {
         if w.len() != m.len() || w.len() != v.len() {
             bail!("{}: weight and moments differ in size", self.name())
         }
-        let Apply {
-            decay,
-            step_size,
-            bias2_sqrt,
-            eps,
-        } = *self;
+        let apply = *self;
         w.par_chunks_mut(CHUNK)
             .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
             .for_each(|(w, (m, v))| {
                 for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
-                    *w = *w * decay - step_size * m / (v.sqrt() / bias2_sqrt + eps);
+                    *w = apply.to(*w, m, v);
                 }
             });
         Ok(())

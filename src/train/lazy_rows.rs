@@ -32,6 +32,7 @@
 //! (`ρ < 1`); otherwise the tail does not fade and the tables stay dense
 //! ([`LazyRows::supported`]).
 
+use super::fused_adamw::{f32_slice_mut, moment, Apply};
 use crate::model::ops::embedding::LookupGrad;
 use crate::model::ops::multiversion;
 use candle_core::{bail, CpuStorage, InplaceOp1, Layout, Result, Tensor};
@@ -327,10 +328,14 @@ impl LazyRows {
                 rows.len()
             )
         }
-        // AdamW's step, the same arithmetic as the dense fused update.
-        let (beta1, beta2, eps) = (self.beta1 as f32, self.beta2 as f32, self.eps as f32);
-        let (grad_scale, decay) = (grad_scale as f32, decay as f32);
-        let (step_size, bias2_sqrt) = ((lr / bias1) as f32, bias2_sqrt as f32);
+        // AdamW's step, the dense fused update's arithmetic (`fused_adamw`).
+        let (beta1, beta2, grad_scale) = (self.beta1 as f32, self.beta2 as f32, grad_scale as f32);
+        let apply = Apply {
+            decay: decay as f32,
+            step_size: (lr / bias1) as f32,
+            bias2_sqrt: bias2_sqrt as f32,
+            eps: self.eps as f32,
+        };
         let op = OnRows {
             name: "lmtrain-lazy-update",
             moments: Mutex::new((&mut self.m, &mut self.v)),
@@ -340,21 +345,13 @@ impl LazyRows {
                 let g = &g[k * cols..(k + 1) * cols];
                 for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
                     let g = g * grad_scale;
-                    *m = beta1 * *m + (1.0 - beta1) * g;
-                    *v = beta2 * *v + (1.0 - beta2) * (g * g);
-                    *w = *w * decay - step_size * *m / (v.sqrt() / bias2_sqrt + eps);
+                    *m = moment(*m, beta1, g);
+                    *v = moment(*v, beta2, g * g);
+                    *w = apply.to(*w, *m, *v);
                 }
             },
         };
         w.inplace_op1(&op)
-    }
-}
-
-/// The mutable `f32` data of a contiguous CPU storage.
-fn weights<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) => Ok(&mut data[start..end]),
-        _ => bail!("{op}: expected a contiguous f32 CPU table"),
     }
 }
 
@@ -404,7 +401,7 @@ impl<F: Fn(&mut [f32], &mut [f32], &mut [f32], usize, &mut Vec<f32>) + Sync> Inp
     }
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        let w = weights(s, l, self.name)?;
+        let w = f32_slice_mut(s, l, self.name)?;
         let mut moments = self.moments.lock().map_err(|_| {
             candle_core::Error::Msg("lazy table state: a previous update panicked".into())
         })?;
