@@ -243,7 +243,13 @@ impl Batcher {
         let mut ids = vec![pad_id; b * t];
         let mut targets = vec![pad_id; b * t];
         let mut mask = vec![0f32; b * t];
-        let mut keys = vec![0f32; b * t];
+        // Only windows with context-only targets need a key mask apart from `mask`.
+        let context_only = wins.iter().any(|w| w.scored_from > 0);
+        let mut keys = if context_only {
+            vec![0f32; b * t]
+        } else {
+            Vec::new()
+        };
         let mut n_tokens = 0;
         for (row, w) in wins.iter().enumerate() {
             let toks = seqs.slice(w.seq, w.start, w.len);
@@ -251,12 +257,13 @@ impl Batcher {
             let at = row * t;
             ids[at..at + n].copy_from_slice(&toks[..n]);
             targets[at..at + n].copy_from_slice(&toks[1..]);
-            keys[at..at + n].fill(1.0);
+            if context_only {
+                keys[at..at + n].fill(1.0);
+            }
             let scored = w.scored_from.min(n);
             mask[at + scored..at + n].fill(1.0);
             n_tokens += n - scored;
         }
-        let context_only = wins.iter().any(|w| w.scored_from > 0);
         Ok(Batch {
             ids: Tensor::from_vec(ids, (b, t), device)?,
             targets: Tensor::from_vec(targets, (b, t), device)?,
