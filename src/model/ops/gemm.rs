@@ -1,5 +1,6 @@
-//! A bounds-checked wrapper around the `gemm` crate (the kernel candle's CPU matmul uses) for
-//! the fused ops, which multiply strided blocks of their own buffers.
+//! A bounds-checked f32 matrix product for the fused ops, which multiply strided blocks of their
+//! own buffers: the `gemm` crate (the kernel candle's CPU matmul uses), and for the attention's
+//! small blocks [`super::small_gemm`]'s unpacked kernel.
 
 use candle_core::{bail, Result};
 use gemm::Parallelism;
@@ -7,11 +8,11 @@ use gemm::Parallelism;
 /// A read-only strided matrix for [`matmul`]: element `(r, c)` is `data[r * rs + c * cs]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
+    pub(super) data: &'a [f32],
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) rs: usize,
+    pub(super) cs: usize,
 }
 
 impl<'a> View<'a> {
@@ -45,6 +46,39 @@ impl<'a> View<'a> {
     }
 }
 
+/// An error unless `dst` (row stride `dst_rs`), `lhs` and `rhs` hold every element of an
+/// `m × k` by `k × n` product (what makes the kernels' unchecked accesses sound).
+fn check(dst: &[f32], dst_rs: usize, lhs: &View, rhs: &View) -> Result<()> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let dst_ok = m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len();
+    if rhs.rows != k || !dst_ok || !lhs.in_bounds() || !rhs.in_bounds() {
+        bail!(
+            "fused kernel: internal gemm of {m}×{k} by {}×{n} out of bounds",
+            rhs.rows
+        )
+    }
+    Ok(())
+}
+
+/// [`matmul`] on this thread, for the attention's products of per-head blocks (tens to a few
+/// hundred rows and columns): [`super::small_gemm`]'s unpacked kernel where it applies, which
+/// is faster than the `gemm` crate there (perf log entry 19), else the `gemm` crate.
+pub(crate) fn matmul_small(
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    alpha: f32,
+) -> Result<()> {
+    if !super::small_gemm::suits(&rhs) {
+        return matmul(dst, dst_rs, accumulate, lhs, rhs, alpha, 1);
+    }
+    check(dst, dst_rs, &lhs, &rhs)?;
+    super::small_gemm::matmul(dst, dst_rs, accumulate, lhs, rhs, alpha);
+    Ok(())
+}
+
 /// `dst (m × n, row stride dst_rs) = [dst +] alpha · lhs (m × k) · rhs (k × n)` on `threads`
 /// threads of the current rayon pool (1 = on this thread: callers that parallelise over blocks
 /// themselves, where nested threading would only add synchronisation).
@@ -57,14 +91,8 @@ pub(crate) fn matmul(
     alpha: f32,
     threads: usize,
 ) -> Result<()> {
+    check(dst, dst_rs, &lhs, &rhs)?;
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    let dst_ok = m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len();
-    if rhs.rows != k || !dst_ok || !lhs.in_bounds() || !rhs.in_bounds() {
-        bail!(
-            "fused kernel: internal gemm of {m}×{k} by {}×{n} out of bounds",
-            rhs.rows
-        )
-    }
     if m == 0 || n == 0 {
         return Ok(());
     }

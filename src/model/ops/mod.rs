@@ -18,6 +18,7 @@ mod gemm;
 pub mod head_loss;
 pub mod layer_norm;
 pub mod linear;
+mod small_gemm;
 
 use candle_core::{DType, Tensor};
 
