@@ -11,10 +11,12 @@
 //! keeps about five of the same size, and saves recomputing `q kᵀ` and the softmax.
 //!
 //! The kernel reads q, k, v and writes y (and, backward, dq, dk, dv) in the `(B, T, H, D)`
-//! layout the projections produce: a head is a column stripe of the `(T, H·D)` rows, which the
-//! gemms read and write through their row stride. The usual `(B, H, T, D)` layout would cost a
-//! transposing copy of each of them per layer, forward and backward, on one thread (~3% of a
-//! step on bench config M, perf log entry 12).
+//! layout the projections produce: a head is a column stripe of the `(T, H·D)` rows. The usual
+//! `(B, H, T, D)` layout would cost a transposing copy of each of them per layer, forward and
+//! backward, on one thread (~3% of a step on bench config M, perf log entry 12). Inside a row's
+//! task, each pair copies the stripes it reads into contiguous `(T, D)` rows first
+//! ([`PairOperands`]), and its products run on the unpacked small-product kernel (perf log
+//! entry 19).
 //!
 //! Semantics are those of the composed path, including its edge case: the composed mask adds
 //! `HIDDEN` (`-1e9`) for a future key and again for a pad key, so a query that sees no key at
@@ -24,7 +26,7 @@
 //! arithmetic literally for them and skips hidden keys everywhere else, where their weight is
 //! exactly 0 in both paths.
 
-use super::gemm::{matmul, View};
+use super::gemm::{matmul_small, View};
 use super::{dot_lanes, exp_fast, fused_enabled, max_of, multiversion, output_buffer, sum_lanes};
 use crate::model::attention::{attend, attention_mask, HIDDEN};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
@@ -33,8 +35,10 @@ use std::sync::OnceLock;
 
 /// Query rows per gemm block. A block of rows `r0..r1` multiplies against keys `0..r1`, so the
 /// smaller the block the less of the future it computes (`(1 + BLOCK / T) / 2` of the full
-/// product) but the smaller, less efficient the gemms; 32 keeps the gemms at least 32 × 32.
-const BLOCK: usize = 32;
+/// product) but the more blocks there are, each with its own overhead. 30 is five of the
+/// small-product kernel's 6-row tiles: 32 left a 2-row tile that costs as much as a full one
+/// (measured with `cargo bench --bench attention`: 30 about 3% faster than 32, 24 no better).
+const BLOCK: usize = 30;
 
 /// Causal self-attention of `q, k, v (B, T, H, D)` with `key_mask (B, T)` (1 = real key, 0 =
 /// pad; `None` = all real) → `(B, T, H, D)`: query `i` sees key `j` iff `j ≤ i` and `j` is real.
@@ -251,6 +255,65 @@ fn stripe_mut(row: &mut [f32], dims: Dims, head: usize) -> &mut [f32] {
     &mut row[head * dims.d..]
 }
 
+/// The pair's operands that the products read, copied out of their stripes once per pair.
+/// A stripe's rows are `C` floats apart, a power of two times 4 bytes on the usual sizes (1 KiB
+/// on bench config M): the rows of a `(T, D)` stripe then fall into a few L1 sets and evict each
+/// other while a product streams them. Contiguous `(T, D)` rows (and the transposed `(D, T)`
+/// operand, rows `T + SKEW` apart) spread over all sets.
+struct PairOperands {
+    /// `(T, D)` copies of stripes, row stride `D`: q, k, v forward; q, k, v, dy backward.
+    rows: [Vec<f32>; 4],
+    /// `Kᵀ` (forward) or `Vᵀ` (backward): `(D, T)`, row stride `T + SKEW`, read by rows as the
+    /// right operand of `Q Kᵀ` or `dY Vᵀ` (the small-product kernel reads contiguous rows).
+    transposed: Vec<f32>,
+}
+
+/// Padding of a `T`-long row of a scratch matrix, so its rows do not share L1 sets (see
+/// [`PairOperands`]).
+const SKEW: usize = 16;
+
+impl PairOperands {
+    fn new(dims: Dims) -> Self {
+        // Each is written in full by `gather` before it is read.
+        Self {
+            rows: std::array::from_fn(|_| output_buffer(dims.t * dims.d)),
+            transposed: output_buffer(dims.d * (dims.t + SKEW)),
+        }
+    }
+
+    /// Copies the stripes into `rows` (in order), and transposes `stripes[which]` into
+    /// `transposed`.
+    fn gather(&mut self, dims: Dims, stripes: &[&[f32]], which: usize) {
+        let (t, d, c, ts) = (dims.t, dims.d, dims.c(), dims.t + SKEW);
+        for (dst, src) in self.rows.iter_mut().zip(stripes) {
+            for (dst, src) in dst.chunks_exact_mut(d).zip(src.chunks(c)).take(t) {
+                dst.copy_from_slice(&src[..d]);
+            }
+        }
+        // Eight rows at a time: each transposed row gets eight consecutive writes.
+        let x = &self.rows[which];
+        for j0 in (0..t).step_by(8) {
+            let j1 = (j0 + 8).min(t);
+            for dd in 0..d {
+                let dst = &mut self.transposed[dd * ts + j0..dd * ts + j1];
+                for (jj, dst) in dst.iter_mut().enumerate() {
+                    *dst = x[(j0 + jj) * d + dd];
+                }
+            }
+        }
+    }
+
+    /// `(T, D)` row-major view of operand `i`.
+    fn view(&self, i: usize, dims: Dims, r0: usize, rows: usize) -> View<'_> {
+        View::rows(&self.rows[i], r0, rows, dims.d, dims.d)
+    }
+
+    /// Columns `0..e` of the transposed operand: `(D, e)`.
+    fn transposed(&self, dims: Dims, e: usize) -> View<'_> {
+        View::rows(&self.transposed, 0, dims.d, e, dims.t + SKEW)
+    }
+}
+
 /// Forward of one (batch, head) pair: the stripes `q, k, v (T, D)` (row stride `C`) → the
 /// stripe `y (T, D)`, and `probs (T, T)` when given (otherwise the probabilities of one block
 /// live in `scratch`, at least `BLOCK · T` long). Every element of `y`'s stripe and of `probs`
@@ -261,10 +324,11 @@ fn forward_pair(
     (q, k, v): (&[f32], &[f32], &[f32]),
     y: &mut [f32],
     mut probs: Option<&mut [f32]>,
-    scratch: &mut [f32],
+    (scratch, ops): (&mut [f32], &mut PairOperands),
 ) -> Result<()> {
-    let (t, d, c) = (dims.t, dims.d, dims.c());
+    let (t, c) = (dims.t, dims.c());
     let scale = dims.scale();
+    ops.gather(dims, &[q, k, v], 1); // rows q, k, v; Kᵀ (D, T)
     for r0 in (0..t).step_by(BLOCK) {
         let r1 = r1_of(r0, t);
         let e = keys.block_extent(r0, r1);
@@ -273,25 +337,23 @@ fn forward_pair(
             None => &mut scratch[..(r1 - r0) * t],
         };
         // S = Q[r0..r1] K[0..e]ᵀ: (R, D) @ (D, e) = (R, e), rows T apart in p.
-        let q_blk = View::rows(q, r0, r1 - r0, d, c);
-        let k_t = View::rows(k, 0, e, d, c).t();
-        matmul(p, t, false, q_blk, k_t, 1.0, 1)?;
+        let (q_blk, k_t) = (ops.view(0, dims, r0, r1 - r0), ops.transposed(dims, e));
+        matmul_small(p, t, false, q_blk, k_t, 1.0)?;
         for (i, row) in (r0..r1).zip(p.chunks_exact_mut(t)) {
             let n = keys.extent(i);
             keys.softmax_row(&mut row[..n], i, scale);
             row[n..].fill(0.0); // hidden future keys, inside the gemm's width and past it
         }
         // Y[r0..r1] = P[r0..r1, 0..e] V[0..e]: (R, e) @ (e, D) = (R, D).
-        let p_blk = View::rows(p, 0, r1 - r0, e, t);
-        let v_blk = View::rows(v, 0, e, d, c);
-        matmul(&mut y[r0 * c..], c, false, p_blk, v_blk, 1.0, 1)?;
+        let (p_blk, v_blk) = (View::rows(p, 0, r1 - r0, e, t), ops.view(2, dims, 0, e));
+        matmul_small(&mut y[r0 * c..], c, false, p_blk, v_blk, 1.0)?;
     }
     Ok(())
 }
 
 /// Backward of one pair, from its `probs (T, T)` and the stripe `dy (T, D)`: the stripes `dq,
 /// dk, dv (T, D)`; dk and dv must start zeroed (they accumulate over blocks of query rows).
-/// `ds` is scratch of at least `BLOCK · T`.
+/// `ds` is scratch of at least `BLOCK · (T + SKEW)`.
 #[allow(clippy::too_many_arguments)] // the pair's inputs and outputs, each a (T, D) stripe
 fn backward_pair(
     dims: Dims,
@@ -300,36 +362,36 @@ fn backward_pair(
     probs: &[f32],
     dy: &[f32],
     (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
-    ds: &mut [f32],
+    (ds, ops): (&mut [f32], &mut PairOperands),
 ) -> Result<()> {
-    let (t, d, c) = (dims.t, dims.d, dims.c());
+    let (t, c) = (dims.t, dims.c());
     let scale = dims.scale();
+    let ts = t + SKEW; // ds's row stride
+    ops.gather(dims, &[q, k, v, dy], 2); // rows q, k, v, dy; Vᵀ (D, T)
     for r0 in (0..t).step_by(BLOCK) {
         let r1 = r1_of(r0, t);
         let (rows, e) = (r1 - r0, keys.block_extent(r0, r1));
         let p_blk = View::rows(probs, r0, rows, e, t); // (R, e)
-        let dy_blk = View::rows(dy, r0, rows, d, c); // (R, D)
+        let dy_blk = ops.view(3, dims, r0, rows); // (R, D)
 
         // dV[0..e] += P[r0..r1, 0..e]ᵀ dY[r0..r1]: (e, R) @ (R, D).
-        matmul(dv, c, true, p_blk.t(), dy_blk, 1.0, 1)?;
+        matmul_small(dv, c, true, p_blk.t(), dy_blk, 1.0)?;
         // dP = dY[r0..r1] V[0..e]ᵀ: (R, D) @ (D, e).
-        let v_t = View::rows(v, 0, e, d, c).t();
-        matmul(ds, t, false, dy_blk, v_t, 1.0, 1)?;
+        matmul_small(ds, ts, false, dy_blk, ops.transposed(dims, e), 1.0)?;
         // dS = P ⊙ (dP − rowsum(dP ⊙ P)) over each row's extent, 0 beyond it; times the scale
         // here, once, rather than in both gemms below.
-        for (i, (g, p)) in (r0..r1).zip(ds.chunks_exact_mut(t).zip(probs[r0 * t..].chunks(t))) {
+        for (i, (g, p)) in (r0..r1).zip(ds.chunks_mut(ts).zip(probs[r0 * t..].chunks(t))) {
             let n = keys.extent(i);
             softmax_grad_row(&mut g[..n], &p[..n], scale);
             g[n..e].fill(0.0);
         }
-        let ds_blk = View::rows(ds, 0, rows, e, t); // (R, e)
+        let ds_blk = View::rows(ds, 0, rows, e, ts); // (R, e)
 
         // dQ[r0..r1] = dS K[0..e]: (R, e) @ (e, D).
-        let k_blk = View::rows(k, 0, e, d, c);
-        matmul(&mut dq[r0 * c..], c, false, ds_blk, k_blk, 1.0, 1)?;
+        let k_blk = ops.view(1, dims, 0, e);
+        matmul_small(&mut dq[r0 * c..], c, false, ds_blk, k_blk, 1.0)?;
         // dK[0..e] += dSᵀ Q[r0..r1]: (e, R) @ (R, D).
-        let q_blk = View::rows(q, r0, rows, d, c);
-        matmul(dk, c, true, ds_blk.t(), q_blk, 1.0, 1)?;
+        matmul_small(dk, c, true, ds_blk.t(), ops.view(0, dims, r0, rows), 1.0)?;
     }
     Ok(())
 }
@@ -392,12 +454,13 @@ impl FusedCausalAttention {
             } else {
                 output_buffer(BLOCK * dims.t)
             };
+            let mut ops = PairOperands::new(dims);
             let keys = self.keys(dims, b);
             (0..dims.h).try_for_each(|h| {
                 let p = probs.as_deref_mut().map(|p| &mut p[h * tt..][..tt]);
                 let qkv = (stripe(q, dims, h), stripe(k, dims, h), stripe(v, dims, h));
                 let y = stripe_mut(y, dims, h);
-                forward_pair(dims, keys, qkv, y, p, &mut scratch)
+                forward_pair(dims, keys, qkv, y, p, (&mut scratch, &mut ops))
             })
         };
         if keep {
@@ -500,7 +563,9 @@ impl CustomOp3 for FusedCausalAttention {
             .try_for_each(|(b, ((dq, dk), dv))| {
                 dk.fill(0.0);
                 dv.fill(0.0);
-                let mut ds = output_buffer(BLOCK * dims.t); // each block writes what it reads
+                // Each block writes the part of ds it reads.
+                let mut ds = output_buffer(BLOCK * (dims.t + SKEW));
+                let mut ops = PairOperands::new(dims);
                 let (q, k, v) = (&q[b * n..][..n], &k[b * n..][..n], &v[b * n..][..n]);
                 let dy = &dy[b * n..][..n];
                 let keys = self.keys(dims, b);
@@ -512,7 +577,8 @@ impl CustomOp3 for FusedCausalAttention {
                         stripe_mut(dk, dims, h),
                         stripe_mut(dv, dims, h),
                     );
-                    backward_pair(dims, keys, qkv, p, stripe(dy, dims, h), grads, &mut ds)
+                    let scratch = (&mut ds[..], &mut ops);
+                    backward_pair(dims, keys, qkv, p, stripe(dy, dims, h), grads, scratch)
                 })
             })?;
         let dq = Tensor::from_vec(dq, &shape, &device)?;
@@ -627,15 +693,28 @@ mod tests {
 
     #[test]
     fn fused_matches_composed_across_several_row_blocks() {
-        // T = 70 spans three blocks of 32 (the last partial); the second row's first real key
+        // T = 70 spans three blocks of 30 (the last partial); the second row's first real key
         // (40) lies in the second block, so blind rows fill one block and part of the next.
         let right: Vec<f32> = (0..70).map(|j| if j < 50 { 1.0 } else { 0.0 }).collect();
         let left: Vec<f32> = (0..70)
             .map(|j| if j < 40 || j == 55 { 0.0 } else { 1.0 })
             .collect();
-        check([2, 70, 2, 8], Some(&[right.clone(), right]), 3, true);
+        check(
+            [2, 70, 2, 8],
+            Some(&[right.clone(), right.clone()]),
+            3,
+            true,
+        );
         check([2, 70, 2, 8], Some(&[vec![1.0; 70], left]), 4, false);
         check([1, 70, 2, 8], None, 5, true);
+        // Head sizes of a full 16-column tile and of a full tile plus a masked tail.
+        check([1, 70, 2, 32], None, 6, true);
+        check(
+            [2, 40, 1, 20],
+            Some(&[right[..40].to_vec(), vec![1.0; 40]]),
+            7,
+            true,
+        );
     }
 
     #[test]
