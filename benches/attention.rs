@@ -13,20 +13,11 @@ use candle_core::{Device, Tensor, Var};
 use lmtrain::model::ops::attention::causal_attention;
 use std::time::Instant;
 
+mod common;
+use common::arg;
+
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number, got {v}"))
-        })
-        .unwrap_or(default)
-}
 
 fn main() -> candle_core::Result<()> {
     let threads = arg("--threads", 2);

@@ -10,6 +10,9 @@
 use gemm::{gemm, Parallelism};
 use std::time::Instant;
 
+mod common;
+use common::arg;
+
 /// (m, k, n) of `(m × k) · (k × n)`: the q/k/v, output and MLP projections forward, the head
 /// forward, its weight gradient and its input gradient.
 const SHAPES: [(usize, usize, usize); 7] = [
@@ -21,18 +24,6 @@ const SHAPES: [(usize, usize, usize); 7] = [
     (256, 4096, 5000),
     (4096, 5000, 256),
 ];
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number, got {v}"))
-        })
-        .unwrap_or(default)
-}
 
 fn main() {
     let threads = arg("--threads", 2);
