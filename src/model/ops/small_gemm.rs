@@ -1,11 +1,11 @@
 //! Small f32 matrix products without packing, for the attention's per-head blocks.
 //!
-//! The attention multiplies, per batch row, head and block of 32 query rows, matrices of 32 to
+//! The attention multiplies, per batch row, head and block of 30 query rows, matrices of 30 to
 //! 256 rows and columns with a depth of 32 (the head size) or up to 256 (the keys): about 6,000
-//! products per layer and step on bench config M. The `gemm` crate packs both operands for
-//! each of them and then runs the same 6 × 16 register tile as here; on these sizes the
-//! packing and dispatch cost as much as the arithmetic (measured: the fused attention ran at
-//! ~20% of the FMA units' peak, perf log entry 19). Here the register tile reads its operands
+//! products per layer and step on bench config M. The `gemm` crate packs its operands for each
+//! of them and then runs the same 6 × 16 register tile as here; on these sizes the packing and
+//! dispatch cost about as much as the arithmetic (the fused attention ran at ~20% of the FMA
+//! units' peak, perf log entry 19). Here the register tile reads its operands
 //! where they lie: the left operand by any two strides (a row-major block or a transposed
 //! view), the right one by rows, each row's 16 columns contiguous. That is why [`suits`] asks
 //! for `rhs` columns at stride 1; callers transpose an operand once per head when needed.
