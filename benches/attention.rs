@@ -10,7 +10,7 @@
 //! (the backward of `sum(y ⊙ g)` for a fixed random `g`, so it includes that product and sum).
 
 use candle_core::{Device, Tensor, Var};
-use lmtrain::model::ops::attention::causal_attention;
+use lmtrain::kernels::cpu::attention::causal_attention;
 use std::time::Instant;
 
 mod common;

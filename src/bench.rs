@@ -8,10 +8,11 @@
 //! Tokens are counted as the reference does: non-pad targets of the timed steps (warm-up steps
 //! excluded). `cpu_util` is process CPU seconds / wall seconds over the timed steps.
 
-use crate::config::{Mlp, ModelConfig, Norm, Positions};
+use crate::config::{Mlp, ModelConfig, Norm, Positions, TrainConfig};
 use crate::data::batch::Batch;
+use crate::kernels::Kernels;
 use crate::model::{self, Gpt};
-use crate::train::optimizer::{AdamW, AdamWParams};
+use crate::train::optim::Optimizer;
 use crate::train::step::{self, Phases};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -23,12 +24,19 @@ use std::time::Instant;
 /// The reference's fixed hyperparameters.
 const LR: f64 = 3e-4;
 const CLIP: f64 = 1.0;
-const ADAMW: AdamWParams = AdamWParams {
-    beta1: 0.9,
-    beta2: 0.95,
-    eps: 1e-8,
-    weight_decay: 0.1,
-};
+
+/// The reference's AdamW: β 0.9/0.95, ε 1e-8, decay 0.1 on matrices, one learning rate.
+fn reference_optimizer() -> TrainConfig {
+    TrainConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        embed_lr_mult: 1.0,
+        embed_wd_mult: 1.0,
+        ..TrainConfig::default()
+    }
+}
 const PAD: u32 = 0;
 const UNK: u32 = 1;
 
@@ -48,6 +56,8 @@ pub struct BenchOptions {
     pub device: String,
     /// Compute dtype: `f32` or `bf16` (mixed precision, as the reference's `--dtype bf16`).
     pub dtype: String,
+    /// Which kernels compute the ops (`auto` = what training uses).
+    pub kernels: Kernels,
 }
 
 /// The reference's SplitMix64 with its `below(n) = next % n` (our `Rng::below` maps ranges
@@ -147,12 +157,13 @@ fn make_batch(
         n_tokens += row[1..].iter().filter(|&&x| x != PAD).count();
     }
     Ok(Batch {
-        ids: Tensor::from_vec(ids, (b, len), device)?,
+        ids: Tensor::from_vec(ids.clone(), (b, len), device)?,
         targets: Tensor::from_vec(targets, (b, len), device)?,
         mask: Tensor::from_vec(mask, (b, len), device)?,
         key_mask: None,
         n_tokens,
         n_slots: b * len,
+        host_ids: ids,
     })
 }
 
@@ -243,9 +254,22 @@ fn run_inner(o: &BenchOptions) -> Result<Value> {
         bail!("bench: --vocab must be at least 2");
     }
     let cfg = reference_model(vocab, o);
+    let (model, mut opt) = build(&cfg, o, &device)?;
+    let mut rng = RefRng(crate::rng::Rng::new(o.seed));
+    let mut timing = Timing::default();
+    for i in 0..o.warmup_steps + o.steps {
+        let batch = make_batch(&mut rng, o, vocab, seqs.as_deref(), &device)?;
+        let timed = i >= o.warmup_steps;
+        timing.step(&model, &mut opt, &batch, (o, i, timed), &device)?;
+    }
+    Ok(report(o, &cfg, vocab, &device, &timing))
+}
+
+/// The reference model at `cfg`'s sizes and its optimizer.
+fn build(cfg: &ModelConfig, o: &BenchOptions, device: &Device) -> Result<(Gpt, Optimizer)> {
     let compute = crate::device::compute_dtype(&o.dtype)?;
-    let (varmap, model): (_, Gpt) = model::init_model(&cfg, o.seed, &device)?;
-    let model = model.with_compute_dtype(compute);
+    let (varmap, model): (_, Gpt) = model::init_model(cfg, o.seed, device)?;
+    let mut model = model.with_compute_dtype(compute).with_kernels(o.kernels);
     let vars = varmap
         .data()
         .lock()
@@ -253,84 +277,104 @@ fn run_inner(o: &BenchOptions) -> Result<Value> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut opt = AdamW::new(vars, ADAMW)?;
-    let mut rng = RefRng(crate::rng::Rng::new(o.seed));
-    let (mut step_ms, mut losses) = (Vec::new(), Vec::new());
-    let mut phases: Vec<Phases> = Vec::new();
-    let (mut tokens, mut timed_s, mut cpu_s) = (0usize, 0.0f64, 0.0f64);
-    for i in 0..o.warmup_steps + o.steps {
-        let batch = make_batch(&mut rng, o, vocab, seqs.as_deref(), &device)?;
+    let opt = Optimizer::from_config(vars, &mut model, &reference_optimizer())?;
+    Ok((model, opt))
+}
+
+/// What the steps measured.
+#[derive(Default)]
+struct Timing {
+    step_ms: Vec<f64>,
+    losses: Vec<f64>,
+    phases: Vec<Phases>,
+    tokens: usize,
+    timed_s: f64,
+    cpu_s: f64,
+}
+
+impl Timing {
+    /// One training step through the trainer's own step code, timed when `timed`.
+    fn step(
+        &mut self,
+        model: &Gpt,
+        opt: &mut Optimizer,
+        batch: &Batch,
+        (o, i, timed): (&BenchOptions, usize, bool),
+        device: &Device,
+    ) -> Result<()> {
         let mut ph = Phases::default();
-        let want = o.profile.then_some(&mut ph);
         device.synchronize()?;
         let (c0, t0) = (cpu_seconds(), Instant::now());
-        let (nll, grads, rows) = step::gradients(
-            &model,
-            &mut opt,
-            std::slice::from_ref(&batch),
+        let micro = std::slice::from_ref(batch);
+        let (nll, grads) = step::gradients(
+            model,
+            opt,
+            micro,
             o.seed,
             i as u64,
-            want,
+            o.profile.then_some(&mut ph),
         )?;
-        let norm = step::grad_norm(&opt, (&grads, &rows), &device, o.profile.then_some(&mut ph))?;
+        let norm = step::grad_norm(opt, &grads, device, o.profile.then_some(&mut ph))?;
         step::update(
-            &mut opt,
-            (&grads, &rows),
-            norm,
+            opt,
+            &grads,
+            (norm, CLIP),
             LR,
-            CLIP,
-            &device,
+            device,
             o.profile.then_some(&mut ph),
         )?;
         device.synchronize()?;
         let (dt, dc) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
         let loss = nll / batch.n_tokens.max(1) as f64;
-        losses.push(loss);
-        if i >= o.warmup_steps {
-            timed_s += dt;
-            cpu_s += dc;
-            tokens += batch.n_tokens;
-            step_ms.push(dt * 1e3);
-            phases.push(ph);
+        self.losses.push(loss);
+        if timed {
+            self.timed_s += dt;
+            self.cpu_s += dc;
+            self.tokens += batch.n_tokens;
+            self.step_ms.push(dt * 1e3);
+            self.phases.push(ph);
         }
         eprintln!(
             "step {i} loss {loss:.4} ntok {} ms {:.1}",
             batch.n_tokens,
             dt * 1e3
         );
+        Ok(())
     }
-    let threads = candle_core::utils::get_num_threads();
+}
+
+/// The JSON line, with the reference's keys.
+fn report(o: &BenchOptions, cfg: &ModelConfig, vocab: usize, device: &Device, m: &Timing) -> Value {
+    let per = |x: f64, s: f64| if s > 0.0 { x / s } else { 0.0 };
+    let tokens_per_s = per(m.tokens as f64, m.timed_s);
     let mut out = json!({
         "impl": "lmtrain",
-        "device": crate::device::describe(&device),
+        "device": crate::device::describe(device),
         "dtype": o.dtype,
-        "threads": threads,
-        "tokens_per_s": if timed_s > 0.0 { tokens as f64 / timed_s } else { 0.0 },
-        "step_ms_median": median(&step_ms),
-        "cpu_util": if timed_s > 0.0 { cpu_s / timed_s } else { 0.0 },
-        "tokens_per_cpu_s": if cpu_s > 0.0 { tokens as f64 / cpu_s } else { 0.0 },
-        "params": model::param_count(&cfg),
+        "kernels": o.kernels,
+        "threads": candle_core::utils::get_num_threads(),
+        "tokens_per_s": tokens_per_s,
+        "step_ms_median": median(&m.step_ms),
+        "cpu_util": per(m.cpu_s, m.timed_s),
+        "tokens_per_cpu_s": per(m.tokens as f64, m.cpu_s),
+        "params": model::param_count(cfg),
         "vocab": vocab,
-        "first_loss": losses.first().copied().unwrap_or(f64::NAN),
-        "final_loss": losses.last().copied().unwrap_or(f64::NAN),
+        "first_loss": m.losses.first().copied().unwrap_or(f64::NAN),
+        "final_loss": m.losses.last().copied().unwrap_or(f64::NAN),
         "peak_rss_mb": peak_rss_mb(),
-        "losses": losses,
+        "losses": m.losses,
     });
-    if let Some(peak) = crate::train::mfu::device_peak(&device) {
-        let per_token = crate::train::mfu::flops_per_token(&cfg);
+    if let Some(peak) = crate::train::mfu::device_peak(device) {
+        let per_token = crate::train::mfu::flops_per_token(cfg);
         out["gpu"] = json!(peak.gpu);
-        out["mfu"] = json!(crate::train::mfu::mfu(
-            out["tokens_per_s"].as_f64().unwrap_or(0.0),
-            per_token,
-            peak.tflops
-        ));
+        out["mfu"] = json!(crate::train::mfu::mfu(tokens_per_s, per_token, peak.tflops));
     }
     if o.profile {
-        let pick = |f: fn(&Phases) -> f64| median(&phases.iter().map(f).collect::<Vec<_>>());
+        let pick = |f: fn(&Phases) -> f64| median(&m.phases.iter().map(f).collect::<Vec<_>>());
         out["fwd_ms_median"] = json!(pick(|p| p.forward_ms));
         out["bwd_ms_median"] = json!(pick(|p| p.backward_ms));
         out["clip_ms_median"] = json!(pick(|p| p.clip_ms));
         out["opt_ms_median"] = json!(pick(|p| p.optimizer_ms));
     }
-    Ok(out)
+    out
 }

@@ -44,6 +44,11 @@ pub struct RunConfig {
     pub device: String,
     /// Seeds weight init, data shuffling and dropout; same seed + same data = same run.
     pub seed: u64,
+    /// How the ops are computed: `auto` (the fused CPU kernels for f32 on the CPU, candle's
+    /// fused forwards with lmtrain's backward on a GPU), `device` (the GPU path, on any device:
+    /// to check it on the CPU), `composed` (the readable specification everywhere, to rule the
+    /// kernels out). The environment variable `LMTRAIN_COMPOSED=1` forces `composed`.
+    pub kernels: crate::kernels::Kernels,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +166,17 @@ impl ModelConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine decay from `lr` to `min_lr` over the steps after warmup (nanoGPT).
+    Cosine,
+    /// Linear decay from `lr` to `min_lr`.
+    Linear,
+    /// Warmup–stable–decay: `lr` until the last `decay_fraction` of the steps, then linear.
+    Wsd,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -175,13 +191,17 @@ pub struct TrainConfig {
     pub max_epochs: u64,
     /// Peak learning rate, reached at the end of warmup.
     pub lr: f64,
-    /// Floor of the cosine decay, reached at the last step.
+    /// Floor of the decay, reached at the schedule's end.
     pub min_lr: f64,
     /// Linear warmup from ~0 to `lr`.
     pub warmup_steps: u64,
-    /// Step at which the cosine decay reaches `min_lr`; `0` = the run's last step. Set it to
+    /// Shape of the decay after warmup: `cosine`, `linear` or `wsd` (see `train::schedule`).
+    pub schedule: Schedule,
+    /// Step at which the decay reaches `min_lr`; `0` = the run's last step. Set it to
     /// continue a run past its original end with the same schedule (nanoGPT's lr_decay_iters).
     pub decay_steps: u64,
+    /// `wsd` only: the fraction of the steps after warmup spent decaying, at the end (0, 1].
+    pub decay_fraction: f64,
     /// Decoupled AdamW weight decay, applied to matrices only (not norms, biases or gains).
     pub weight_decay: f64,
     /// Learning-rate multiplier of the embedding tables that are looked up, not multiplied:
@@ -241,6 +261,7 @@ impl Default for RunConfig {
             out_dir: "checkpoints".into(),
             device: "auto".into(),
             seed: 1337,
+            kernels: crate::kernels::Kernels::Auto,
         }
     }
 }
@@ -295,7 +316,9 @@ impl Default for TrainConfig {
             lr: 3e-4,
             min_lr: 3e-5,
             warmup_steps: 100,
+            schedule: Schedule::Cosine,
             decay_steps: 0,
+            decay_fraction: 0.2,
             weight_decay: 0.1,
             embed_lr_mult: 1.0,
             embed_wd_mult: 1.0,
@@ -381,138 +404,194 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
-    /// Checks values the types cannot: each error names the key and the offending value.
+    /// Checks values the types cannot, section by section: each error names the key and the
+    /// offending value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let m = &self.model;
-        let t = &self.train;
-        let d = &self.data;
-        let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
-        let name = &self.run.name;
-        // "." or ".." would make the run folder out_dir itself (or its parent): --overwrite
-        // would then delete every other run.
-        if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
-            return bad(
-                "run.name",
-                format!("{name:?} must be a plain folder name (not empty, no '/', not starting with '.')"),
-            );
-        }
-        for (key, v) in [
-            ("model.d_model", m.d_model),
-            ("model.n_layers", m.n_layers),
-            ("model.n_heads", m.n_heads),
-            ("model.context", m.context),
-            ("train.batch_size", t.batch_size),
-            ("train.grad_accum", t.grad_accum),
-        ] {
-            if v == 0 {
-                return bad(key, "must be > 0".into());
-            }
-        }
-        // Written as `!(x > 0)` so that NaN fails too.
-        for (key, v) in [
+        validate_run(&self.run)?;
+        validate_model(&self.model)?;
+        validate_data(&self.data, &self.model)?;
+        validate_train(&self.train)
+    }
+}
+
+/// `Err(Invalid)` for `key`.
+fn bad(key: &'static str, message: String) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { key, message })
+}
+
+/// An error for the first `(key, value)` that is 0.
+fn nonzero(pairs: &[(&'static str, usize)]) -> Result<(), ConfigError> {
+    match pairs.iter().find(|(_, v)| *v == 0) {
+        Some((key, _)) => bad(key, "must be > 0".into()),
+        None => Ok(()),
+    }
+}
+
+/// An error for the first `(key, value)` not in `ok` (written so that NaN fails too).
+fn each(
+    pairs: &[(&'static str, f64)],
+    ok: impl Fn(f64) -> bool,
+    what: &str,
+) -> Result<(), ConfigError> {
+    match pairs.iter().find(|(_, v)| !ok(*v)) {
+        Some((key, v)) => bad(key, format!("{v} {what}")),
+        None => Ok(()),
+    }
+}
+
+fn validate_run(r: &RunConfig) -> Result<(), ConfigError> {
+    let name = &r.name;
+    // "." or ".." would make the run folder out_dir itself (or its parent): --overwrite
+    // would then delete every other run.
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
+        return bad(
+            "run.name",
+            format!(
+                "{name:?} must be a plain folder name (not empty, no '/', not starting with '.')"
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn validate_model(m: &ModelConfig) -> Result<(), ConfigError> {
+    nonzero(&[
+        ("model.d_model", m.d_model),
+        ("model.n_layers", m.n_layers),
+        ("model.n_heads", m.n_heads),
+        ("model.context", m.context),
+    ])?;
+    let positive = |v: f64| v > 0.0 && v.is_finite();
+    each(
+        &[
             ("model.norm_eps", m.norm_eps),
             ("model.rope_theta", m.rope_theta),
+        ],
+        positive,
+        "must be a positive number",
+    )?;
+    each(
+        &[("model.dropout", m.dropout)],
+        |v| (0.0..1.0).contains(&v),
+        "is not in [0, 1)",
+    )?;
+    if !m.d_model.is_multiple_of(m.n_heads) {
+        return bad(
+            "model.n_heads",
+            format!("{} does not divide d_model = {}", m.n_heads, m.d_model),
+        );
+    }
+    if m.positions == Positions::Rope && !m.head_dim().is_multiple_of(2) {
+        return bad(
+            "model.positions",
+            format!(
+                "rope needs an even head dimension, got d_model/n_heads = {}",
+                m.head_dim()
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn validate_data(d: &DataConfig, m: &ModelConfig) -> Result<(), ConfigError> {
+    if d.eval_stride > m.context {
+        return bad(
+            "data.eval_stride",
+            format!(
+                "{} is more than model.context = {}: use at most the context (or 0 = the training windows)",
+                d.eval_stride, m.context
+            ),
+        );
+    }
+    if d.val_file.as_os_str().is_empty() && !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
+        return bad(
+            "data.val_fraction",
+            format!(
+                "{} must be in (0, 1) when data.val_file is empty",
+                d.val_fraction
+            ),
+        );
+    }
+    if d.min_freq == 0 {
+        return bad("data.min_freq", "must be >= 1".into());
+    }
+    Ok(())
+}
+
+fn validate_train(t: &TrainConfig) -> Result<(), ConfigError> {
+    nonzero(&[
+        ("train.batch_size", t.batch_size),
+        ("train.grad_accum", t.grad_accum),
+    ])?;
+    let positive = |v: f64| v > 0.0 && v.is_finite();
+    each(
+        &[
             ("train.lr", t.lr),
             ("train.embed_lr_mult", t.embed_lr_mult),
             ("train.eps", t.eps),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                return bad(key, format!("{v} must be a positive number"));
-            }
-        }
-        for (key, v) in [
+        ],
+        positive,
+        "must be a positive number",
+    )?;
+    each(
+        &[
             ("train.weight_decay", t.weight_decay),
             ("train.embed_wd_mult", t.embed_wd_mult),
             ("train.grad_clip", t.grad_clip),
             ("train.spike_zscore", t.spike_zscore),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return bad(
-                    key,
-                    format!("{v} must be a number >= 0 (0 = off where it applies)"),
-                );
-            }
-        }
-        for (key, v) in [
-            ("model.dropout", m.dropout),
-            ("train.beta1", t.beta1),
-            ("train.beta2", t.beta2),
-        ] {
-            if !(0.0..1.0).contains(&v) {
-                return bad(key, format!("{v} is not in [0, 1)"));
-            }
-        }
-        if !m.d_model.is_multiple_of(m.n_heads) {
-            return bad(
-                "model.n_heads",
-                format!("{} does not divide d_model = {}", m.n_heads, m.d_model),
-            );
-        }
-        if m.positions == Positions::Rope && !m.head_dim().is_multiple_of(2) {
-            return bad(
-                "model.positions",
-                format!(
-                    "rope needs an even head dimension, got d_model/n_heads = {}",
-                    m.head_dim()
-                ),
-            );
-        }
-        if d.eval_stride > m.context {
-            return bad(
-                "data.eval_stride",
-                format!(
-                    "{} is more than model.context = {}: use at most the context (or 0 = the training windows)",
-                    d.eval_stride, m.context
-                ),
-            );
-        }
-        if t.max_steps == 0 && t.max_epochs == 0 {
-            return bad(
-                "train.max_steps",
-                "set max_steps or max_epochs (both are 0, the run would never end)".into(),
-            );
-        }
-        if !(0.0..=t.lr).contains(&t.min_lr) {
-            return bad(
-                "train.min_lr",
-                format!("{} must be in [0, lr = {}]", t.min_lr, t.lr),
-            );
-        }
-        if t.baseline_order > 8 {
-            return bad(
-                "train.baseline_order",
-                format!("{} is more than 8 (0 = no baseline)", t.baseline_order),
-            );
-        }
-        if t.max_bad_steps == 0 {
-            return bad("train.max_bad_steps", "must be >= 1".into());
-        }
-        if t.log_every == 0 {
-            return bad("train.log_every", "must be > 0".into());
-        }
-        if crate::device::compute_dtype(&t.dtype).is_err() {
-            return bad(
-                "train.dtype",
-                format!(
-                    "{:?} is not a compute dtype lmtrain trains in: use \"f32\", or \"bf16\" for mixed precision (f16 would need loss scaling)",
-                    t.dtype
-                ),
-            );
-        }
-        if d.val_file.as_os_str().is_empty() && !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
-            return bad(
-                "data.val_fraction",
-                format!(
-                    "{} must be in (0, 1) when data.val_file is empty",
-                    d.val_fraction
-                ),
-            );
-        }
-        if d.min_freq == 0 {
-            return bad("data.min_freq", "must be >= 1".into());
-        }
-        Ok(())
+        ],
+        |v| v >= 0.0 && v.is_finite(),
+        "must be a number >= 0 (0 = off where it applies)",
+    )?;
+    each(
+        &[("train.beta1", t.beta1), ("train.beta2", t.beta2)],
+        |v| (0.0..1.0).contains(&v),
+        "is not in [0, 1)",
+    )?;
+    each(
+        &[("train.decay_fraction", t.decay_fraction)],
+        |v| v > 0.0 && v <= 1.0,
+        "is not in (0, 1]",
+    )?;
+    validate_train_limits(t)
+}
+
+/// The train keys that bound others: stopping, the schedule's floor, logging, the dtype.
+fn validate_train_limits(t: &TrainConfig) -> Result<(), ConfigError> {
+    if t.max_steps == 0 && t.max_epochs == 0 {
+        return bad(
+            "train.max_steps",
+            "set max_steps or max_epochs (both are 0, the run would never end)".into(),
+        );
     }
+    if !(0.0..=t.lr).contains(&t.min_lr) {
+        return bad(
+            "train.min_lr",
+            format!("{} must be in [0, lr = {}]", t.min_lr, t.lr),
+        );
+    }
+    if t.baseline_order > 8 {
+        return bad(
+            "train.baseline_order",
+            format!("{} is more than 8 (0 = no baseline)", t.baseline_order),
+        );
+    }
+    if t.max_bad_steps == 0 {
+        return bad("train.max_bad_steps", "must be >= 1".into());
+    }
+    if t.log_every == 0 {
+        return bad("train.log_every", "must be > 0".into());
+    }
+    if crate::device::compute_dtype(&t.dtype).is_err() {
+        return bad(
+            "train.dtype",
+            format!(
+                "{:?} is not a compute dtype lmtrain trains in: use \"f32\", or \"bf16\" for mixed precision (f16 would need loss scaling)",
+                t.dtype
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Applies one `section.key=value` to the TOML document. The value is typed by the schema (the

@@ -1,35 +1,20 @@
-//! Evaluation: the one loss path shared with training, and `lmtrain eval` over a checkpoint.
+//! Evaluation: the mean loss over a split ([`crate::loss`], the path training uses too), and
+//! `lmtrain eval` over a checkpoint.
 //!
 //! The loss is the mean negative log-likelihood per real target token (nats): every token after
 //! `<BOS>` is predicted, `<EOS>` included, padding never counts. Perplexity = e^loss, bits per
 //! token = loss / ln 2.
 
-use crate::data::batch::{make_eval_windows, Batch, Batcher};
+use crate::data::batch::{make_eval_windows, Batcher};
 use crate::data::dataset::{self, TokenSeqs};
 use crate::model::{Gpt, Mode};
 use crate::train::checkpoint::Pick;
 use crate::train::restore;
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
-
-/// Σ −log p(target) over the batch's real targets, a scalar (`with_grad`: a backward will
-/// follow; evaluation passes false and skips the gradient work). Training divides it by the step's
-/// token count; evaluation sums it over the split. With right padding the real inputs are exactly
-/// the real targets' positions, so `mask` doubles as the attention key mask unless the batch
-/// has context-only targets (a strided evaluation window).
-pub fn loss_sum(
-    model: &Gpt,
-    batch: &Batch,
-    mode: &Mode,
-    with_grad: bool,
-) -> candle_core::Result<Tensor> {
-    let targets = (&batch.targets, &batch.mask);
-    let keys = batch.key_mask.as_ref().unwrap_or(&batch.mask);
-    model.nll_sum(&batch.ids, Some(keys), targets, mode, with_grad)
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalResult {
@@ -69,7 +54,8 @@ pub fn evaluate(
     let (mut nll, mut tokens) = (0.0f64, 0u64);
     for idx in &plan[..take] {
         let batch = batcher.make_batch(seqs, idx, crate::data::vocab::Vocab::PAD_ID, device)?;
-        nll += loss_sum(model, &batch, &Mode::Eval, false)?.to_scalar::<f32>()? as f64;
+        nll += crate::loss::batch_nll_sum(model, &batch, &Mode::Eval, false)?.to_scalar::<f32>()?
+            as f64;
         tokens += batch.n_tokens as u64;
     }
     Ok(EvalResult {

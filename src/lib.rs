@@ -1,8 +1,9 @@
 //! lmtrain: train small GPT-style language models with candle.
 //!
 //! Data flows one way: `data` (corpus → vocab → token ids → batches) and `config` feed
-//! `model` (the transformer) and `train` (optimizer, schedule, loop, checkpoints); `eval` and
-//! `sample` read checkpoints. Nothing downstream reaches back upstream.
+//! `model` (the transformer, computed by `kernels`), `loss` and `train` (optimizer, schedule,
+//! loop, checkpoints); `eval`, `sample` and `report` read checkpoints and metrics. Nothing
+//! downstream reaches back upstream (docs/architecture.md).
 
 pub mod baseline;
 pub mod bench;
@@ -10,6 +11,8 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod kernels;
+pub mod loss;
 pub mod model;
 pub mod report;
 pub mod rng;

@@ -4,6 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use lmtrain::{baseline, data, eval, report, sample, train};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -224,13 +225,32 @@ struct BenchArgs {
     /// f32, or bf16: mixed precision with f32 master weights (the reference's autocast).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
+    /// Which kernels compute the ops: auto (what training uses), device (the GPU path, on any
+    /// device), composed (the specification).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "device", "composed"])]
+    kernels: String,
 }
 
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
+    let mut out = String::new();
+    let result = run(cli, &mut out);
+    // Output is written once, at the end: a reader that closed the pipe early (`lmtrain runs |
+    // head -1`) is not an error.
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: writing to stdout: {e}");
+            return ExitCode::FAILURE;
+        }
+        _ => {}
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
@@ -241,162 +261,207 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs one command; what it prints on stdout goes to `out`.
+fn run(cli: Cli, out: &mut String) -> anyhow::Result<()> {
     match cli.command {
-        Command::Prepare(a) => {
-            let cfg =
-                lmtrain::config::Config::load(a.config.config.as_deref(), &a.config.overrides())?;
-            let root = cfg.cache_root();
-            let p = data::dataset::prepare(&cfg.data, &root, a.force)?;
-            println!(
-                "{} {}",
-                if p.reused { "reused" } else { "prepared" },
-                p.dir.display()
-            );
-            println!("{}", p.stats.summary());
-        }
-        Command::Train(a) => {
-            let opts = train::TrainOptions {
-                config: a.config.config.clone(),
-                overrides: a.config.overrides(),
-                resume: a.resume,
-                overwrite: a.overwrite,
-                ..Default::default()
-            };
-            let s = train::run(&opts)?;
-            println!(
-                "done: {} steps, {} tokens in {:.1} s ({:.0} tokens/s), train loss {:.4}{}",
-                s.steps,
-                s.tokens_seen,
-                s.wall_s,
-                s.tokens_per_s,
-                s.final_train_loss,
-                s.last_eval
-                    .as_ref()
-                    .map(|e| format!(
-                        ", val loss {:.4} ({:.3} bits/token)",
-                        e.loss,
-                        e.bits_per_token()
-                    ))
-                    .unwrap_or_default()
-            );
-            if let (Some(loss), Some(step)) = (s.best_val_loss, s.best_step) {
-                println!(
-                    "best val loss {loss:.4} ({:.3} bits/token) at step {step}{}",
-                    loss / std::f64::consts::LN_2,
-                    if s.stopped_early {
-                        "; stopped early"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            println!("checkpoints: {}", s.run_dir.display());
-        }
-        Command::Eval(a) => {
-            let r = eval::run(&eval::EvalOptions {
-                checkpoint: a.checkpoint,
-                data: a.data,
-                device: a.device,
-                batch_size: a.batch_size,
-                stride: a.stride,
-            })?;
-            if a.json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!(
-                    "checkpoint      {} (step {})",
-                    r.checkpoint.display(),
-                    r.step
-                );
-                println!("data            {}", r.data);
-                println!("loss            {:.4} nats/token", r.loss);
-                println!("perplexity      {:.3}", r.perplexity);
-                println!("bits per token  {:.4}", r.bits_per_token);
-                println!("tokens          {}", r.tokens);
-                println!("tokens/s        {:.0}", r.tokens_per_s);
-                if let Some(u) = r.unk_rate {
-                    println!("unk rate        {:.4}", u);
-                }
-                if let Some((order, bits)) = r.baseline {
-                    println!("KN-{order} baseline  {bits:.4} bits/token (same split)");
-                }
-            }
-        }
-        Command::Sample(a) => {
-            let s = sample::run(&sample::SampleOptions {
-                checkpoint: a.checkpoint,
-                prompt: a.prompt,
-                max_new_tokens: a.max_new_tokens,
-                temperature: a.temperature,
-                top_k: a.top_k,
-                top_p: a.top_p,
-                seed: a.seed,
-                device: a.device,
-            })?;
-            println!("{}", s.text());
-            if s.context_full {
-                eprintln!("note: stopped at the end of the model's context window");
-            }
-        }
-        Command::Baseline(a) => {
-            let r = baseline::run(&baseline::BaselineOptions {
-                run: a.run,
-                order: a.order,
-                data: a.data,
-            })?;
-            if a.json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!(
-                    "Kneser-Ney order {}: val {:.4} bits/token, perplexity {:.2}, {} tokens ({:.1} s)",
-                    r.order, r.val_bits_per_token, r.val_perplexity, r.val_tokens, r.seconds
-                );
-                if let Some((path, bits, tokens)) = &r.data {
-                    println!("{path}: {bits:.4} bits/token over {tokens} tokens");
-                }
-            }
-        }
-        Command::Plot(a) => match (a.runs.as_slice(), a.out) {
-            ([run], None) => println!("{}", report::render_run(run)?.display()),
-            (runs, out) => {
-                let out = out.unwrap_or_else(|| PathBuf::from("runs.svg"));
-                report::render_comparison(runs, &out)?;
-                println!("{}", out.display());
-            }
-        },
-        Command::Runs(a) => {
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report::runs_json(&a.dir)?)?
-                );
-            } else {
-                print!("{}", report::runs_table(&a.dir)?);
-            }
-        }
-        Command::Bench(a) => {
-            lmtrain::device::set_cpu_threads(a.threads)?;
-            let opts = lmtrain::bench::BenchOptions {
-                vocab: a.vocab,
-                d_model: a.d_model,
-                layers: a.layers,
-                heads: a.heads,
-                ctx: a.ctx,
-                batch: a.batch,
-                steps: a.steps,
-                warmup_steps: a.warmup_steps,
-                seed: a.seed,
-                data: a.data,
-                profile: a.profile,
-                device: a.device,
-                dtype: a.dtype,
-            };
-            let out = lmtrain::bench::run(&opts)?;
-            println!("{out}");
+        Command::Prepare(a) => prepare(a, out),
+        Command::Train(a) => train_cmd(a, out),
+        Command::Eval(a) => eval_cmd(a, out),
+        Command::Sample(a) => sample_cmd(a, out),
+        Command::Baseline(a) => baseline_cmd(a, out),
+        Command::Plot(a) => plot(a, out),
+        Command::Runs(a) => runs(a, out),
+        Command::Bench(a) => bench(a, out),
+    }
+}
+
+/// Appends a line to the command's output.
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+fn prepare(a: PrepareArgs, out: &mut String) -> anyhow::Result<()> {
+    let cfg = lmtrain::config::Config::load(a.config.config.as_deref(), &a.config.overrides())?;
+    let p = data::dataset::prepare(&cfg.data, &cfg.cache_root(), a.force)?;
+    let verb = if p.reused { "reused" } else { "prepared" };
+    say!(out, "{verb} {}", p.dir.display());
+    say!(out, "{}", p.stats.summary());
+    Ok(())
+}
+
+fn train_cmd(a: TrainArgs, out: &mut String) -> anyhow::Result<()> {
+    let opts = train::TrainOptions {
+        config: a.config.config.clone(),
+        overrides: a.config.overrides(),
+        resume: a.resume,
+        overwrite: a.overwrite,
+        ..Default::default()
+    };
+    let s = train::run(&opts)?;
+    let val = s
+        .last_eval
+        .as_ref()
+        .map(|e| {
+            format!(
+                ", val loss {:.4} ({:.3} bits/token)",
+                e.loss,
+                e.bits_per_token()
+            )
+        })
+        .unwrap_or_default();
+    say!(
+        out,
+        "done: {} steps, {} tokens in {:.1} s ({:.0} tokens/s), train loss {:.4}{val}",
+        s.steps,
+        s.tokens_seen,
+        s.wall_s,
+        s.tokens_per_s,
+        s.final_train_loss
+    );
+    if let (Some(loss), Some(step)) = (s.best_val_loss, s.best_step) {
+        let early = if s.stopped_early {
+            "; stopped early"
+        } else {
+            ""
+        };
+        let bits = loss / std::f64::consts::LN_2;
+        say!(
+            out,
+            "best val loss {loss:.4} ({bits:.3} bits/token) at step {step}{early}"
+        );
+    }
+    say!(out, "checkpoints: {}", s.run_dir.display());
+    Ok(())
+}
+
+fn eval_cmd(a: EvalArgs, out: &mut String) -> anyhow::Result<()> {
+    let r = eval::run(&eval::EvalOptions {
+        checkpoint: a.checkpoint,
+        data: a.data,
+        device: a.device,
+        batch_size: a.batch_size,
+        stride: a.stride,
+    })?;
+    if a.json {
+        say!(out, "{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    say!(
+        out,
+        "checkpoint      {} (step {})",
+        r.checkpoint.display(),
+        r.step
+    );
+    say!(out, "data            {}", r.data);
+    say!(out, "loss            {:.4} nats/token", r.loss);
+    say!(out, "perplexity      {:.3}", r.perplexity);
+    say!(out, "bits per token  {:.4}", r.bits_per_token);
+    say!(out, "tokens          {}", r.tokens);
+    say!(out, "tokens/s        {:.0}", r.tokens_per_s);
+    if let Some(u) = r.unk_rate {
+        say!(out, "unk rate        {u:.4}");
+    }
+    if let Some((order, bits)) = r.baseline {
+        say!(
+            out,
+            "KN-{order} baseline  {bits:.4} bits/token (same split)"
+        );
+    }
+    Ok(())
+}
+
+fn sample_cmd(a: SampleArgs, out: &mut String) -> anyhow::Result<()> {
+    let s = sample::run(&sample::SampleOptions {
+        checkpoint: a.checkpoint,
+        prompt: a.prompt,
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        device: a.device,
+    })?;
+    say!(out, "{}", s.text());
+    if s.context_full {
+        eprintln!("note: stopped at the end of the model's context window");
+    }
+    Ok(())
+}
+
+fn baseline_cmd(a: BaselineArgs, out: &mut String) -> anyhow::Result<()> {
+    let r = baseline::run(&baseline::BaselineOptions {
+        run: a.run,
+        order: a.order,
+        data: a.data,
+    })?;
+    if a.json {
+        say!(out, "{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    say!(
+        out,
+        "Kneser-Ney order {}: val {:.4} bits/token, perplexity {:.2}, {} tokens ({:.1} s)",
+        r.order,
+        r.val_bits_per_token,
+        r.val_perplexity,
+        r.val_tokens,
+        r.seconds
+    );
+    if let Some((path, bits, tokens)) = &r.data {
+        say!(out, "{path}: {bits:.4} bits/token over {tokens} tokens");
+    }
+    Ok(())
+}
+
+fn plot(a: PlotArgs, out: &mut String) -> anyhow::Result<()> {
+    match (a.runs.as_slice(), a.out) {
+        ([run], None) => say!(out, "{}", report::render_run(run)?.display()),
+        (runs, file) => {
+            let file = file.unwrap_or_else(|| PathBuf::from("runs.svg"));
+            report::render_comparison(runs, &file)?;
+            say!(out, "{}", file.display());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+fn runs(a: RunsArgs, out: &mut String) -> anyhow::Result<()> {
+    if a.json {
+        say!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&report::runs_json(&a.dir)?)?
+        );
+    } else {
+        out.push_str(&report::runs_table(&a.dir)?);
+    }
+    Ok(())
+}
+
+fn bench(a: BenchArgs, out: &mut String) -> anyhow::Result<()> {
+    lmtrain::device::set_cpu_threads(a.threads)?;
+    let kernels = serde_json::from_value(serde_json::Value::String(a.kernels))?;
+    let opts = lmtrain::bench::BenchOptions {
+        vocab: a.vocab,
+        d_model: a.d_model,
+        layers: a.layers,
+        heads: a.heads,
+        ctx: a.ctx,
+        batch: a.batch,
+        steps: a.steps,
+        warmup_steps: a.warmup_steps,
+        seed: a.seed,
+        data: a.data,
+        profile: a.profile,
+        device: a.device,
+        dtype: a.dtype,
+        kernels,
+    };
+    say!(out, "{}", lmtrain::bench::run(&opts)?);
+    Ok(())
 }
 
 #[cfg(test)]

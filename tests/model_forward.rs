@@ -5,7 +5,7 @@ mod model_support;
 use candle_core::{Device, Tensor};
 use lmtrain::config::{Mlp, ModelConfig, Norm, Positions};
 use lmtrain::model::{init_model, Gpt, KvCache, Mode};
-use model_support::{max_diff, roughen, tiny};
+use model_support::{max_diff, roughen, tiny, under_each_kernels};
 
 /// A tiny model with roughened weights (see `roughen`): leaks through a mask then move logits
 /// by ~0.1–1, far above every tolerance below.
@@ -34,8 +34,8 @@ fn variants() -> Vec<ModelConfig> {
 
 #[test]
 fn changing_a_future_token_changes_no_earlier_logit() {
-    for cfg in variants() {
-        let m = model(&cfg);
+    for (cfg, k) in under_each_kernels(variants()) {
+        let m = model(&cfg).with_kernels(k);
         let a = m
             .forward_t(&ids(&[&[1, 2, 3, 4, 5, 6, 7, 8]]), None, &Mode::Eval)
             .unwrap();
@@ -67,8 +67,8 @@ fn padding_does_not_change_real_logits() {
     // only difference is float rounding from matmuls of other shapes (different blocking and
     // summation order): a few f32 ulps (1.2e-7 relative) per layer on O(1) logits. A leak of a
     // pad key would move logits by ~1e-1 with these roughened weights.
-    for cfg in variants() {
-        let m = model(&cfg);
+    for (cfg, k) in under_each_kernels(variants()) {
+        let m = model(&cfg).with_kernels(k);
         let seq: &[u32] = &[3, 1, 4, 1, 5];
         let alone = m.forward_t(&ids(&[seq]), None, &Mode::Eval).unwrap();
         for (len, pad) in [(6usize, 0u32), (8, 0), (8, 10)] {
@@ -93,7 +93,7 @@ fn padding_does_not_change_real_logits() {
             let d = max_diff(&real, &alone.get(0).unwrap());
             assert!(
                 d < 1e-5,
-                "{:?} padded to {len} with {pad}: diff {d}",
+                "{:?} under {k:?} padded to {len} with {pad}: diff {d}",
                 cfg.positions
             );
         }
@@ -152,12 +152,16 @@ fn cached(m: &Gpt, seq: &[u32], chunks: &[usize]) -> Tensor {
 fn kv_cache_matches_the_full_forward() {
     // 1e-4: same math, different matmul shapes and summation order (see padding test).
     let seq: &[u32] = &[2, 7, 1, 8, 2, 8, 1, 8];
-    for cfg in variants() {
-        let m = model(&cfg);
+    for (cfg, k) in under_each_kernels(variants()) {
+        let m = model(&cfg).with_kernels(k);
         let full = m.forward_t(&ids(&[seq]), None, &Mode::Eval).unwrap();
         for chunks in [&[1usize; 8][..], &[3, 2, 3], &[8]] {
             let d = max_diff(&cached(&m, seq, chunks), &full);
-            assert!(d < 1e-4, "{:?} chunks {chunks:?}: diff {d}", cfg.positions);
+            assert!(
+                d < 1e-4,
+                "{:?} under {k:?} chunks {chunks:?}: diff {d}",
+                cfg.positions
+            );
         }
     }
 }
@@ -234,9 +238,9 @@ fn strided_evaluation_scores_each_target_once_with_its_context() {
     use lmtrain::config::LongSequences;
     use lmtrain::data::batch::{make_eval_windows, Batcher};
     use lmtrain::data::dataset::TokenSeqs;
-    use lmtrain::eval::loss_sum;
-    for cfg in variants() {
-        let m = model(&cfg);
+    use lmtrain::loss::batch_nll_sum as loss_sum;
+    for (cfg, k) in under_each_kernels(variants()) {
+        let m = model(&cfg).with_kernels(k);
         let mut rng = lmtrain::rng::Rng::new(3);
         let seqs: Vec<Vec<u32>> = [23usize, 9, 3, 17]
             .iter()

@@ -6,9 +6,11 @@ mod model_support;
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use lmtrain::config::{Mlp, ModelConfig, Norm, Positions};
-use lmtrain::model::{init_model, init_model_dtype, masked_nll_sum, Gpt, Mode};
+use lmtrain::kernels::Kernels;
+use lmtrain::loss::masked_nll_sum;
+use lmtrain::model::{init_model, init_model_dtype, Gpt, Mode};
 use lmtrain::rng::Rng;
-use model_support::{all_variants, max_diff, roughen, tiny, values};
+use model_support::{all_variants, max_diff, roughen, tiny, under_each_kernels, values, KERNELS};
 
 /// Two sequences, the second right-padded (pad id 0) to length 6: ids, targets, key mask.
 fn batch(dtype: DType) -> (Tensor, Tensor, Tensor) {
@@ -25,12 +27,10 @@ fn batch(dtype: DType) -> (Tensor, Tensor, Tensor) {
     (ids, targets, mask)
 }
 
-/// The loss as training computes it: [`Gpt::nll_sum`] (on the CPU in f32, the fused head + loss
-/// kernel).
+/// The loss as training computes it: [`lmtrain::loss::nll_sum`] (on the CPU in f32, the fused
+/// head + loss kernel).
 fn loss(model: &Gpt, mode: &Mode, (ids, targets, mask): &(Tensor, Tensor, Tensor)) -> Tensor {
-    model
-        .nll_sum(ids, Some(mask), (targets, mask), mode, true)
-        .unwrap()
+    lmtrain::loss::nll_sum(model, ids, Some(mask), (targets, mask), mode, true).unwrap()
 }
 
 /// The same loss through the logits: the head as a plain matmul, then [`masked_nll_sum`].
@@ -91,13 +91,14 @@ fn grad_of(grads: &GradStore, var: &Var) -> Vec<f64> {
 #[test]
 fn every_parameter_gets_a_finite_nonzero_gradient_in_every_variant() {
     // Catches ops without a backward (candle's fused softmax / norms / rotary drop gradients
-    // silently) and parameters that are created but never used.
-    for cfg in all_variants() {
+    // silently) and parameters that are created but never used, on every kernels path.
+    for (cfg, k) in under_each_kernels(all_variants()) {
         let cfg = ModelConfig {
             dropout: 0.1,
             ..cfg
         };
         let (vars, model) = init_model(&cfg, 3, &Device::Cpu).unwrap();
+        let model = model.with_kernels(k);
         let mode = Mode::Train { dropout_seed: 5 };
         let grads = loss(&model, &mode, &batch(DType::F32)).backward().unwrap();
         for (name, var) in sorted_vars(&vars) {
@@ -108,7 +109,7 @@ fn every_parameter_gets_a_finite_nonzero_gradient_in_every_variant() {
             );
             assert!(
                 g.iter().any(|&x| x != 0.0),
-                "{name}: zero gradient in {cfg:?}"
+                "{name}: zero gradient under {k:?} in {cfg:?}"
             );
             // Every output row of a matrix must learn: this catches a gradient dropped on one
             // path only (e.g. through the attention scores, which only the q and k rows of
@@ -117,7 +118,10 @@ fn every_parameter_gets_a_finite_nonzero_gradient_in_every_variant() {
             if var.rank() == 2 && !name.ends_with("_emb.weight") {
                 let cols = var.dims()[1];
                 for (r, row) in g.chunks(cols).enumerate() {
-                    assert!(row.iter().any(|&x| x != 0.0), "{name} row {r}: no gradient");
+                    assert!(
+                        row.iter().any(|&x| x != 0.0),
+                        "{name} row {r}: no gradient under {k:?}"
+                    );
                 }
             }
         }
@@ -129,8 +133,9 @@ fn every_parameter_gets_a_finite_nonzero_gradient_in_every_variant() {
 /// 1e-10 for a loss of ~20, both far below 1e-4 of gradients that are ≳ 1e-4 here (weights
 /// roughened to ±0.3 so nothing sits in a flat region); a wrong or missing backward gives O(1)
 /// relative errors. Entries whose two estimates are both below 1e-7 are too small to judge.
-fn check_finite_differences(cfg: &ModelConfig, mode: Mode) {
+fn check_finite_differences(cfg: &ModelConfig, mode: Mode, k: Kernels) {
     let (vars, model) = init_model_dtype(cfg, 1, DType::F64, &Device::Cpu).unwrap();
+    let model = model.with_kernels(k);
     roughen(&vars, 2, 0.3);
     let data = batch(DType::F64);
     let f = |m: &Gpt| loss(m, &mode, &data).to_scalar::<f64>().unwrap();
@@ -158,7 +163,7 @@ fn check_finite_differences(cfg: &ModelConfig, mode: Mode) {
             let rel = (auto[i] - numeric).abs() / scale;
             assert!(
                 rel < 1e-4,
-                "{name}[{i}]: autograd {} vs numeric {numeric}",
+                "{name}[{i}] under {k:?}: autograd {} vs numeric {numeric}",
                 auto[i]
             );
             checked += 1;
@@ -175,7 +180,9 @@ fn check_finite_differences(cfg: &ModelConfig, mode: Mode) {
 #[test]
 fn gradients_match_finite_differences_gpt2_variant() {
     let cfg = tiny(Positions::Learned, Norm::LayerNorm, Mlp::Gelu, true, true);
-    check_finite_differences(&cfg, Mode::Eval);
+    for k in KERNELS {
+        check_finite_differences(&cfg, Mode::Eval, k);
+    }
 }
 
 #[test]
@@ -188,7 +195,11 @@ fn gradients_match_finite_differences_modern_variant_with_dropout() {
         trigram_buckets: 17,
         ..tiny(Positions::Rope, Norm::RmsNorm, Mlp::SwiGlu, false, false)
     };
-    check_finite_differences(&cfg, Mode::Train { dropout_seed: 4 });
+    // f64 under `Device`: candle's fused softmax and rotation (which take f64) with their
+    // backward; its norms take no f64 and fall back to the composed ones.
+    for k in KERNELS {
+        check_finite_differences(&cfg, Mode::Train { dropout_seed: 4 }, k);
+    }
 }
 
 #[test]
@@ -234,11 +245,13 @@ fn loss_matches_a_hand_computed_value_and_ignores_pads() {
 
 #[test]
 fn pad_tokens_change_neither_loss_nor_parameter_gradients() {
-    for cfg in [
+    let cfgs = vec![
         tiny(Positions::Learned, Norm::LayerNorm, Mlp::Gelu, true, false),
         tiny(Positions::Rope, Norm::RmsNorm, Mlp::SwiGlu, false, true),
-    ] {
+    ];
+    for (cfg, k) in under_each_kernels(cfgs) {
         let (vars, model) = init_model(&cfg, 8, &Device::Cpu).unwrap();
+        let model = model.with_kernels(k);
         roughen(&vars, 9, 0.3);
         let (ids, targets, mask) = batch(DType::F32);
         let a = loss(
@@ -262,7 +275,7 @@ fn pad_tokens_change_neither_loss_nor_parameter_gradients() {
             );
             assert!(
                 max_diff(x, y) < 1e-5,
-                "{name}: gradient changed by pad tokens"
+                "{name}: gradient changed by pad tokens under {k:?}"
             );
         }
     }
@@ -272,9 +285,9 @@ fn pad_tokens_change_neither_loss_nor_parameter_gradients() {
 fn mixed_precision_gives_every_f32_master_weight_a_finite_nonzero_f32_gradient() {
     // bf16 activations over f32 weights in every variant: the casts at each linear layer, norm
     // and position table must route gradients back to the f32 master weights.
-    for cfg in all_variants() {
+    for (cfg, k) in under_each_kernels(all_variants()) {
         let (vars, model) = init_model(&cfg, 3, &Device::Cpu).unwrap();
-        let model = model.with_compute_dtype(DType::BF16);
+        let model = model.with_compute_dtype(DType::BF16).with_kernels(k);
         let grads = loss(&model, &Mode::Eval, &batch(DType::F32))
             .backward()
             .unwrap();
@@ -290,7 +303,7 @@ fn mixed_precision_gives_every_f32_master_weight_a_finite_nonzero_f32_gradient()
             );
             assert!(
                 g.iter().any(|&x| x != 0.0),
-                "{name}: zero gradient in {cfg:?}"
+                "{name}: zero gradient under {k:?} in {cfg:?}"
             );
         }
     }

@@ -50,25 +50,39 @@ fn training_drives_the_loss_well_below_its_start() {
     assert!(s.last_eval.is_some(), "the run ends with an evaluation");
 }
 
+/// The kernels paths a CPU runs: the fused kernels, the GPU's path (candle's fused forwards
+/// with lmtrain's backward) and the composed specification. The tests that train run under
+/// each.
+const KERNELS: [&str; 3] = [
+    "run.kernels=auto",
+    "run.kernels=device",
+    "run.kernels=composed",
+];
+
 #[test]
 fn resume_continues_exactly_like_an_uninterrupted_run() {
-    check_resume_is_exact("plain", &[]);
+    for k in KERNELS {
+        check_resume_is_exact("plain", &[k]);
+    }
 }
 
 /// The n-gram tables and their lr and weight-decay multipliers are state too: their moments
 /// must be saved and restored, and the multipliers must come back from the run's config.
 #[test]
 fn resume_is_exact_with_ngram_tables_and_embedding_multipliers() {
-    check_resume_is_exact(
-        "ngram",
-        &[
-            "model.tie_embeddings=false",
-            "model.bigram_buckets=31",
-            "model.trigram_buckets=37",
-            "train.embed_lr_mult=10",
-            "train.embed_wd_mult=5",
-        ],
-    );
+    for k in KERNELS {
+        check_resume_is_exact(
+            "ngram",
+            &[
+                k,
+                "model.tie_embeddings=false",
+                "model.bigram_buckets=31",
+                "model.trigram_buckets=37",
+                "train.embed_lr_mult=10",
+                "train.embed_wd_mult=5",
+            ],
+        );
+    }
 }
 
 fn check_resume_is_exact(tag: &str, extra: &[&str]) {
@@ -104,7 +118,10 @@ fn check_resume_is_exact(tag: &str, extra: &[&str]) {
     );
     for ((step, x), (_, y)) in la.iter().zip(&lb) {
         // Same ops on the same data in the same order: only float rounding may differ.
-        assert!((x - y).abs() <= 1e-5 * x.abs(), "step {step}: {x} vs {y}");
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs(),
+            "{extra:?} step {step}: {x} vs {y}"
+        );
     }
     // And the final weights agree.
     let wa = restore::load_tensors(
@@ -129,7 +146,7 @@ fn check_resume_is_exact(tag: &str, extra: &[&str]) {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        assert!(diff <= 1e-5, "{name}: max abs diff {diff}");
+        assert!(diff <= 1e-5, "{extra:?} {name}: max abs diff {diff}");
     }
 }
 
@@ -150,23 +167,25 @@ fn resume_rejects_an_architecture_change() {
 
 #[test]
 fn checkpoint_round_trip_gives_identical_logits() {
-    use lmtrain::train::optimizer::{AdamW, AdamWParams};
+    for k in KERNELS {
+        check_round_trip(k);
+    }
+}
+
+fn check_round_trip(kernels: &str) {
+    use lmtrain::train::optim::Optimizer;
     let dir = common::temp_dir("roundtrip");
     let cfg = common::write_config(&dir, &common::tiny_config(&dir, 3));
-    let session = train::Session::open(&opts(&cfg, &[])).unwrap();
-    let hp = AdamWParams {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    };
+    let mut session = train::Session::open(&opts(&cfg, &[kernels])).unwrap();
     // Move the weights away from the seeded init, so a loader that silently kept the init
     // values would be caught.
     for (_, var) in session.varmap_params() {
         var.set(&var.as_tensor().affine(1.5, 0.01).unwrap())
             .unwrap();
     }
-    let opt = AdamW::new(session.varmap_params(), hp).unwrap();
+    let params = session.varmap_params();
+    let train_cfg = session.config.train.clone();
+    let opt = Optimizer::from_config(params, &mut session.model, &train_cfg).unwrap();
     let state = checkpoint::TrainState {
         step: 1,
         optimizer_steps: 1,
@@ -174,14 +193,15 @@ fn checkpoint_round_trip_gives_identical_logits() {
         tokens_seen: 10,
         ..checkpoint::TrainState::fresh(7, &session.data_key)
     };
-    let ckpt = session.save_checkpoint(&state, &opt, false).unwrap();
+    let ckpt = session.save_checkpoint(&state, &opt).unwrap();
     let loaded = restore::load_model(&ckpt, Pick::Latest, &Device::Cpu).unwrap();
+    let loaded_model = loaded.model.clone().with_kernels(session.model.kernels());
     assert_eq!(loaded.state, state);
     assert_eq!(loaded.vocab.len(), session.data.vocab.len());
     let ids = Tensor::new(&[[2u32, 5, 9, 11, 3]], &Device::Cpu).unwrap();
     let mode = lmtrain::model::Mode::Eval;
     let a = session.model.forward_t(&ids, None, &mode).unwrap();
-    let b = loaded.model.forward_t(&ids, None, &mode).unwrap();
+    let b = loaded_model.forward_t(&ids, None, &mode).unwrap();
     // Bit-exact: the same f32 weights through the same ops.
     assert_eq!(
         a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
@@ -194,18 +214,23 @@ fn gradient_accumulation_matches_one_larger_batch() {
     // Without bucketing, a plan of batches of 4 is the plan of batches of 2 taken in pairs, so
     // 2 micro-batches of 2 must give the step a batch of 4 gives: the loss and gradient are
     // both means over the same real tokens.
-    let run = |tag: &str, batch: &str, accum: &str| {
-        let dir = common::temp_dir(tag);
-        let cfg = common::write_config(&dir, &common::tiny_config(&dir, 3));
-        let extra = ["data.bucket_by_length=false", batch, accum];
-        train::run(&opts(&cfg, &extra)).unwrap().run_dir
-    };
-    let big = step_losses(&run("accum1", "train.batch_size=4", "train.grad_accum=1"));
-    let acc = step_losses(&run("accum2", "train.batch_size=2", "train.grad_accum=2"));
-    assert_eq!(big.len(), 3);
-    for ((step, x), (_, y)) in big.iter().zip(&acc) {
-        // Different padding and summation order: float rounding only.
-        assert!((x - y).abs() <= 1e-5 * x.abs(), "step {step}: {x} vs {y}");
+    for k in KERNELS {
+        let run = |tag: &str, batch: &str, accum: &str| {
+            let dir = common::temp_dir(tag);
+            let cfg = common::write_config(&dir, &common::tiny_config(&dir, 3));
+            let extra = [k, "data.bucket_by_length=false", batch, accum];
+            train::run(&opts(&cfg, &extra)).unwrap().run_dir
+        };
+        let big = step_losses(&run("accum1", "train.batch_size=4", "train.grad_accum=1"));
+        let acc = step_losses(&run("accum2", "train.batch_size=2", "train.grad_accum=2"));
+        assert_eq!(big.len(), 3);
+        for ((step, x), (_, y)) in big.iter().zip(&acc) {
+            // Different padding and summation order: float rounding only.
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs(),
+                "{k} step {step}: {x} vs {y}"
+            );
+        }
     }
 }
 

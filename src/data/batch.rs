@@ -33,6 +33,17 @@ pub struct Batch {
     pub n_tokens: usize,
     /// `B * T`.
     pub n_slots: usize,
+    /// `(B·T)` the input ids on the host, row-major: for host-side readers (the lazy n-gram
+    /// tables' row list), which then need no copy back from the device.
+    pub host_ids: Vec<u32>,
+}
+
+impl Batch {
+    /// The host ids as `B` rows of `T`.
+    pub fn host_rows(&self) -> Vec<Vec<u32>> {
+        let t = self.ids.dims().get(1).copied().unwrap_or(1).max(1);
+        self.host_ids.chunks(t).map(<[u32]>::to_vec).collect()
+    }
 }
 
 /// Tokens `[start, start + len)` of sequence `seq`; `len` in `2..=context + 1`. Its targets
@@ -265,7 +276,7 @@ impl Batcher {
             n_tokens += n - scored;
         }
         Ok(Batch {
-            ids: Tensor::from_vec(ids, (b, t), device)?,
+            ids: Tensor::from_vec(ids.clone(), (b, t), device)?,
             targets: Tensor::from_vec(targets, (b, t), device)?,
             mask: Tensor::from_vec(mask, (b, t), device)?,
             key_mask: if context_only {
@@ -275,6 +286,7 @@ impl Batcher {
             },
             n_tokens,
             n_slots: b * t,
+            host_ids: ids,
         })
     }
 

@@ -1,25 +1,12 @@
 //! One pre-norm transformer block.
 
-use super::attention::{Attention, Visibility};
+use super::attention::Attention;
 use super::mlp::FeedForward;
 use super::norm::Norm;
-use super::positions::RopeTables;
-use super::Mode;
+use super::pass::Pass;
 use crate::config::ModelConfig;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-
-/// What every block of one forward pass shares.
-#[derive(Debug, Clone, Copy)]
-pub struct Step<'a> {
-    /// Which keys each query sees (a key mask, or the additive mask when decoding).
-    pub visibility: Visibility<'a>,
-    /// RoPE tables of the new positions (rope models only).
-    pub rope: Option<&'a RopeTables>,
-    pub mode: &'a Mode,
-    /// Dropout probability on each residual branch.
-    pub dropout: f64,
-}
 
 /// `ln1`, `attn`, `ln2`, `mlp` under the block's prefix (`blocks.{i}`).
 #[derive(Debug, Clone)]
@@ -49,14 +36,13 @@ impl Block {
     pub fn forward(
         &self,
         x: &Tensor,
-        step: &Step,
+        pass: &Pass,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
-        let attn = self
-            .attn
-            .forward(&self.ln1.forward(x)?, step.visibility, step.rope, cache)?;
-        let x = (x + step.mode.dropout(&attn, step.dropout, &self.attn_site)?)?;
-        let mlp = self.mlp.forward(&self.ln2.forward(&x)?)?;
-        &x + step.mode.dropout(&mlp, step.dropout, &self.mlp_site)?
+        let k = pass.kernels;
+        let attn = self.attn.forward(pass, &self.ln1.forward(k, x)?, cache)?; // (B, T, C)
+        let x = (x + pass.mode.dropout(&attn, pass.dropout, &self.attn_site)?)?;
+        let mlp = self.mlp.forward(k, &self.ln2.forward(k, &x)?)?; // (B, T, C)
+        &x + pass.mode.dropout(&mlp, pass.dropout, &self.mlp_site)?
     }
 }

@@ -1,17 +1,18 @@
 //! The whole model: embeddings, blocks, final norm and LM head.
 
-use super::attention::{attention_mask, KvCache, Visibility};
-use super::block::{Block, Step};
-use super::loss::head_nll_sum;
+use super::attention::{attention_mask, KvCache};
+use super::block::Block;
 use super::ngram;
 use super::norm::Norm;
-use super::ops::{embedding, fused_enabled};
+use super::pass::{Pass, Visibility};
 use super::positions::{LearnedPositions, Rope};
 use super::Linear;
 use super::{Mode, INIT_STD};
 use crate::config::{ModelConfig, Positions};
+use crate::kernels::embedding::{self, RowGrads};
+use crate::kernels::{Backend, Kernels};
 use candle_core::DType;
-use candle_core::{bail, Module, Result, Tensor};
+use candle_core::{bail, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// A GPT: `tok_emb` (+ `bigram_emb`, `trigram_emb`) (+ `pos_emb`) → dropout → `blocks.{i}` →
@@ -30,6 +31,8 @@ pub struct Gpt {
     head: Linear,
     /// Activations' dtype: the weights' own, or bf16 over f32 weights (mixed precision).
     compute: DType,
+    /// How every op is computed.
+    kernels: Kernels,
 }
 
 /// One hashed n-gram embedding table.
@@ -40,7 +43,7 @@ struct NgramTable {
     weight: Tensor,
     /// Where the lookups' backward leaves this table's gradient as rows, for the row-wise
     /// optimizer; `None`: a dense gradient through the graph ([`Gpt::collect_table_row_grads`]).
-    row_grads: Option<embedding::RowGrads>,
+    row_grads: Option<RowGrads>,
 }
 
 impl Gpt {
@@ -102,7 +105,18 @@ impl Gpt {
             ln_f,
             head: Linear::new(head, None),
             compute: vb.dtype(),
+            kernels: Kernels::default(),
         })
+    }
+
+    /// Computes every op with the `kernels` policy (default [`Kernels::Auto`]).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// Runs the blocks and head in `dtype` (bf16 for mixed precision) while the weights keep
@@ -142,25 +156,16 @@ impl Gpt {
         self.run(ids, None, &Mode::Eval, Some(cache))
     }
 
-    /// `Σ −log p(target)` over the real targets of `ids (B, T)`: `targets (B, T)` u32 and
-    /// `target_mask (B, T)` (1.0 = real, 0.0 = pad), with `key_mask` as in [`Gpt::forward_t`].
-    /// The head and the loss run as one step (see [`super::loss::head_nll_sum`]), so the
-    /// `(B, T, V)` logits are never held on the CPU. `with_grad = false` is for evaluation: a
-    /// backward through the result is then an error.
-    pub fn nll_sum(
-        &self,
-        ids: &Tensor,
-        key_mask: Option<&Tensor>,
-        (targets, target_mask): (&Tensor, &Tensor),
-        mode: &Mode,
-        with_grad: bool,
-    ) -> Result<Tensor> {
-        let x = self.trunk(ids, key_mask, mode, None)?; // (B, T, C)
-        let (b, t, c) = x.dims3()?;
-        let h = x.reshape((b * t, c))?; // (B·T, C)
-        let targets = targets.flatten_all()?; // (B·T)
-        let target_mask = target_mask.flatten_all()?; // (B·T)
-        head_nll_sum(&self.head, &h, &targets, &target_mask, with_grad)
+    /// The final norm's output `(B, T, C)` for `ids (B, T)`, with `key_mask` as in
+    /// [`Gpt::forward_t`]: what the LM head reads (the loss applies the head and the
+    /// cross-entropy together, see [`crate::loss`]).
+    pub fn hidden(&self, ids: &Tensor, key_mask: Option<&Tensor>, mode: &Mode) -> Result<Tensor> {
+        self.trunk(ids, key_mask, mode, None)
+    }
+
+    /// The LM head's weight `(V, C)` (the token embedding when tied).
+    pub fn head_weight(&self) -> &Tensor {
+        self.head.weight()
     }
 
     fn run(
@@ -171,27 +176,17 @@ impl Gpt {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let x = self.trunk(ids, key_mask, mode, cache)?; // (B, T, C)
-        self.head.forward(&x) // (B, T, C) @ (C, V) = (B, T, V)
-    }
-
-    /// The rows of each n-gram table that a forward pass over `ids (B, T)` (no KV cache) will
-    /// read, `B·T` per table in position order, keyed by weight name: what a lazy optimizer
-    /// must bring up to date first (see `AdamW::catch_up`).
-    pub fn table_rows(&self, ids: &Tensor) -> Result<Vec<(String, Vec<u32>)>> {
-        if self.ngram_tables.is_empty() {
-            return Ok(Vec::new());
-        }
-        let seqs = ngram::with_history(&ids.to_vec2::<u32>()?, None)?;
-        let names = self.ngram_tables.iter().map(|t| t.spec.weight_name());
-        Ok(names.zip(self.bucket_rows(&seqs)?).collect())
+        self.head.forward(self.kernels, &x) // (B, T, C) @ (C, V) = (B, T, V)
     }
 
     /// Has the backward passes leave the gradients of n-gram tables `names` (weight names) as
-    /// rows, to be taken with [`Gpt::take_table_row_grads`], instead of as dense gradients in
-    /// the graph: for an optimizer that updates only the rows a batch read. An unknown name is
-    /// an error.
-    pub fn collect_table_row_grads(&mut self, names: &[String]) -> Result<()> {
+    /// rows instead of dense gradients in the graph, and returns where, per name: for an
+    /// optimizer that updates only the rows a batch read. An unknown name is an error, and so
+    /// is a model whose tables do not run on the CPU kernels (the only ones with such lookups).
+    pub fn collect_table_row_grads(&mut self, names: &[String]) -> Result<Vec<(String, RowGrads)>> {
+        let mut sinks = Vec::new();
         for name in names {
+            let kernels = self.kernels;
             let Some(table) = self
                 .ngram_tables
                 .iter_mut()
@@ -199,18 +194,14 @@ impl Gpt {
             else {
                 bail!("no n-gram table `{name}` to collect row gradients of")
             };
-            table.row_grads = Some(embedding::RowGrads::default());
+            if kernels.backend(&table.weight) != Backend::Cpu {
+                bail!("`{name}` cannot leave row gradients: its lookups do not run on the CPU kernels")
+            }
+            let sink = RowGrads::default();
+            table.row_grads = Some(sink.clone());
+            sinks.push((name.clone(), sink));
         }
-        Ok(())
-    }
-
-    /// The row gradients the backward passes since the last call left, per table weight name
-    /// (see [`Gpt::collect_table_row_grads`]).
-    pub fn take_table_row_grads(&self) -> Vec<(String, Vec<embedding::LookupGrad>)> {
-        self.ngram_tables
-            .iter()
-            .filter_map(|t| Some((t.spec.weight_name(), t.row_grads.as_ref()?.take())))
-            .collect()
+        Ok(sinks)
     }
 
     /// Per n-gram table, the bucket ids of `seqs` (made by [`ngram::with_history`]).
@@ -231,8 +222,8 @@ impl Gpt {
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
-        let c = self.cfg.d_model;
-        let x = embedding::lookup(&self.tok_emb, &ids.flatten_all()?)?; // (B*T, C)
+        let (c, k) = (self.cfg.d_model, self.kernels);
+        let x = embedding::lookup(k, &self.tok_emb, &ids.flatten_all()?)?; // (B*T, C)
         let mut x = x.reshape((b, t, c))?; // (B, T, C)
         if !self.ngram_tables.is_empty() {
             // The ids come to the host once for every table (and the cache's history).
@@ -241,8 +232,8 @@ impl Gpt {
             for (table, rows) in self.ngram_tables.iter().zip(self.bucket_rows(&seqs)?) {
                 let rows = Tensor::from_vec(rows, b * t, ids.device())?; // (B*T)
                 let e = match &table.row_grads {
-                    Some(sink) => embedding::lookup_with_row_grads(&table.weight, &rows, sink)?,
-                    None => embedding::lookup(&table.weight, &rows)?,
+                    Some(sink) => embedding::lookup_with_row_grads(k, &table.weight, &rows, sink)?,
+                    None => embedding::lookup(k, &table.weight, &rows)?,
                 }; // (B*T, C)
                 x = (x + e.reshape((b, t, c))?)?; // (B, T, C)
             }
@@ -251,39 +242,41 @@ impl Gpt {
             }
         }
         if let Some(pos) = &self.pos_emb {
-            x = pos.forward(&x, offset)?; // (B, T, C)
+            x = pos.forward(k, &x, offset)?; // (B, T, C)
         }
         let p = self.cfg.dropout;
+        mode.begin(x.device(), p)?;
         x = mode.dropout(&x, p, "emb")?.to_dtype(self.compute)?; // (B, T, C)
         let rope = match &self.rope {
             Some(r) => Some(r.tables(offset, t)?),
             None => None,
         };
-        // The fused attention kernel needs only the key mask; everything else (the KV cache,
-        // other devices and dtypes) takes the additive mask, built once for all blocks.
+        // The fused CPU attention needs only the key mask; everything else (the KV cache, other
+        // backends) takes the additive mask, built once for all blocks.
         let additive;
-        let visibility = if cache.is_none() && fused_enabled(&x) {
+        let visibility = if cache.is_none() && k.backend(&x) == Backend::Cpu {
             Visibility::Causal { key_mask }
         } else {
             additive = attention_mask(t, offset, key_mask, x.device())?; // (B | 1, 1, T, S)
             Visibility::Additive(&additive)
         };
-        let step = Step {
+        let pass = Pass {
             visibility,
             rope: rope.as_ref(),
             mode,
             dropout: p,
+            kernels: k,
         };
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = match cache.as_mut() {
                 Some(c) => Some(c.layer(i)?),
                 None => None,
             };
-            x = block.forward(&x, &step, slot)?; // (B, T, C)
+            x = block.forward(&x, &pass, slot)?; // (B, T, C)
         }
         if let Some(c) = cache {
             c.advance(t);
         }
-        self.ln_f.forward(&x) // (B, T, C)
+        self.ln_f.forward(k, &x) // (B, T, C)
     }
 }

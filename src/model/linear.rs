@@ -4,8 +4,8 @@
 //! in bf16: the weight is cast to the activation's dtype at use, and the cast's backward returns
 //! the gradient in f32 to the master weight. With f32 activations the casts are no-ops.
 
-use super::ops::linear::linear;
-use candle_core::{Module, Result, Tensor};
+use crate::kernels::{self, Kernels};
+use candle_core::{Result, Tensor};
 
 /// `y = x Wᵀ + b`, with `weight (out, in)` and `bias (out)`.
 #[derive(Debug, Clone)]
@@ -21,12 +21,9 @@ impl Linear {
 }
 
 impl Linear {
-    /// The weight `(out, in)` of a layer without bias (`None` when it has one).
-    pub fn weight_if_plain(&self) -> Option<&Tensor> {
-        match self.bias {
-            None => Some(&self.weight),
-            Some(_) => None,
-        }
+    /// The weight `(out, in)`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
     }
 
     /// The layer that computes outputs `start..start + len` of this one: a view of those rows
@@ -43,10 +40,10 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
+impl Linear {
     /// `x (.., in)` → `(.., out)` in `x`'s dtype. Leading dimensions are folded into one so the
     /// product is a single 2-D matmul (a batched one would broadcast the weight per batch).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let w = self.weight.to_dtype(dtype)?; // (out, in)
         let dims = x.dims().to_vec();
@@ -59,7 +56,7 @@ impl Module for Linear {
             Some(b) => Some(b.to_dtype(dtype)?),
             None => None,
         };
-        let y = linear(&x.reshape((rows, inner))?, &w, b.as_ref())?; // (rows, out)
+        let y = kernels::linear::linear(k, &x.reshape((rows, inner))?, &w, b.as_ref())?; // (rows, out)
         let mut shape = lead.to_vec();
         shape.push(w.dim(0)?);
         y.reshape(shape)
@@ -69,7 +66,7 @@ impl Module for Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var};
+    use candle_core::{DType, Device, Module, Var};
 
     #[test]
     fn matches_candle_linear_and_returns_f32_gradients_for_half_inputs() -> Result<()> {
@@ -79,13 +76,13 @@ mod tests {
         let ours = Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
         let theirs = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
         let x = Tensor::new(&[[[1.0f32, 2.0], [3.0, -1.0]]], &dev)?; // (1, 2, 2)
-        let diff = (ours.forward(&x)? - theirs.forward(&x)?)?
+        let diff = (ours.forward(Kernels::Auto, &x)? - theirs.forward(&x)?)?
             .abs()?
             .max_all()?;
         assert!(diff.to_scalar::<f32>()? < 1e-6);
         // f16 activations (bf16 has no CPU matmul kernel of its own): output in f16, gradients
         // of the f32 master weights in f32.
-        let y = ours.forward(&x.to_dtype(DType::F16)?)?;
+        let y = ours.forward(Kernels::Auto, &x.to_dtype(DType::F16)?)?;
         assert_eq!(y.dtype(), DType::F16);
         let grads = y.to_dtype(DType::F32)?.sum_all()?.backward()?;
         let gw = grads.get(w.as_tensor()).expect("weight gradient");

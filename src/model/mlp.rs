@@ -2,13 +2,13 @@
 
 use super::{linear, residual_std, Linear, INIT_STD};
 use crate::config::{Mlp, ModelConfig};
-use candle_core::{Module, Result, Tensor};
+use crate::kernels::{mlp, Kernels};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// GELU: `proj(gelu(fc(x)))` with `fc.weight (F, C)`, `proj.weight (C, F)`.
 /// SwiGLU: `proj(silu(gate(x)) * up(x))` with `gate.weight`, `up.weight (F, C)`,
-/// `proj.weight (C, F)`. GELU is the tanh approximation, as in GPT-2 (a fused op on the CPU,
-/// `Tensor::gelu` elsewhere); `silu` is a candle unary op with a backward.
+/// `proj.weight (C, F)`. GELU is the tanh approximation, as in GPT-2.
 #[derive(Debug, Clone)]
 pub enum FeedForward {
     Gelu {
@@ -40,14 +40,15 @@ impl FeedForward {
     }
 
     /// `x (B, T, C)` → `(B, T, C)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Gelu { fc, proj } => proj.forward(&super::ops::gelu::gelu_tanh(&fc.forward(x)?)?), // (B, T, F) -> (B, T, C)
-            Self::SwiGlu { gate, up, proj } => {
-                let hidden = (gate.forward(x)?.silu()? * up.forward(x)?)?; // (B, T, F)
-                proj.forward(&hidden) // (B, T, C)
+    pub fn forward(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
+        let hidden = match self {
+            Self::Gelu { fc, .. } => mlp::gelu(k, &fc.forward(k, x)?)?, // (B, T, F)
+            Self::SwiGlu { gate, up, .. } => {
+                mlp::swiglu(k, &gate.forward(k, x)?, &up.forward(k, x)?)? // (B, T, F)
             }
-        }
+        };
+        let (Self::Gelu { proj, .. } | Self::SwiGlu { proj, .. }) = self;
+        proj.forward(k, &hidden) // (B, T, C)
     }
 }
 
@@ -67,7 +68,7 @@ mod tests {
         let xs = [-2.0f64, -0.5, 0.7, 1.5];
         let x = Tensor::new(&xs, &dev).unwrap().reshape((1, 4, 1)).unwrap();
         let y: Vec<f64> = mlp
-            .forward(&x)
+            .forward(Kernels::Auto, &x)
             .unwrap()
             .flatten_all()
             .unwrap()

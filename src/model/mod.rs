@@ -5,13 +5,15 @@
 //! `B` batch, `T` time (positions in this call), `S` cached + new key positions,
 //! `C` d_model, `H` heads, `D` head dim (`C / H`), `V` vocab, `F` MLP hidden width.
 //!
-//! Files in data-flow order: [`ngram`], [`norm`], [`positions`], [`attention`], [`mlp`],
-//! [`block`], [`gpt`], then [`init`] (seeded weight init) and [`loss`].
+//! Files in data-flow order: [`ngram`], [`norm`], [`positions`], [`pass`] (what one forward
+//! pass shares), [`attention`], [`mlp`], [`block`], [`gpt`], then [`init`] (seeded weight
+//! init).
 //!
-//! Every op used is differentiable in candle 0.11: the fused `candle_nn` softmax / norm / rotary
-//! kernels have no backward and are deliberately not used (see the gradient-flow tests).
-//! Internals run in the input dtype, except that norms and the attention softmax upcast half
-//! precision (`f16`/`bf16`) to `f32`; an `f64` model stays `f64` end to end (the
+//! The layers say *what* is computed; every op runs through an entry point of
+//! [`crate::kernels`], which picks *how* (fused CPU kernels, candle's device kernels with our
+//! backward, or the composed specification) from the [`Kernels`] policy the model is built
+//! with. Internals run in the input dtype, except that norms and the attention softmax upcast
+//! half precision (`f16`/`bf16`) to `f32`; an `f64` model stays `f64` end to end (the
 //! finite-difference test relies on that).
 //!
 //! # Weights
@@ -52,33 +54,32 @@ pub mod block;
 pub mod gpt;
 pub mod init;
 pub mod linear;
-pub mod loss;
 pub mod mlp;
 pub mod ngram;
 pub mod norm;
-pub mod ops;
+pub mod pass;
 pub mod positions;
 
+pub use crate::kernels::Kernels;
 pub use attention::KvCache;
 pub use gpt::Gpt;
 pub use init::{init_model, init_model_dtype};
-pub use loss::masked_nll_sum;
+pub use linear::Linear;
 
 use crate::config::{Mlp, ModelConfig, Norm, Positions};
-use crate::rng::Rng;
-use candle_core::{DType, Result, Tensor};
+use crate::kernels::dropout;
+use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-pub use linear::Linear;
 
 /// What a forward pass is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// No dropout.
     Eval,
-    /// Dropout on (when `cfg.dropout > 0`). Each dropout site draws its mask on the host from
-    /// `Rng::derive(dropout_seed, "dropout/<site>")`, sites being `emb`, `blocks.{i}.attn` and
-    /// `blocks.{i}.mlp`: the same seed gives the same masks, so pass a fresh seed for every
-    /// micro-batch (e.g. derived from the run seed, step and micro-batch index).
+    /// Dropout on (when `cfg.dropout > 0`). The masks are fixed by `dropout_seed` and the site
+    /// (`emb`, `blocks.{i}.attn`, `blocks.{i}.mlp`), drawn where the activations live (see
+    /// [`crate::kernels::dropout`]): the same seed gives the same masks, so pass a fresh seed
+    /// for every micro-batch (e.g. derived from the run seed, step and micro-batch index).
     Train { dropout_seed: u64 },
 }
 
@@ -86,25 +87,19 @@ impl Mode {
     /// Inverted dropout of `x` with probability `p` at the named site; the identity (no work at
     /// all) in eval mode or when `p == 0`.
     pub(crate) fn dropout(&self, x: &Tensor, p: f64, site: &str) -> Result<Tensor> {
-        let seed = match self {
-            Mode::Train { dropout_seed } if p > 0.0 => *dropout_seed,
-            _ => return Ok(x.clone()),
-        };
-        let mut rng = Rng::derive(seed, &format!("dropout/{site}"));
-        let keep = (1.0 / (1.0 - p)) as f32;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.next_f64() < p { 0.0 } else { keep })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
+        match self {
+            Mode::Train { dropout_seed } if p > 0.0 => dropout::dropout(x, p, *dropout_seed, site),
+            _ => Ok(x.clone()),
+        }
     }
-}
 
-/// The dtype norms and softmax compute in: half precision is upcast to `f32`, others kept.
-pub(crate) fn compute_dtype(dtype: DType) -> DType {
-    match dtype {
-        DType::F16 | DType::BF16 => DType::F32,
-        other => other,
+    /// Prepares a forward pass on `device` of a model with dropout `p`: seeds the device's
+    /// generator when the masks are drawn there.
+    pub(crate) fn begin(&self, device: &candle_core::Device, p: f64) -> Result<()> {
+        match self {
+            Mode::Train { dropout_seed } if p > 0.0 => dropout::seed_forward(device, *dropout_seed),
+            _ => Ok(()),
+        }
     }
 }
 

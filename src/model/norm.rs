@@ -2,10 +2,10 @@
 //!
 //! `candle_nn::ops::{layer_norm, rms_norm}` and the `candle_nn::{LayerNorm, RmsNorm}` modules
 //! run fused kernels without a backward pass, so gradients through them would silently vanish;
-//! the math lives in [`super::ops::layer_norm`] (fused CPU kernels and the composed fallback).
+//! the math lives in [`crate::kernels::norm`], whose every backend has a backward.
 
-use super::ops::layer_norm;
 use crate::config::{self, ModelConfig};
+use crate::kernels::{norm, Kernels};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -38,15 +38,12 @@ impl Norm {
     /// `x (.., C) -> (.., C)`.
     /// LayerNorm: `(x - mean) / sqrt(var + eps) * weight + bias` (biased variance, as PyTorch);
     /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`.
-    ///
-    /// f32 on the CPU runs the fused kernels of [`layer_norm`](super::ops::layer_norm); every
-    /// other device and dtype (f64, half precision) the composed ops.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
         match self.kind {
             config::Norm::LayerNorm => {
-                layer_norm::layer_norm(x, &self.weight, self.bias.as_ref(), self.eps)
+                norm::layer_norm(k, x, &self.weight, self.bias.as_ref(), self.eps)
             }
-            config::Norm::RmsNorm => layer_norm::rms_norm(x, &self.weight, self.eps),
+            config::Norm::RmsNorm => norm::rms_norm(k, x, &self.weight, self.eps),
         }
     }
 }
@@ -72,7 +69,7 @@ mod tests {
         norm.weight = Tensor::new(&[1.0f64, 2.0, 1.0, 1.0], &Device::Cpu).unwrap();
         let x = Tensor::new(&[[1.0f64, 2.0, 3.0, 6.0]], &Device::Cpu).unwrap();
         let y: Vec<f64> = norm
-            .forward(&x)
+            .forward(Kernels::Auto, &x)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -97,7 +94,7 @@ mod tests {
         };
         let x = Tensor::new(&[[1.0f64, 2.0, 3.0, 6.0]], &Device::Cpu).unwrap();
         let y: Vec<f64> = norm
-            .forward(&x)
+            .forward(Kernels::Auto, &x)
             .unwrap()
             .flatten_all()
             .unwrap()

@@ -1,13 +1,13 @@
 //! Position information: a learned table added to the token embeddings (GPT-2), or rotary
 //! embeddings (RoPE) applied to queries and keys inside attention.
 //!
-//! RoPE is written in the rotate-half form with plain ops; `candle_nn::rotary_emb` has no
-//! backward.
+//! RoPE is the rotate-half form; [`crate::kernels::rope`] computes it (`candle_nn::rotary_emb`
+//! alone has no backward).
 
-use super::ops::bias::add_bias;
 use super::INIT_STD;
 use crate::config::ModelConfig;
-use candle_core::{bail, Result, Tensor, D};
+use crate::kernels::{self, Kernels};
+use candle_core::{bail, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// The learned position table `weight (context, C)`.
@@ -28,7 +28,7 @@ impl LearnedPositions {
 
     /// Adds the vectors of positions `offset..offset + T` to `x (B, T, C)`; an error when they
     /// run past the table.
-    pub fn forward(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+    pub fn forward(&self, k: Kernels, x: &Tensor, offset: usize) -> Result<Tensor> {
         let t = x.dim(1)?;
         let context = self.table.dim(0)?;
         if offset + t > context {
@@ -40,16 +40,24 @@ impl LearnedPositions {
         // The table's rows as one bias of T·C values over the batch: (B, T·C) + (T·C).
         let (b, c) = (x.dim(0)?, x.dim(2)?);
         let table = self.table.narrow(0, offset, t)?.reshape(t * c)?; // (T·C)
-        add_bias(&x.reshape((b, t * c))?, &table)?.reshape((b, t, c)) // (B, T, C)
+        let x = x.reshape((b, t * c))?; // (B, T·C)
+        kernels::linear::add_bias(k, &x, &table)?.reshape((b, t, c)) // (B, T, C)
     }
 }
 
-/// Cos/sin tables of RoPE for a run of positions: both `(T, D)`, each frequency repeated for
-/// the two halves of the head dimension.
+/// Cos/sin tables of RoPE for a run of positions: both `(T, D/2)`, one angle per pair of
+/// dimensions `(i, i + D/2)`.
 #[derive(Debug, Clone)]
 pub struct RopeTables {
     cos: Tensor,
     sin: Tensor,
+}
+
+impl RopeTables {
+    /// Rotates `x (B, T, H, D)` by these positions (see [`kernels::rope`]).
+    pub fn apply(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
+        kernels::rope::rope(k, x, &self.cos, &self.sin) // (B, T, H, D)
+    }
 }
 
 /// Rotary embeddings with base `cfg.rope_theta`; no parameters. Tables for positions
@@ -84,8 +92,8 @@ impl Rope {
     pub fn tables(&self, offset: usize, t: usize) -> Result<RopeTables> {
         if offset + t <= self.table.cos.dim(0)? {
             return Ok(RopeTables {
-                cos: self.table.cos.narrow(0, offset, t)?, // (T, D)
-                sin: self.table.sin.narrow(0, offset, t)?, // (T, D)
+                cos: self.table.cos.narrow(0, offset, t)?, // (T, D/2)
+                sin: self.table.sin.narrow(0, offset, t)?, // (T, D/2)
             });
         }
         self.compute(offset, t, &self.table.cos)
@@ -95,39 +103,23 @@ impl Rope {
     /// dtype (and device) of `like`.
     fn compute(&self, offset: usize, t: usize, like: &Tensor) -> Result<RopeTables> {
         let half = self.head_dim / 2;
-        let mut cos = Vec::with_capacity(t * self.head_dim);
-        let mut sin = Vec::with_capacity(t * self.head_dim);
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
         for pos in offset..offset + t {
-            let row: Vec<f64> = (0..half)
-                .map(|i| pos as f64 * self.theta.powf(-2.0 * i as f64 / self.head_dim as f64))
-                .collect();
-            for _ in 0..2 {
-                cos.extend(row.iter().map(|a| a.cos() as f32));
-                sin.extend(row.iter().map(|a| a.sin() as f32));
+            let row = (0..half)
+                .map(|i| pos as f64 * self.theta.powf(-2.0 * i as f64 / self.head_dim as f64));
+            for a in row {
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
             }
         }
-        let shape = (t, self.head_dim);
+        let shape = (t, half);
         let make = |v: Vec<f32>| Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype());
         Ok(RopeTables {
             cos: make(cos)?,
             sin: make(sin)?,
         })
     }
-}
-
-/// Rotates `x (B, T, H, D)` by its positions: `x·cos + rotate_half(x)·sin`, where
-/// `rotate_half([x1, x2]) = [-x2, x1]` over the two halves of `D`. `(B, T, H, D)` is the layout
-/// the fused attention kernel reads, so the `(T, D)` tables broadcast as `(T, 1, D)`.
-pub fn apply_rope(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?; // (B, T, H, D/2)
-    let x2 = x.narrow(D::Minus1, half, half)?; // (B, T, H, D/2)
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // (B, T, H, D)
-
-    // The tables are kept in the weights' dtype; under mixed precision x is bf16.
-    let cos = tables.cos.to_dtype(x.dtype())?.unsqueeze(1)?; // (T, 1, D)
-    let sin = tables.sin.to_dtype(x.dtype())?.unsqueeze(1)?; // (T, 1, D)
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)? // (B, T, H, D)
 }
 
 #[cfg(test)]
@@ -164,7 +156,10 @@ mod tests {
         let k = Tensor::new(&[1.0f64, 0.2, -0.7, 0.4], &dev).unwrap();
         let at = |x: &Tensor, pos: usize| {
             let x = x.reshape((1, 1, 1, 4)).unwrap();
-            apply_rope(&x, &r.tables(pos, 1).unwrap()).unwrap()
+            r.tables(pos, 1)
+                .unwrap()
+                .apply(Kernels::Composed, &x)
+                .unwrap()
         };
         let (q3, k1) = (at(&q, 3), at(&k, 1));
         // Tables are stored as f32, so cos² + sin² = 1 only to ~1e-7.
@@ -182,7 +177,11 @@ mod tests {
             .unwrap()
             .reshape((1, 1, 1, 4))
             .unwrap();
-        let y = apply_rope(&x, &rope(2).tables(0, 1).unwrap()).unwrap();
+        let y = rope(2)
+            .tables(0, 1)
+            .unwrap()
+            .apply(Kernels::Composed, &x)
+            .unwrap();
         let diff = (y - &x).unwrap().abs().unwrap().sum_all().unwrap();
         assert_eq!(diff.to_scalar::<f64>().unwrap(), 0.0);
     }

@@ -1,7 +1,7 @@
 //! A run's `metrics.jsonl` as typed series: the training log and the evaluations, in step order.
 
+use crate::train::metrics::{parse_records, Record};
 use anyhow::Context;
-use serde::Deserialize;
 use std::path::Path;
 
 /// Nats → bits: metrics store losses in nats per token.
@@ -35,20 +35,6 @@ pub struct Series {
     pub eval: Vec<EvalPoint>,
 }
 
-/// The fields of a metrics line that reports use; serde skips the rest without building them,
-/// which keeps reading 10k lines to a few milliseconds.
-#[derive(Deserialize)]
-struct Record<'a> {
-    kind: &'a str,
-    step: Option<u64>,
-    loss: Option<f64>,
-    lr: Option<f64>,
-    tokens_per_s: Option<f64>,
-    tokens_seen: Option<u64>,
-    elapsed_s: Option<f64>,
-    val_loss: Option<f64>,
-}
-
 impl Series {
     /// Reads `run_dir/metrics.jsonl`; a missing file is an error naming it.
     pub fn load(run_dir: &Path) -> anyhow::Result<Self> {
@@ -64,32 +50,37 @@ impl Series {
         Ok(Self::parse(&text))
     }
 
-    /// Picks the train and eval records out of metrics lines. As in `train::metrics::read`, a
-    /// line that does not parse (one cut short by a crash) is skipped; so are records missing
-    /// their main number or with a non-finite one (a NaN step): they cannot be drawn.
+    /// Picks the train and eval records out of metrics lines (the typed records the trainer
+    /// writes, [`crate::train::metrics`]). A line that does not parse (one cut short by a
+    /// crash) is skipped; so are records missing their main number or with a non-finite one
+    /// (a NaN step): they cannot be drawn.
     pub fn parse(text: &str) -> Self {
         let finite = |x: Option<f64>| x.filter(|x| x.is_finite());
         let mut out = Self::default();
-        for r in text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Record>(l).ok())
-        {
-            let Some(step) = r.step else { continue };
-            match (r.kind, finite(r.loss), finite(r.val_loss)) {
-                ("train", Some(loss), _) => out.train.push(TrainPoint {
-                    step,
-                    loss,
-                    lr: finite(r.lr),
-                    tokens_per_s: finite(r.tokens_per_s),
-                    tokens_seen: r.tokens_seen,
-                    elapsed_s: finite(r.elapsed_s),
-                }),
-                ("eval", _, Some(val_loss)) => out.eval.push(EvalPoint {
-                    step,
-                    val_loss,
-                    tokens_seen: r.tokens_seen,
-                }),
-                _ => {}
+        for r in parse_records(text) {
+            match r {
+                Record::Train(r) => {
+                    let Some(loss) = finite(r.loss) else { continue };
+                    out.train.push(TrainPoint {
+                        step: r.step,
+                        loss,
+                        lr: finite(r.lr),
+                        tokens_per_s: finite(r.tokens_per_s),
+                        tokens_seen: r.tokens_seen,
+                        elapsed_s: finite(r.elapsed_s),
+                    })
+                }
+                Record::Eval(r) => {
+                    let Some(val_loss) = finite(r.val_loss) else {
+                        continue;
+                    };
+                    out.eval.push(EvalPoint {
+                        step: r.step,
+                        val_loss,
+                        tokens_seen: r.tokens_seen,
+                    })
+                }
+                Record::Skip(_) | Record::CheckpointError(_) => {}
             }
         }
         out

@@ -17,7 +17,10 @@
 //! half-written `step-…` folder. A folder without `manifest.json` is ignored, and loading
 //! verifies every file against it (see `manifest`).
 
-use super::optimizer::StateTensor;
+use super::faults::{self, Faults};
+pub use super::files::write_synced;
+use super::files::{replace_dir, sync_dir};
+use super::optim::StateTensor;
 use crate::config::Config;
 use crate::data::vocab::Vocab;
 use anyhow::{bail, Context, Result};
@@ -25,7 +28,6 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Bumped when the checkpoint layout changes incompatibly.
@@ -95,59 +97,28 @@ pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
+/// What a checkpoint holds.
+pub struct Contents<'a> {
+    pub state: &'a TrainState,
+    pub config: &'a Config,
+    pub vocab: &'a Vocab,
+    pub weights: &'a HashMap<String, Tensor>,
+    pub optimizer: &'a [(String, StateTensor<'a>)],
+}
+
 /// Writes one checkpoint of `run_dir` atomically and returns its folder. On failure the
-/// temporary folder is removed and every earlier checkpoint is untouched. `inject_failure`
-/// (tests only) makes the write fail midway as a full disk would.
-pub fn save(
-    run_dir: &Path,
-    state: &TrainState,
-    config: &Config,
-    vocab: &Vocab,
-    weights: &HashMap<String, Tensor>,
-    optimizer: &[(String, StateTensor)],
-    inject_failure: bool,
-) -> Result<PathBuf> {
-    let name = step_dir_name(state.step);
+/// temporary folder is removed and every earlier checkpoint is untouched. `faults` (tests
+/// only) can make the write fail midway, as a full disk would.
+pub fn save(run_dir: &Path, c: &Contents, faults: &Faults) -> Result<PathBuf> {
+    let name = step_dir_name(c.state.step);
     let final_dir = run_dir.join(&name);
     let tmp = run_dir.join(format!(".tmp-{name}"));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
     }
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    // Test hook (scripts/chaos-resume.sh): pause between files so that kills land mid-write.
-    let pause = std::env::var("LMTRAIN_TEST_CHECKPOINT_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(std::time::Duration::from_millis);
-    let pause = || pause.map(std::thread::sleep);
     let write = || -> Result<()> {
-        candle_core::safetensors::save(weights, tmp.join("model.safetensors"))
-            .context("writing model.safetensors")?;
-        pause();
-        if inject_failure {
-            let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "injected fault");
-            return Err(full).context("writing optimizer.safetensors");
-        }
-        let tensors = optimizer.iter().map(|(name, t)| (name.as_str(), t));
-        safetensors::serialize_to_file(tensors, None, &tmp.join("optimizer.safetensors"))
-            .context("writing optimizer.safetensors")?;
-        pause();
-        vocab.save(&tmp.join("tokenizer.json"))?;
-        write_synced(&tmp.join("config.toml"), config.to_toml().as_bytes())?;
-        pause();
-        write_synced(
-            &tmp.join("state.json"),
-            serde_json::to_string_pretty(state)?.as_bytes(),
-        )?;
-        for f in [
-            "model.safetensors",
-            "optimizer.safetensors",
-            "tokenizer.json",
-        ] {
-            fs::File::open(tmp.join(f))
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("syncing {f}"))?;
-        }
+        write_files(&tmp, c, faults)?;
         // Last: a checkpoint folder counts only once its manifest exists.
         super::manifest::write(&tmp, &FILES)?;
         replace_dir(&tmp, &final_dir)?;
@@ -160,22 +131,35 @@ pub fn save(
     Ok(final_dir)
 }
 
-/// Renames `from` to `to`; an existing `to` (a checkpoint of the same step written before a
-/// resume) is moved aside first and deleted only after the new one is in place.
-fn replace_dir(from: &Path, to: &Path) -> Result<()> {
-    if !to.exists() {
-        return Ok(fs::rename(from, to)?);
+/// Every file of a checkpoint but the manifest, each fsynced, into `dir`.
+fn write_files(dir: &Path, c: &Contents, faults: &Faults) -> Result<()> {
+    candle_core::safetensors::save(c.weights, dir.join("model.safetensors"))
+        .context("writing model.safetensors")?;
+    faults::checkpoint_pause();
+    if faults.checkpoint_fails(c.state.step) {
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "injected fault");
+        return Err(full).context("writing optimizer.safetensors");
     }
-    let aside = to.with_file_name(format!(
-        ".old-{}",
-        to.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let _ = fs::remove_dir_all(&aside);
-    fs::rename(to, &aside)?;
-    fs::rename(from, to)?;
-    fs::remove_dir_all(&aside)?;
+    let tensors = c.optimizer.iter().map(|(name, t)| (name.as_str(), t));
+    safetensors::serialize_to_file(tensors, None, &dir.join("optimizer.safetensors"))
+        .context("writing optimizer.safetensors")?;
+    faults::checkpoint_pause();
+    c.vocab.save(&dir.join("tokenizer.json"))?;
+    write_synced(&dir.join("config.toml"), c.config.to_toml().as_bytes())?;
+    faults::checkpoint_pause();
+    write_synced(
+        &dir.join("state.json"),
+        serde_json::to_string_pretty(c.state)?.as_bytes(),
+    )?;
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "tokenizer.json",
+    ] {
+        fs::File::open(dir.join(f))
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {f}"))?;
+    }
     Ok(())
 }
 
@@ -198,22 +182,6 @@ pub fn recover(run_dir: &Path) -> Result<()> {
         } else if name.starts_with(".tmp-") {
             fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
         }
-    }
-    Ok(())
-}
-
-/// Writes a whole file and fsyncs it.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    // Directories can be opened and fsynced on Unix; elsewhere this is best effort.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
     }
     Ok(())
 }

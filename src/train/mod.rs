@@ -1,24 +1,29 @@
-//! Training: the optimizer and its schedule, the loop, checkpoints and metrics.
+//! Training: the loop, its optimizer and schedule, checkpoints and metrics.
 //!
-//! `session` sets a run up (config, device, data, model, run folder); `trainer` owns the loop;
-//! `optimizer`, `schedule`, `guard` are training math; `checkpoint` (with `manifest`), `metrics` are
-//! what a run leaves on disk, and `restore` reads checkpoints back.
+//! `session` sets a run up (config, device, data, model, run folder); `trainer` owns the loop
+//! and delegates each piece of it: `step` (forward, backward, clip, update — shared with
+//! `bench`), `optim` (AdamW over parameter groups, the lazy tables' seam), `schedule`, `guard`
+//! (skipped updates), `cursor` (the data position), `progress`, `metrics` (typed records),
+//! `checkpoint` (with `manifest` and `files`) and `restore` (reading checkpoints back).
 
 pub mod checkpoint;
-mod fused_adamw;
+mod cursor;
+pub mod faults;
+mod files;
 pub mod guard;
-mod lazy_rows;
 pub mod manifest;
 pub mod metrics;
 pub mod mfu;
-pub mod optimizer;
+pub mod optim;
+mod progress;
 pub mod restore;
 pub mod schedule;
 pub mod session;
 pub mod step;
 pub mod trainer;
 
-pub use session::{Faults, Session, TrainOptions};
+pub use faults::Faults;
+pub use session::{Session, TrainOptions};
 pub use trainer::TrainSummary;
 
 /// Sets up a run and trains it to its end.

@@ -2,10 +2,11 @@
 //! batchers, model and run folder — fresh or restored from a checkpoint.
 
 use super::checkpoint::{self, Pick, TrainState};
-use super::optimizer::AdamW;
+use super::faults::Faults;
+use super::optim::Optimizer;
 use crate::baseline::{self, BaselineReport};
 use crate::config::Config;
-use crate::data::batch::{make_eval_windows, make_windows, Batcher};
+use crate::data::batch::{make_eval_windows, make_windows, Batcher, WindowStats};
 use crate::data::dataset::{self, Prepared};
 use crate::model::{self, Gpt};
 use anyhow::{bail, Context, Result};
@@ -28,19 +29,8 @@ pub struct TrainOptions {
     pub overwrite: bool,
     /// Print less (tests).
     pub quiet: bool,
-    /// Failures to inject (tests only).
-    #[doc(hidden)]
+    /// Failures to inject (empty unless built with the tests' `fault-injection` feature).
     pub faults: Faults,
-}
-
-/// Failures a test can inject into a run, by 1-based step number.
-#[doc(hidden)]
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    /// Steps whose loss is replaced by NaN.
-    pub nan_loss_at: Vec<u64>,
-    /// Steps whose checkpoint write fails midway, as on a full disk.
-    pub fail_checkpoint_at: Vec<u64>,
 }
 
 pub struct Session {
@@ -71,99 +61,18 @@ impl Session {
             .transpose()?;
         let mut config = resolve_config(opts, resume_from.as_deref())?;
         let device = crate::device::select(&config.run.device)?;
-        let cache_root = config.cache_root();
-        let data = dataset::prepare(&config.data, &cache_root, false)
-            .with_context(|| format!("preparing {}", config.data.train_file.display()))?;
+        let data = prepare_data(&mut config)?;
         let data_key = data.key();
-        let vocab = data.vocab.len();
-        if config.model.vocab_size != 0 && config.model.vocab_size != vocab {
-            bail!(
-                "model.vocab_size = {} but the prepared vocabulary has {vocab} tokens: set it to 0 (take it from the data)",
-                config.model.vocab_size
-            );
-        }
-        config.model.vocab_size = vocab;
-
-        let (train_w, train_stats) = make_windows(
-            &data.train,
-            config.model.context,
-            config.data.long_sequences,
-        );
-        let val_w = make_eval_windows(
-            &data.val,
-            config.model.context,
-            config.data.long_sequences,
-            config.data.eval_stride,
-        );
-        if train_w.is_empty() || val_w.is_empty() {
-            bail!(
-                "{}: the train or val split has no sequence to learn from",
-                config.data.train_file.display()
-            );
-        }
-        let t = &config.train;
-        let train_batcher = Batcher::new(
-            train_w,
-            t.batch_size,
-            config.data.bucket_by_length,
-            config.run.seed,
-        );
-        let val_batcher = Batcher::new(val_w, t.batch_size, false, config.run.seed);
-
-        let (varmap, model) = model::init_model(&config.model, config.run.seed, &device)?;
-        let compute = crate::device::compute_dtype(&config.train.dtype)?;
-        let model = model.with_compute_dtype(compute);
-        if compute == candle_core::DType::BF16 && device.is_cpu() && !opts.quiet {
-            eprintln!("note: train.dtype = bf16 on the CPU: candle widens each bf16 matmul to f32, so this is slower than f32; it is meant for checking mixed precision, train in f32 on the CPU");
-        }
+        let (train_batcher, val_batcher, windows) = batchers(&config, &data)?;
+        let (varmap, model) = build_model(&config, &device, opts.quiet)?;
         let run_dir = match &resume_from {
-            Some(ckpt) => {
-                let state = checkpoint::load_state(ckpt)?;
-                if state.data_key != data_key {
-                    bail!(
-                        "{}: the prepared data differs from the checkpoint's (data key {} vs {}): resume with the same corpus and data settings",
-                        ckpt.display(), data_key, state.data_key
-                    );
-                }
-                super::restore::load_weights(&varmap, ckpt, &device)?;
-                ckpt.parent().map(Path::to_path_buf).unwrap_or_default()
-            }
+            Some(ckpt) => restore_into(&varmap, ckpt, &data_key, &device)?,
             None => new_run_dir(&config, opts.overwrite)?,
         };
         checkpoint::recover(&run_dir)?;
         checkpoint::write_synced(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
         let baseline = ensure_baseline(&run_dir, &data, config.train.baseline_order);
-        if !opts.quiet {
-            eprintln!("device: {}", crate::device::describe(&device));
-            eprintln!("run folder: {}", run_dir.display());
-            if let Some(c) = &resume_from {
-                eprintln!("resuming from {}", c.display());
-            }
-            eprintln!(
-                "data: {} (cache {}{})",
-                config.data.train_file.display(),
-                data.dir.display(),
-                if data.reused { ", reused" } else { "" }
-            );
-            eprintln!("{}", data.stats.summary());
-            eprintln!(
-                "windows: {} train ({} long sequences, {} extra windows, {} targets dropped), padding {:.1}% of slots",
-                train_stats.windows, train_stats.long_sequences, train_stats.extra_windows,
-                train_stats.dropped_targets,
-                100.0 * train_batcher.padding_fraction(&train_batcher.epoch_plan(0))
-            );
-            eprintln!("model: {} parameters", model::param_count(&config.model));
-            if let Some(b) = &baseline {
-                eprintln!(
-                    "baseline: Kneser-Ney order {} on the same split: {:.4} bits/token ({:.3} nats)",
-                    b.order,
-                    b.val_bits_per_token,
-                    b.val_bits_per_token * std::f64::consts::LN_2
-                );
-            }
-            eprintln!("resolved config:\n{}", config.to_toml());
-        }
-        Ok(Self {
+        let session = Self {
             config,
             device,
             data,
@@ -177,7 +86,46 @@ impl Session {
             quiet: opts.quiet,
             faults: opts.faults.clone(),
             baseline,
-        })
+        };
+        if !opts.quiet {
+            session.print_banner(&windows);
+        }
+        Ok(session)
+    }
+
+    /// What the run is about to do, on stderr.
+    fn print_banner(&self, windows: &WindowStats) {
+        let (config, data) = (&self.config, &self.data);
+        eprintln!("device: {}", crate::device::describe(&self.device));
+        eprintln!("run folder: {}", self.run_dir.display());
+        if let Some(c) = &self.resume_from {
+            eprintln!("resuming from {}", c.display());
+        }
+        eprintln!(
+            "data: {} (cache {}{})",
+            config.data.train_file.display(),
+            data.dir.display(),
+            if data.reused { ", reused" } else { "" }
+        );
+        eprintln!("{}", data.stats.summary());
+        let padding = self
+            .train_batcher
+            .padding_fraction(&self.train_batcher.epoch_plan(0));
+        eprintln!(
+            "windows: {} train ({} long sequences, {} extra windows, {} targets dropped), padding {:.1}% of slots",
+            windows.windows, windows.long_sequences, windows.extra_windows,
+            windows.dropped_targets, 100.0 * padding
+        );
+        eprintln!("model: {} parameters", model::param_count(&config.model));
+        if let Some(b) = &self.baseline {
+            eprintln!(
+                "baseline: Kneser-Ney order {} on the same split: {:.4} bits/token ({:.3} nats)",
+                b.order,
+                b.val_bits_per_token,
+                b.val_bits_per_token * std::f64::consts::LN_2
+            );
+        }
+        eprintln!("resolved config:\n{}", config.to_toml());
     }
 
     pub fn varmap_params(&self) -> Vec<(String, Var)> {
@@ -209,29 +157,83 @@ impl Session {
     }
 
     /// Writes a checkpoint and prunes old ones (only after the new one is complete).
-    pub fn save_checkpoint(
-        &self,
-        state: &TrainState,
-        opt: &AdamW,
-        inject_failure: bool,
-    ) -> Result<PathBuf> {
+    pub fn save_checkpoint(&self, state: &TrainState, opt: &Optimizer) -> Result<PathBuf> {
         let weights: HashMap<_, _> = self
             .varmap_params()
             .into_iter()
             .map(|(k, v)| (k, v.as_tensor().clone()))
             .collect();
-        let dir = checkpoint::save(
-            &self.run_dir,
+        let contents = checkpoint::Contents {
             state,
-            &self.config,
-            &self.data.vocab,
-            &weights,
-            &opt.state_for_checkpoint()?,
-            inject_failure,
-        )?;
+            config: &self.config,
+            vocab: &self.data.vocab,
+            weights: &weights,
+            optimizer: &opt.adamw().state_for_checkpoint()?,
+        };
+        let dir = checkpoint::save(&self.run_dir, &contents, &self.faults)?;
         checkpoint::prune(&self.run_dir, self.config.train.keep_last, state.best_step)?;
         Ok(dir)
     }
+}
+
+/// Prepares (or reuses) the corpus' token-id cache and takes the vocabulary size from it.
+fn prepare_data(config: &mut Config) -> Result<Prepared> {
+    let cache_root = config.cache_root();
+    let data = dataset::prepare(&config.data, &cache_root, false)
+        .with_context(|| format!("preparing {}", config.data.train_file.display()))?;
+    let vocab = data.vocab.len();
+    if config.model.vocab_size != 0 && config.model.vocab_size != vocab {
+        bail!(
+            "model.vocab_size = {} but the prepared vocabulary has {vocab} tokens: set it to 0 (take it from the data)",
+            config.model.vocab_size
+        );
+    }
+    config.model.vocab_size = vocab;
+    Ok(data)
+}
+
+/// The train and val batchers over the splits' windows, and the train windows' statistics.
+fn batchers(config: &Config, data: &Prepared) -> Result<(Batcher, Batcher, WindowStats)> {
+    let (context, long) = (config.model.context, config.data.long_sequences);
+    let (train_w, stats) = make_windows(&data.train, context, long);
+    let val_w = make_eval_windows(&data.val, context, long, config.data.eval_stride);
+    if train_w.is_empty() || val_w.is_empty() {
+        bail!(
+            "{}: the train or val split has no sequence to learn from",
+            config.data.train_file.display()
+        );
+    }
+    let (t, seed) = (&config.train, config.run.seed);
+    let train = Batcher::new(train_w, t.batch_size, config.data.bucket_by_length, seed);
+    let val = Batcher::new(val_w, t.batch_size, false, seed);
+    Ok((train, val, stats))
+}
+
+/// The seeded model in the run's compute dtype, on its kernels.
+fn build_model(config: &Config, device: &Device, quiet: bool) -> Result<(VarMap, Gpt)> {
+    let (varmap, model) = model::init_model(&config.model, config.run.seed, device)?;
+    let compute = crate::device::compute_dtype(&config.train.dtype)?;
+    if compute == candle_core::DType::BF16 && device.is_cpu() && !quiet {
+        eprintln!("note: train.dtype = bf16 on the CPU: candle widens each bf16 matmul to f32, so this is slower than f32; it is meant for checking mixed precision, train in f32 on the CPU");
+    }
+    let model = model
+        .with_compute_dtype(compute)
+        .with_kernels(config.run.kernels);
+    Ok((varmap, model))
+}
+
+/// Loads checkpoint `ckpt`'s weights into `varmap` after checking it trained on the same data;
+/// returns its run folder.
+fn restore_into(varmap: &VarMap, ckpt: &Path, data_key: &str, device: &Device) -> Result<PathBuf> {
+    let state = checkpoint::load_state(ckpt)?;
+    if state.data_key != data_key {
+        bail!(
+            "{}: the prepared data differs from the checkpoint's (data key {} vs {}): resume with the same corpus and data settings",
+            ckpt.display(), data_key, state.data_key
+        );
+    }
+    super::restore::load_weights(varmap, ckpt, device)?;
+    Ok(ckpt.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 /// The run's baseline report: reused when it matches the data and order, computed otherwise

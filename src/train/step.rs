@@ -1,12 +1,11 @@
 //! One optimizer step's arithmetic — forward, backward, clip, AdamW — shared by `train` and
 //! `bench`, so the benchmark measures exactly the code a training run executes.
 
-use super::optimizer::{self, AdamW, RowGradSums, TableRowGrads};
+use super::optim::{clip_factor, Gradients, Optimizer};
 use crate::data::batch::Batch;
-use crate::eval;
 use crate::model::{Gpt, Mode};
 use crate::rng::Rng;
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Device, Result};
 use std::time::Instant;
 
 /// Milliseconds spent in each phase of one step (filled only when asked for: timing a phase
@@ -51,42 +50,38 @@ impl<'a> PhaseClock<'a> {
     }
 }
 
+/// The dropout seed of micro-batch `k` of step `step`: fixed by the run seed, so a resumed run
+/// draws the same masks.
+pub fn dropout_seed(seed: u64, step: u64, k: usize) -> u64 {
+    Rng::derive(seed, &format!("dropout/{step}/{k}")).next_u64()
+}
+
 /// Forward and backward over one step's micro-batches: returns Σ NLL over their real target
 /// tokens and the gradient of the step's mean loss (Σ NLL / all real tokens of the step), so
-/// accumulation averages over tokens, not over micro-batches: dense per parameter, and as rows
-/// for the lazily updated tables. Dropout masks derive from
-/// (`seed`, `step`, micro-batch index), so a resumed run draws the same ones.
+/// accumulation averages over tokens, not over micro-batches.
 pub fn gradients(
     model: &Gpt,
-    opt: &mut AdamW,
+    opt: &mut Optimizer,
     micro: &[Batch],
     seed: u64,
     step: u64,
     phases: Option<&mut Phases>,
-) -> Result<(f64, Vec<Option<Tensor>>, RowGradSums)> {
+) -> Result<(f64, Gradients)> {
     let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
-    let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
-    let mut rows = TableRowGrads::new();
-    model.take_table_row_grads(); // nothing left over from a pass that was not a step's
+    opt.prepare_step(micro)?;
+    let mut dense = Vec::new();
     let mut nll_total = 0.0f64;
     let device = model.device();
     let mut clock = PhaseClock::new(&device, phases.is_some())?;
     let (mut fwd, mut bwd) = (0.0, 0.0);
     for (k, batch) in micro.iter().enumerate() {
         let mode = Mode::Train {
-            dropout_seed: Rng::derive(seed, &format!("dropout/{step}/{k}")).next_u64(),
+            dropout_seed: dropout_seed(seed, step, k),
         };
-        // Lazily updated table rows are brought up to date before the forward reads them.
-        for (name, looked_up) in model.table_rows(&batch.ids)? {
-            opt.catch_up(&name, &looked_up)?;
-        }
-        let nll = eval::loss_sum(model, batch, &mode, true)?; // scalar: Σ over real targets
+        let nll = crate::loss::batch_nll_sum(model, batch, &mode, true)?; // scalar: Σ real targets
         fwd += clock.lap()?;
         let scaled = (&nll / step_tokens.max(1) as f64)?;
-        optimizer::accumulate(&mut grads, opt.params(), &scaled.backward()?)?;
-        for (name, parts) in model.take_table_row_grads() {
-            rows.entry(name).or_default().extend(parts);
-        }
+        opt.accumulate(&mut dense, &scaled.backward()?)?;
         nll_total += nll.to_scalar::<f32>()? as f64;
         bwd += clock.lap()?;
     }
@@ -94,19 +89,18 @@ pub fn gradients(
         p.forward_ms = fwd;
         p.backward_ms = bwd;
     }
-    let rows = opt.sum_table_rows(&grads, &rows)?; // once, for the norm and the update
-    Ok((nll_total, grads, rows))
+    Ok((nll_total, opt.gradients(dense)?))
 }
 
 /// The global gradient norm (clip phase), timed into `phases` when given.
 pub fn grad_norm(
-    opt: &AdamW,
-    (grads, rows): (&[Option<Tensor>], &RowGradSums),
+    opt: &Optimizer,
+    grads: &Gradients,
     device: &Device,
     phases: Option<&mut Phases>,
 ) -> Result<f64> {
     let mut clock = PhaseClock::new(device, phases.is_some())?;
-    let norm = opt.grad_norm(grads, rows)?;
+    let norm = opt.grad_norm(grads)?;
     if let Some(p) = phases {
         p.clip_ms = clock.lap()?;
     }
@@ -116,16 +110,15 @@ pub fn grad_norm(
 /// The AdamW update with gradients scaled to global norm `max_norm` (0 = no clipping), timed
 /// into `phases` when given.
 pub fn update(
-    opt: &mut AdamW,
-    (grads, rows): (&[Option<Tensor>], &RowGradSums),
-    norm: f64,
+    opt: &mut Optimizer,
+    grads: &Gradients,
+    (norm, max_norm): (f64, f64),
     lr: f64,
-    max_norm: f64,
     device: &Device,
     phases: Option<&mut Phases>,
 ) -> Result<()> {
     let mut clock = PhaseClock::new(device, phases.is_some())?;
-    opt.step_with_rows(grads, rows, lr, optimizer::clip_factor(norm, max_norm))?;
+    opt.step(grads, lr, clip_factor(norm, max_norm))?;
     if let Some(p) = phases {
         p.optimizer_ms = clock.lap()?;
     }

@@ -1,20 +1,25 @@
-//! The training loop: micro-batches → masked loss → accumulated gradients → clip → AdamW step,
-//! with evaluation, metrics, checkpoints and early stopping around it.
+//! The training loop, delegating every piece: [`Trainer::new`] sets a run up (optimizer groups,
+//! resumed state, metrics log, progress), [`Trainer::step`] takes one optimizer step,
+//! [`Trainer::log_window`] writes the metrics, [`Trainer::evaluate`] scores the val split, and
+//! [`Trainer::checkpoint`] applies the checkpoint policy.
 
 use super::checkpoint::{self, TrainState};
+use super::cursor::Cursor;
 use super::guard::Verdict;
-use super::metrics::MetricsLog;
-use super::mfu;
-use super::optimizer::{AdamW, AdamWParams};
+use super::metrics::{
+    finite, CheckpointErrorRecord, EvalRecord, MetricsLog, Record, SkipRecord, TrainRecord,
+};
+use super::mfu::{self, Peak};
+use super::optim::Optimizer;
+use super::progress::Progress;
 use super::restore;
 use super::schedule::lr_at;
 use super::session::Session;
 use super::step;
-use crate::data::batch::Batcher;
+use crate::config::TrainConfig;
+use crate::data::batch::Batch;
 use crate::eval::{self, EvalResult};
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -35,107 +40,373 @@ pub struct TrainSummary {
     pub stopped_early: bool,
 }
 
-/// Why the loop ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Stop {
-    MaxSteps,
-    MaxEpochs,
-    Patience,
+pub fn train(s: Session) -> Result<TrainSummary> {
+    Trainer::new(s)?.run()
 }
 
-/// Where the next micro-batch comes from: (epoch, index into that epoch's plan).
-struct Cursor<'a> {
-    batcher: &'a Batcher,
-    epoch: u64,
-    index: usize,
-    plan: Vec<Vec<usize>>,
+/// The loss of the steps since the last metrics line.
+#[derive(Default)]
+struct Window {
+    nll: f64,
+    tokens: u64,
+    steps: u64,
 }
 
-impl<'a> Cursor<'a> {
-    fn new(batcher: &'a Batcher, epoch: u64, index: usize) -> Self {
-        let plan = batcher.epoch_plan(epoch);
-        Self {
-            batcher,
-            epoch,
-            index,
-            plan,
-        }
-    }
-
-    /// The next micro-batch's window indices, or `None` once `max_epochs` (0 = no limit) passes.
-    fn next(&mut self, max_epochs: u64) -> Option<Vec<usize>> {
-        if self.index >= self.plan.len() {
-            self.epoch += 1;
-            self.index = 0;
-            self.plan = self.batcher.epoch_plan(self.epoch);
-        }
-        if max_epochs > 0 && self.epoch >= max_epochs {
-            return None;
-        }
-        self.index += 1;
-        self.plan.get(self.index - 1).cloned()
-    }
-
-    /// True when `next` would return `None`: the last allowed epoch is used up.
-    fn exhausted(&self, max_epochs: u64) -> bool {
-        max_epochs > 0
-            && (self.epoch >= max_epochs
-                || (self.index >= self.plan.len() && self.epoch + 1 >= max_epochs))
-    }
+/// One step's outcome, for the log.
+struct StepReport {
+    loss: f64,
+    grad_norm: f64,
+    lr: f64,
 }
 
-pub fn train(mut s: Session) -> Result<TrainSummary> {
-    let cfg = s.config.clone();
-    let t = &cfg.train;
-    let pad = crate::data::vocab::Vocab::PAD_ID;
-    let params = s.varmap_params();
-    let mut opt = AdamW::new(
-        params,
-        AdamWParams {
-            beta1: t.beta1,
-            beta2: t.beta2,
-            eps: t.eps,
-            weight_decay: t.weight_decay,
-        },
-    )?;
-    let ngram_tables = crate::model::ngram::tables(&cfg.model);
-    let lookups = ngram_tables.iter().map(|spec| spec.weight_name());
-    for name in std::iter::once("tok_emb.weight".to_string()).chain(lookups) {
-        opt.set_lr_mult(&name, t.embed_lr_mult)?;
-        opt.set_weight_decay(&name, t.weight_decay * t.embed_wd_mult)?;
-    }
-    if t.lazy_tables {
-        let mut lazy = Vec::new();
-        for spec in &ngram_tables {
-            if opt.set_lazy_rows(&spec.weight_name())? {
-                lazy.push(spec.weight_name());
+struct Trainer {
+    s: Session,
+    opt: Optimizer,
+    state: TrainState,
+    log: MetricsLog,
+    progress: Progress,
+    cursor: Cursor,
+    /// The run's `TrainConfig` with the schedule's end resolved (`decay_steps` 0 = last step).
+    schedule: TrainConfig,
+    total_steps: u64,
+    val_plan: Vec<Vec<usize>>,
+    peak: Option<Peak>,
+    window: Window,
+    window_start: Instant,
+    started: Instant,
+    elapsed_before: f64,
+    start_tokens: u64,
+    final_train_loss: f64,
+    last_eval: Option<EvalResult>,
+}
+
+impl Trainer {
+    fn new(mut s: Session) -> Result<Self> {
+        let mut opt = Optimizer::from_config(s.varmap_params(), &mut s.model, &s.config.train)?;
+        let state = match s.resume_from.clone() {
+            Some(dir) => {
+                let state = checkpoint::load_state(&dir)?;
+                let moments = restore::load_tensors(&dir, "optimizer.safetensors", &s.device)?;
+                opt.adamw_mut()
+                    .load_state(moments, state.optimizer_steps)
+                    .with_context(|| format!("restoring optimizer state from {}", dir.display()))?;
+                state
             }
-        }
-        // Their lookups leave row gradients for the optimizer, not dense ones.
-        s.model.collect_table_row_grads(&lazy)?;
+            None => TrainState::fresh(s.config.run.seed, &s.data_key),
+        };
+        let log = MetricsLog::open(&s.run_dir, s.resume_from.as_ref().map(|_| state.step))?;
+        let total_steps = s.total_steps();
+        let t = &s.config.train;
+        let decay_steps = if t.decay_steps > 0 {
+            t.decay_steps
+        } else {
+            total_steps
+        };
+        let schedule = TrainConfig {
+            decay_steps,
+            ..t.clone()
+        };
+        let peak = mfu_banner(&s);
+        Ok(Self {
+            progress: Progress::new(total_steps, state.step, s.quiet),
+            cursor: Cursor::new(&s.train_batcher, state.epoch, state.batch_in_epoch),
+            val_plan: s.val_plan(),
+            elapsed_before: state.elapsed_s,
+            start_tokens: state.tokens_seen,
+            s,
+            opt,
+            state,
+            log,
+            schedule,
+            total_steps,
+            peak,
+            window: Window::default(),
+            window_start: Instant::now(),
+            started: Instant::now(),
+            final_train_loss: f64::NAN,
+            last_eval: None,
+        })
     }
-    let mut state = match s.resume_from.clone() {
-        Some(dir) => {
-            let state = checkpoint::load_state(&dir)?;
-            let moments = restore::load_tensors(&dir, "optimizer.safetensors", &s.device)?;
-            opt.load_state(moments, state.optimizer_steps)
-                .with_context(|| format!("restoring optimizer state from {}", dir.display()))?;
-            state
+
+    fn run(mut self) -> Result<TrainSummary> {
+        let t = self.s.config.train.clone();
+        let stopped_early = loop {
+            if t.max_steps > 0 && self.state.step >= t.max_steps {
+                break false;
+            }
+            let Some(micro) = self.next_micro_batches()? else {
+                break false;
+            };
+            let report = self.step(&micro)?;
+            let last = (t.max_steps > 0 && self.state.step >= t.max_steps)
+                || self.cursor.exhausted(t.max_epochs);
+            if (self.state.step % t.log_every == 0 || last) && self.window.steps > 0 {
+                self.log_window(&report)?;
+            }
+            self.progress.bar.set_position(self.state.step);
+            let eval_due = (t.eval_every > 0 && self.state.step % t.eval_every == 0) || last;
+            let periodic = t.checkpoint_every > 0 && self.state.step % t.checkpoint_every == 0;
+            if eval_due || periodic {
+                // Both read every table row: the lazily updated ones must be current.
+                self.opt.flush()?;
+            }
+            let (improved, early_stop) = if eval_due {
+                self.evaluate()?
+            } else {
+                (false, false)
+            };
+            // Also on a new best val loss, so the best model is always kept on disk.
+            if periodic || improved || last || early_stop {
+                self.checkpoint(last || early_stop)?;
+            }
+            if early_stop {
+                break true;
+            }
+        };
+        Ok(self.summary(stopped_early))
+    }
+
+    /// The next step's micro-batches (`train.grad_accum` of them, fewer at the end of the last
+    /// epoch), or `None` when the epochs are used up.
+    fn next_micro_batches(&mut self) -> Result<Option<Vec<Batch>>> {
+        let (t, s) = (&self.s.config.train, &self.s);
+        let pad = crate::data::vocab::Vocab::PAD_ID;
+        let mut micro = Vec::with_capacity(t.grad_accum);
+        for _ in 0..t.grad_accum {
+            let Some(idx) = self.cursor.next(&s.train_batcher, t.max_epochs) else {
+                break;
+            };
+            micro.push(
+                s.train_batcher
+                    .make_batch(&s.data.train, &idx, pad, &s.device)?,
+            );
         }
-        None => TrainState::fresh(cfg.run.seed, &s.data_key),
-    };
-    let elapsed_before = state.elapsed_s;
-    let mut log = MetricsLog::open(&s.run_dir, s.resume_from.as_ref().map(|_| state.step))?;
-    let total_steps = s.total_steps();
-    let decay_end = if t.decay_steps > 0 {
-        t.decay_steps
-    } else {
-        total_steps
-    };
-    let val_plan = s.val_plan();
+        Ok((!micro.is_empty()).then_some(micro))
+    }
+
+    /// One optimizer step: gradients over the micro-batches, the guard's verdict, the update,
+    /// and the run's position.
+    fn step(&mut self, micro: &[Batch]) -> Result<StepReport> {
+        let s = &self.s;
+        let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
+        let (mut nll, grads) = step::gradients(
+            &s.model,
+            &mut self.opt,
+            micro,
+            s.config.run.seed,
+            self.state.step,
+            None,
+        )?;
+        if s.faults.nan_loss(self.state.step + 1) {
+            nll = f64::NAN;
+        }
+        let norm = step::grad_norm(&self.opt, &grads, &s.device, None)?;
+        let lr = lr_at(self.state.step, &self.schedule);
+        let loss = nll / step_tokens.max(1) as f64;
+        let t = &s.config.train;
+        match self.state.guard.judge(loss, norm, t.spike_zscore) {
+            Verdict::Apply => {
+                step::update(
+                    &mut self.opt,
+                    &grads,
+                    (norm, t.grad_clip),
+                    lr,
+                    &s.device,
+                    None,
+                )?;
+                self.state.optimizer_steps += 1;
+                self.window.nll += nll;
+                self.window.tokens += step_tokens as u64;
+                self.window.steps += 1;
+            }
+            Verdict::Skip { non_finite } => self.report_skip(non_finite, loss, norm)?,
+        }
+        self.advance(step_tokens as u64)?;
+        Ok(StepReport {
+            loss,
+            grad_norm: norm,
+            lr,
+        })
+    }
+
+    /// The run's position after a step of `tokens` real targets; an error once too many steps
+    /// in a row were non-finite.
+    fn advance(&mut self, tokens: u64) -> Result<()> {
+        let (t, state) = (&self.s.config.train, &mut self.state);
+        state.step += 1;
+        state.tokens_seen += tokens;
+        state.epoch = self.cursor.epoch;
+        state.batch_in_epoch = self.cursor.index;
+        if state.guard.bad_streak >= t.max_bad_steps {
+            bail!(
+                "{} consecutive steps (up to step {}) had a non-finite loss or gradient norm, so training stopped (train.max_bad_steps = {}). Their updates were skipped and the checkpoints in {} are intact: resume from one with a lower train.lr, or check the data",
+                state.guard.bad_streak, state.step, t.max_bad_steps, self.s.run_dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// A skipped update: a `skip` record and a warning.
+    fn report_skip(&mut self, non_finite: bool, loss: f64, norm: f64) -> Result<()> {
+        let reason = if non_finite {
+            "non-finite loss or gradient"
+        } else {
+            "loss spike"
+        };
+        let step = self.state.step + 1;
+        self.log.write(&Record::Skip(SkipRecord {
+            step,
+            reason: reason.into(),
+            loss: finite(loss),
+            grad_norm: finite(norm),
+            skipped_steps: self.state.guard.skipped_steps,
+        }))?;
+        self.progress.say(format!(
+            "warning: step {step}: {reason} (loss {loss}, grad norm {norm}); update skipped"
+        ));
+        Ok(())
+    }
+
+    /// The `train` record of the steps since the last one, and the progress line.
+    fn log_window(&mut self, r: &StepReport) -> Result<()> {
+        let secs = self.window_start.elapsed().as_secs_f64().max(1e-9);
+        let tok_s = self.window.tokens as f64 / secs;
+        self.final_train_loss = self.window.nll / self.window.tokens.max(1) as f64;
+        let flops = mfu::flops_per_token(&self.s.config.model);
+        let util = self.peak.as_ref().map(|p| mfu::mfu(tok_s, flops, p.tflops));
+        let state = &self.state;
+        self.log.write(&Record::Train(TrainRecord {
+            step: state.step,
+            loss: finite(self.final_train_loss),
+            step_loss: finite(r.loss),
+            optimizer_steps: Some(state.optimizer_steps),
+            lr: Some(r.lr),
+            grad_norm: finite(r.grad_norm),
+            tokens_per_s: Some(tok_s),
+            mfu: util,
+            tokens_seen: Some(state.tokens_seen),
+            epoch: Some(state.epoch),
+            step_ms: Some(1000.0 * secs / self.window.steps as f64),
+            elapsed_s: Some(self.elapsed()),
+        }))?;
+        let util_text = util
+            .map(|u| format!(" mfu {:.1}%", 100.0 * u))
+            .unwrap_or_default();
+        let (loss, lr) = (self.final_train_loss, r.lr);
+        let val = state
+            .last_val_loss
+            .map(|v| format!(" val {v:.4}"))
+            .unwrap_or_default();
+        self.progress.bar.set_message(format!(
+            "loss {loss:.4} lr {lr:.2e} {tok_s:.0} tok/s{util_text}{val}"
+        ));
+        let (step, total) = (state.step, self.total_steps);
+        if self.progress.plain && step % (total / 10).max(1) < self.s.config.train.log_every {
+            // No terminal (CI, a log file): a plain line every ~10% instead of the bar.
+            self.progress.say(format!(
+                "step {step:>6}/{total}  loss {loss:.4}  lr {lr:.2e}  {tok_s:.0} tok/s{util_text}"
+            ));
+        }
+        self.window = Window::default();
+        self.window_start = Instant::now();
+        Ok(())
+    }
+
+    /// Scores the val split; returns (a new best, early stopping due).
+    fn evaluate(&mut self) -> Result<(bool, bool)> {
+        let s = &self.s;
+        let t = &s.config.train;
+        let r = eval::evaluate(
+            &s.model,
+            &s.data.val,
+            &s.val_batcher,
+            &self.val_plan,
+            &s.device,
+            t.eval_batches,
+        )?;
+        let improved = record_eval(&mut self.state, &r);
+        let early_stop =
+            t.early_stop_patience > 0 && self.state.evals_since_best >= t.early_stop_patience;
+        let kn = s.baseline.as_ref().map(|b| b.val_bits_per_token);
+        self.log.write(&Record::Eval(EvalRecord {
+            step: self.state.step,
+            val_loss: finite(r.loss),
+            val_ppl: finite(r.perplexity()),
+            val_bits_per_token: finite(r.bits_per_token()),
+            val_tokens: Some(r.tokens),
+            tokens_seen: Some(self.state.tokens_seen),
+            baseline_bits_per_token: kn,
+        }))?;
+        let vs_kn = match &s.baseline {
+            Some(b) => format!(" (KN-{} {:.3})", b.order, b.val_bits_per_token),
+            None => String::new(),
+        };
+        self.progress.say(format!(
+            "step {:>6}  train loss {:.4}  val loss {:.4}  val ppl {:.2}  bits/token {:.3}{vs_kn}",
+            self.state.step,
+            self.final_train_loss,
+            r.loss,
+            r.perplexity(),
+            r.bits_per_token()
+        ));
+        self.last_eval = Some(r);
+        // The picture is a convenience: a failure to draw it never stops training.
+        if let Err(e) = crate::report::render_run(&s.run_dir) {
+            self.progress
+                .say(format!("warning: loss.svg not updated: {e:#}"));
+        }
+        Ok((improved, early_stop))
+    }
+
+    /// Writes a checkpoint. A failed `final` one is an error; a failed periodic one (a full
+    /// disk, say) costs one interval at most: it is reported and training goes on.
+    fn checkpoint(&mut self, final_one: bool) -> Result<()> {
+        self.state.elapsed_s = self.elapsed();
+        let Err(e) = self.s.save_checkpoint(&self.state, &self.opt) else {
+            return Ok(());
+        };
+        if final_one {
+            return Err(e.context(
+                "the final checkpoint could not be written; the earlier checkpoints are intact",
+            ));
+        }
+        self.progress.say(format!(
+            "warning: {e:#}; training continues, the previous checkpoint is intact"
+        ));
+        self.log
+            .write(&Record::CheckpointError(CheckpointErrorRecord {
+                step: self.state.step,
+                error: format!("{e:#}"),
+            }))
+    }
+
+    /// Training wall time of the run so far, resumes included.
+    fn elapsed(&self) -> f64 {
+        self.elapsed_before + self.started.elapsed().as_secs_f64()
+    }
+
+    fn summary(self, stopped_early: bool) -> TrainSummary {
+        self.progress.bar.finish_and_clear();
+        let wall_s = self.started.elapsed().as_secs_f64();
+        TrainSummary {
+            run_dir: self.s.run_dir.clone(),
+            steps: self.state.step,
+            tokens_seen: self.state.tokens_seen,
+            final_train_loss: self.final_train_loss,
+            last_eval: self.last_eval,
+            best_val_loss: self.state.best_val_loss,
+            best_step: self.state.best_step,
+            tokens_per_s: (self.state.tokens_seen - self.start_tokens) as f64 / wall_s.max(1e-9),
+            wall_s,
+            stopped_early,
+        }
+    }
+}
+
+/// The GPU's peak for MFU, announced once (on CUDA); `None` elsewhere or when unknown.
+fn mfu_banner(s: &Session) -> Option<Peak> {
     // MFU only on a GPU whose peak is known (see mfu.rs); the lookup runs nvidia-smi once.
     let peak = mfu::device_peak(&s.device);
-    let flops_per_token = mfu::flops_per_token(&cfg.model);
     if s.device.is_cuda() && !s.quiet {
         match &peak {
             Some(p) => eprintln!(
@@ -148,201 +419,7 @@ pub fn train(mut s: Session) -> Result<TrainSummary> {
             ),
         }
     }
-    let mut cursor = Cursor::new(&s.train_batcher, state.epoch, state.batch_in_epoch);
-
-    let progress = Progress::new(total_steps, state.step, s.quiet);
-    let bar = &progress.bar;
-    let started = Instant::now();
-    let start_tokens = state.tokens_seen;
-    let (mut window_loss, mut window_tokens, mut window_steps) = (0.0f64, 0u64, 0u64);
-    let mut window_start = Instant::now();
-    let mut final_train_loss = f64::NAN;
-    let mut last_eval: Option<EvalResult> = None;
-    let stop = loop {
-        if t.max_steps > 0 && state.step >= t.max_steps {
-            break Stop::MaxSteps;
-        }
-        // Collect the step's micro-batches first: the loss is the mean over all their tokens.
-        let mut micro = Vec::with_capacity(t.grad_accum);
-        for _ in 0..t.grad_accum {
-            match cursor.next(t.max_epochs) {
-                Some(idx) => {
-                    micro.push(
-                        s.train_batcher
-                            .make_batch(&s.data.train, &idx, pad, &s.device)?,
-                    )
-                }
-                None => break,
-            }
-        }
-        if micro.is_empty() {
-            break Stop::MaxEpochs;
-        }
-        let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
-        let (mut nll_total, grads, rows) =
-            step::gradients(&s.model, &mut opt, &micro, cfg.run.seed, state.step, None)?;
-        if s.faults.nan_loss_at.contains(&(state.step + 1)) {
-            nll_total = f64::NAN;
-        }
-        let norm = step::grad_norm(&opt, (&grads, &rows), &s.device, None)?;
-        let lr = lr_at(state.step, t.lr, t.min_lr, t.warmup_steps, decay_end);
-        let loss = nll_total / step_tokens.max(1) as f64;
-        match state.guard.judge(loss, norm, t.spike_zscore) {
-            Verdict::Apply => {
-                step::update(
-                    &mut opt,
-                    (&grads, &rows),
-                    norm,
-                    lr,
-                    t.grad_clip,
-                    &s.device,
-                    None,
-                )?;
-                state.optimizer_steps += 1;
-                window_loss += nll_total;
-                window_tokens += step_tokens as u64;
-                window_steps += 1;
-            }
-            Verdict::Skip { non_finite } => {
-                let reason = if non_finite {
-                    "non-finite loss or gradient"
-                } else {
-                    "loss spike"
-                };
-                log.write(&json!({
-                    "kind": "skip", "step": state.step + 1, "reason": reason, "loss": loss,
-                    "grad_norm": norm, "skipped_steps": state.guard.skipped_steps,
-                }))?;
-                progress.say(format!(
-                    "warning: step {}: {reason} (loss {loss}, grad norm {norm}); update skipped",
-                    state.step + 1
-                ));
-            }
-        }
-        state.step += 1;
-        state.tokens_seen += step_tokens as u64;
-        state.epoch = cursor.epoch;
-        state.batch_in_epoch = cursor.index;
-        if state.guard.bad_streak >= t.max_bad_steps {
-            bail!(
-                "{} consecutive steps (up to step {}) had a non-finite loss or gradient norm, so training stopped (train.max_bad_steps = {}). Their updates were skipped and the checkpoints in {} are intact: resume from one with a lower train.lr, or check the data",
-                state.guard.bad_streak, state.step, t.max_bad_steps, s.run_dir.display()
-            );
-        }
-
-        let last = (t.max_steps > 0 && state.step >= t.max_steps) || cursor.exhausted(t.max_epochs);
-        if (state.step % t.log_every == 0 || last) && window_steps > 0 {
-            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-            let tok_s = window_tokens as f64 / secs;
-            final_train_loss = window_loss / window_tokens.max(1) as f64;
-            let util = peak
-                .as_ref()
-                .map(|p| mfu::mfu(tok_s, flops_per_token, p.tflops));
-            let util_text = util
-                .map(|u| format!(" mfu {:.1}%", 100.0 * u))
-                .unwrap_or_default();
-            log.write(&json!({
-                "kind": "train", "step": state.step, "loss": final_train_loss, "step_loss": loss,
-                "optimizer_steps": state.optimizer_steps,
-                "lr": lr, "grad_norm": norm, "tokens_per_s": tok_s, "mfu": util,
-                "tokens_seen": state.tokens_seen,
-                "epoch": state.epoch, "step_ms": 1000.0 * secs / window_steps as f64,
-                "elapsed_s": elapsed_before + started.elapsed().as_secs_f64(),
-            }))?;
-            bar.set_message(format!(
-                "loss {final_train_loss:.4} lr {lr:.2e} {:.0} tok/s{util_text}{}",
-                tok_s,
-                state
-                    .last_val_loss
-                    .map(|v| format!(" val {v:.4}"))
-                    .unwrap_or_default()
-            ));
-            if progress.plain && state.step % (total_steps / 10).max(1) < t.log_every {
-                // No terminal (CI, a log file): a plain line every ~10% instead of the bar.
-                progress.say(format!("step {:>6}/{total_steps}  loss {final_train_loss:.4}  lr {lr:.2e}  {tok_s:.0} tok/s{util_text}", state.step));
-            }
-            (window_loss, window_tokens, window_steps) = (0.0, 0, 0);
-            window_start = Instant::now();
-        }
-        bar.set_position(state.step);
-
-        let (mut early_stop, mut improved) = (false, false);
-        let eval_due = (t.eval_every > 0 && state.step % t.eval_every == 0) || last;
-        let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
-        if eval_due || periodic {
-            // Both read every table row: the lazily updated ones must be current.
-            opt.flush()?;
-        }
-        if eval_due {
-            let r = eval::evaluate(
-                &s.model,
-                &s.data.val,
-                &s.val_batcher,
-                &val_plan,
-                &s.device,
-                t.eval_batches,
-            )?;
-            improved = record_eval(&mut state, &r);
-            early_stop =
-                t.early_stop_patience > 0 && state.evals_since_best >= t.early_stop_patience;
-            let kn = s.baseline.as_ref().map(|b| b.val_bits_per_token);
-            log.write(&json!({
-                "kind": "eval", "step": state.step, "val_loss": r.loss, "val_ppl": r.perplexity(),
-                "val_bits_per_token": r.bits_per_token(), "val_tokens": r.tokens,
-                "tokens_seen": state.tokens_seen, "baseline_bits_per_token": kn,
-            }))?;
-            let vs_kn = match &s.baseline {
-                Some(b) => format!(" (KN-{} {:.3})", b.order, b.val_bits_per_token),
-                None => String::new(),
-            };
-            progress.say(format!(
-                "step {:>6}  train loss {final_train_loss:.4}  val loss {:.4}  val ppl {:.2}  bits/token {:.3}{vs_kn}",
-                state.step, r.loss, r.perplexity(), r.bits_per_token()
-            ));
-            last_eval = Some(r);
-            // The picture is a convenience: a failure to draw it never stops training.
-            if let Err(e) = crate::report::render_run(&s.run_dir) {
-                progress.say(format!("warning: loss.svg not updated: {e:#}"));
-            }
-        }
-        // Also on a new best val loss, so the best model is always kept on disk.
-        if periodic || improved || last || early_stop {
-            state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-            let inject = s.faults.fail_checkpoint_at.contains(&state.step);
-            if let Err(e) = s.save_checkpoint(&state, &opt, inject) {
-                if last || early_stop {
-                    return Err(e.context(
-                        "the final checkpoint could not be written; the earlier checkpoints are intact",
-                    ));
-                }
-                // A failed periodic write (a full disk, say) costs one interval at most:
-                // training goes on and the next interval tries again.
-                progress.say(format!(
-                    "warning: {e:#}; training continues, the previous checkpoint is intact"
-                ));
-                log.write(&json!({
-                    "kind": "checkpoint_error", "step": state.step, "error": format!("{e:#}"),
-                }))?;
-            }
-        }
-        if early_stop {
-            break Stop::Patience;
-        }
-    };
-    bar.finish_and_clear();
-    let wall_s = started.elapsed().as_secs_f64();
-    Ok(TrainSummary {
-        run_dir: s.run_dir.clone(),
-        steps: state.step,
-        tokens_seen: state.tokens_seen,
-        final_train_loss,
-        last_eval,
-        best_val_loss: state.best_val_loss,
-        best_step: state.best_step,
-        tokens_per_s: (state.tokens_seen - start_tokens) as f64 / wall_s.max(1e-9),
-        wall_s,
-        stopped_early: stop == Stop::Patience,
-    })
+    peak
 }
 
 /// Updates the best/patience bookkeeping; true when this evaluation is a new best.
@@ -357,40 +434,4 @@ fn record_eval(state: &mut TrainState, r: &EvalResult) -> bool {
         state.evals_since_best += 1;
     }
     improved
-}
-
-/// Progress output: an indicatif bar on a terminal, plain lines on stderr otherwise (CI, log
-/// files), nothing when quiet (tests).
-struct Progress {
-    bar: ProgressBar,
-    plain: bool,
-}
-
-impl Progress {
-    fn new(total: u64, at: u64, quiet: bool) -> Self {
-        if quiet {
-            return Self {
-                bar: ProgressBar::hidden(),
-                plain: false,
-            };
-        }
-        let bar = ProgressBar::new(total);
-        let style = ProgressStyle::with_template(
-            "{spinner} step {pos}/{len} [{elapsed_precise} < {eta_precise}] {wide_msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar.set_position(at);
-        let plain = bar.is_hidden();
-        Self { bar, plain }
-    }
-
-    /// A line above the bar (or a plain line).
-    fn say(&self, line: String) {
-        if self.plain {
-            eprintln!("{line}");
-        } else {
-            self.bar.println(line);
-        }
-    }
 }

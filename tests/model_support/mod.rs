@@ -4,7 +4,20 @@
 use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use lmtrain::config::{Mlp, ModelConfig, Norm, Positions};
+use lmtrain::kernels::Kernels;
 use lmtrain::rng::Rng;
+
+/// Every kernels policy a model can run under: the fused CPU kernels (`Auto` on the CPU in
+/// f32), candle's fused forwards with lmtrain's backward (`Device`, what CUDA runs), and the
+/// composed specification. Behaviour tests run under each.
+pub const KERNELS: [Kernels; 3] = [Kernels::Auto, Kernels::Device, Kernels::Composed];
+
+/// Each config under each kernels policy.
+pub fn under_each_kernels(cfgs: Vec<ModelConfig>) -> Vec<(ModelConfig, Kernels)> {
+    cfgs.into_iter()
+        .flat_map(|c| KERNELS.map(|k| (c.clone(), k)))
+        .collect()
+}
 
 /// V=11, C=16, 2 layers, 2 heads, context 8: runs in milliseconds.
 pub fn tiny(positions: Positions, norm: Norm, mlp: Mlp, bias: bool, tied: bool) -> ModelConfig {

@@ -7,7 +7,7 @@
 //! non-zero rows. Here the backward writes the zeros once and adds the rows into them, in
 //! position order (the order `index_add` uses, so gradients are bit-identical to candle's).
 
-use super::{contiguous, fused_enabled};
+use super::{contiguous, is_f32_cpu};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 /// `table (V, C)`, `ids (N)` of dtype u32 → `(N, C)`: the fused op for an `f32` table on the
 /// CPU, `index_select` elsewhere. An id ≥ V is an error.
 pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    if !(fused_enabled(table) && ids.dtype() == candle_core::DType::U32 && table.rank() == 2) {
-        return table.index_select(ids, 0);
+    if !(is_f32_cpu(table) && ids.dtype() == candle_core::DType::U32 && table.rank() == 2) {
+        return crate::kernels::composed::lookup(table, ids);
     }
     table
         .contiguous()?
@@ -60,7 +60,7 @@ impl RowGrads {
 /// gradient through the graph. For an `f32` CPU table (the only place the row-wise optimizer
 /// runs); elsewhere an error.
 pub fn lookup_with_row_grads(table: &Tensor, ids: &Tensor, sink: &RowGrads) -> Result<Tensor> {
-    if !(fused_enabled(table) && ids.dtype() == candle_core::DType::U32 && table.rank() == 2) {
+    if !(is_f32_cpu(table) && ids.dtype() == candle_core::DType::U32 && table.rank() == 2) {
         bail!("lookup with row gradients: needs an f32 CPU table and u32 ids")
     }
     table.contiguous()?.apply_op2(

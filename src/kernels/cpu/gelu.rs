@@ -4,7 +4,7 @@
 //! the `(B, T, 4C)` MLP activation, each a fresh buffer. Here forward and backward are one pass
 //! each, in parallel chunks.
 
-use super::{contiguous, fused_enabled, multiversion, tanh_fast, CHUNK};
+use super::{contiguous, is_f32_cpu, multiversion, tanh_fast, CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -43,10 +43,10 @@ multiversion! {
 
 /// `x (..)` → `gelu(x) (..)`: the fused op for `f32` on the CPU, candle's `gelu` elsewhere.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if fused_enabled(x) {
+    if is_f32_cpu(x) {
         x.contiguous()?.apply_op1(Gelu)
     } else {
-        x.gelu()
+        crate::kernels::composed::gelu(x)
     }
 }
 

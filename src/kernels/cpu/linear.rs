@@ -10,15 +10,15 @@
 
 use super::bias::column_sums;
 use super::gemm::{matmul, View};
-use super::{contiguous, fused_enabled, output_buffer};
+use super::{contiguous, is_f32_cpu, output_buffer};
+use crate::kernels::composed::linear as linear_composed;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `x (N, in)`, `w (out, in)`, `b (out)` → `x wᵀ + b (N, out)`: the fused op for `f32` on the
 /// CPU, candle's matmul and broadcast add elsewhere.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let fused =
-        fused_enabled(x) && fused_enabled(w) && b.is_none_or(|b| fused_enabled(b) && b.rank() == 1);
+    let fused = is_f32_cpu(x) && is_f32_cpu(w) && b.is_none_or(|b| is_f32_cpu(b) && b.rank() == 1);
     if !fused {
         return linear_composed(x, w, b);
     }
@@ -35,16 +35,6 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     match b {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, FusedLinear),
         None => x.apply_op2(&w, FusedLinear),
-    }
-}
-
-/// The composed twin of [`linear`], from differentiable candle ops: the reference of the
-/// tests, and the path of every other device and dtype.
-pub fn linear_composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.matmul(&w.t()?)?; // (N, out)
-    match b {
-        Some(b) => y.broadcast_add(b),
-        None => Ok(y),
     }
 }
 

@@ -13,8 +13,8 @@
 //! too.
 
 use super::cross_entropy::{log_sum_exp, nll_grad_in_place};
-use super::fused_enabled;
 use super::gemm::{matmul, View};
+use super::is_f32_cpu;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Mutex, OnceLock};
@@ -22,11 +22,10 @@ use std::sync::{Mutex, OnceLock};
 /// Logits per block, in f32s: 8 MB, so a block stays in a 32 MB L3 beside what the gemm reads.
 const BLOCK_LOGITS: usize = 2 << 20;
 
-/// Whether the fused kernel takes `h`, `w` and `targets`: f32 on the CPU (see
-/// [`fused_enabled`]) with u32 targets. Otherwise compose the head matmul with
-/// [`super::cross_entropy::masked_nll_sum`].
+/// Whether the fused kernel takes `h`, `w` and `targets`: f32 on the CPU with u32 targets.
+/// Otherwise the composed head and loss apply.
 pub fn applies(h: &Tensor, w: &Tensor, targets: &Tensor) -> bool {
-    fused_enabled(h) && w.dtype() == DType::F32 && targets.dtype() == DType::U32
+    is_f32_cpu(h) && w.dtype() == DType::F32 && targets.dtype() == DType::U32
 }
 
 /// `h (N, C)`, head weight `w (V, C)`, `targets (N)` u32 and `mask (N)` (1.0 = real target,
@@ -241,7 +240,7 @@ impl CustomOp2 for HeadNll {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ops::cross_entropy::masked_nll_sum_composed;
+    use crate::kernels::composed::masked_nll_sum as masked_nll_sum_composed;
     use crate::rng::Rng;
     use candle_core::{Device, Var};
 

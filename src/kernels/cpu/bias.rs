@@ -6,7 +6,7 @@
 //! columns, each block summed row by row in order, so the result does not depend on the thread
 //! count.
 
-use super::{contiguous, fused_enabled, multiversion};
+use super::{contiguous, is_f32_cpu, multiversion};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -14,11 +14,11 @@ use rayon::prelude::*;
 /// cache lines, narrow enough that the columns of a linear layer split over threads.
 const COLS_PER_TASK: usize = 64;
 
-/// `x (.., C)` + `b (C)` → `(.., C)`: the fused op for `f32` on the CPU, `broadcast_add`
-/// elsewhere.
+/// `x (.., C)` + `b (C)` → `(.., C)`: the fused op for `f32` on the CPU, the composed
+/// `broadcast_add` otherwise.
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !(fused_enabled(x) && b.dtype() == x.dtype() && b.rank() == 1) {
-        return x.broadcast_add(b);
+    if !(is_f32_cpu(x) && is_f32_cpu(b) && b.rank() == 1) {
+        return crate::kernels::composed::add_bias(x, b);
     }
     let c = b.dim(0)?;
     if x.dim(candle_core::D::Minus1)? != c {

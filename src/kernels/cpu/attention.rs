@@ -1,6 +1,6 @@
 //! Fused causal self-attention: `y = softmax(q kᵀ / √D + mask) v` with a hand-written backward.
 //!
-//! The composed path ([`causal_attention_composed`]) runs a batched matmul per product (each a
+//! The composed path ([`composed::causal_attention`]) runs a batched matmul per product (each a
 //! tiny gemm parallelised on its own, so the threads mostly synchronise), broadcast-adds a
 //! `(B, H, T, T)` mask, softmaxes in five passes and keeps every intermediate for the backward.
 //! Here each batch row is one rayon task that runs single-threaded gemms, head by head, on blocks
@@ -26,9 +26,10 @@
 //! arithmetic literally for them and skips hidden keys everywhere else, where their weight is
 //! exactly 0 in both paths.
 
-use super::gemm::{matmul_small, View};
-use super::{dot_lanes, exp_fast, fused_enabled, max_of, multiversion, output_buffer, sum_lanes};
-use crate::model::attention::{attend, attention_mask, HIDDEN};
+use super::gemm::View;
+use super::small_gemm::matmul_small;
+use super::{dot_lanes, exp_fast, max_of, multiversion, output_buffer, sum_lanes};
+use crate::kernels::composed::{self, HIDDEN};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -40,39 +41,24 @@ use std::sync::OnceLock;
 /// (measured with `cargo bench --bench attention`: 30 about 3% faster than 32, 24 no better).
 const BLOCK: usize = 30;
 
-/// Causal self-attention of `q, k, v (B, T, H, D)` with `key_mask (B, T)` (1 = real key, 0 =
-/// pad; `None` = all real) → `(B, T, H, D)`: query `i` sees key `j` iff `j ≤ i` and `j` is real.
-/// Takes the fused kernel for `f32` CPU tensors (see [`fused_enabled`]), else the composed ops.
-/// A mask with values other than 0 and 1 also takes the composed path, whose additive mask
-/// gives such values a meaning (a partial penalty) the kernel does not reproduce.
+/// Causal self-attention of `q, k, v (B, T, H, D)` (f32, on the CPU) with `key_mask (B, T)`
+/// (1 = real key, 0 = pad; `None` = all real) → `(B, T, H, D)`: query `i` sees key `j` iff
+/// `j ≤ i` and `j` is real. A mask with values other than 0 and 1 takes the composed path,
+/// whose additive mask gives such values a meaning (a partial penalty) the kernel does not
+/// reproduce.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     key_mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    if ![q, k, v].iter().all(|x| fused_enabled(x)) || q.elem_count() == 0 {
-        return causal_attention_composed(q, k, v, key_mask);
+    if q.elem_count() == 0 {
+        return composed::causal_attention(q, k, v, key_mask);
     }
     match host_key_mask(q, k, v, key_mask)? {
         HostMask::Binary(mask) => fused(q, k, v, mask),
-        HostMask::Other => causal_attention_composed(q, k, v, key_mask),
+        HostMask::Other => composed::causal_attention(q, k, v, key_mask),
     }
-}
-
-/// The composed twin of [`causal_attention`], from differentiable candle ops: the reference the
-/// kernel is tested against, and the path of every other device and dtype.
-pub fn causal_attention_composed(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    key_mask: Option<&Tensor>,
-) -> Result<Tensor> {
-    let t = q.dim(1)?;
-    let mask = attention_mask(t, 0, key_mask, q.device())?; // (B | 1, 1, T, T)
-    let heads = |x: &Tensor| x.transpose(1, 2)?.contiguous(); // (B, H, T, D)
-    let y = attend(&heads(q)?, &heads(k)?, &heads(v)?, &mask)?; // (B, H, T, D)
-    y.transpose(1, 2)?.contiguous() // (B, T, H, D)
 }
 
 /// The key mask on the host, as the kernel needs it.
@@ -674,10 +660,10 @@ mod tests {
         let inputs = [(); 4].map(|_| randn(&dims, &mut rng));
         let m = rows.map(mask);
         let fused = run(fused_attention, &inputs, m.as_ref(), DType::F32);
-        let composed = run(causal_attention_composed, &inputs, m.as_ref(), DType::F32);
+        let composed = run(composed::causal_attention, &inputs, m.as_ref(), DType::F32);
         assert_close(&fused, &composed, "fused vs composed f32");
         if f64_too {
-            let exact = run(causal_attention_composed, &inputs, m.as_ref(), DType::F64);
+            let exact = run(composed::causal_attention, &inputs, m.as_ref(), DType::F64);
             assert_close(&fused, &exact, "fused vs composed f64");
         }
     }
@@ -776,7 +762,7 @@ mod tests {
             (0..40).map(|j| (j < 33) as u8 as f32).collect(),
         ]);
         let a = fused_attention(&q, &k, &v, Some(&m)).unwrap();
-        let b = causal_attention_composed(&q, &k, &v, Some(&m)).unwrap();
+        let b = composed::causal_attention(&q, &k, &v, Some(&m)).unwrap();
         let diff = max_abs_diff(&a, &b);
         assert!(f64::from(diff) <= TOL, "diff {diff}");
     }
@@ -794,7 +780,7 @@ mod tests {
             q.apply_op3(k, v, op)
         };
         let got = run(without_keep, &inputs, None, DType::F32);
-        let want = run(causal_attention_composed, &inputs, None, DType::F32);
+        let want = run(composed::causal_attention, &inputs, None, DType::F32);
         assert_close(&got, &want, "recomputed P");
     }
 
@@ -804,7 +790,7 @@ mod tests {
         let [q, k, v] = [(); 3].map(|_| randn(&[1, 4, 1, 2], &mut rng));
         let m = mask(&[vec![1.0, 0.5, 1.0, 0.0]]);
         let a = causal_attention(&q, &k, &v, Some(&m)).unwrap();
-        let b = causal_attention_composed(&q, &k, &v, Some(&m)).unwrap();
+        let b = composed::causal_attention(&q, &k, &v, Some(&m)).unwrap();
         let diff = max_abs_diff(&a, &b);
         assert_eq!(diff, 0.0);
     }

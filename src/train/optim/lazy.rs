@@ -32,12 +32,9 @@
 //! (`ρ < 1`); otherwise the tail does not fade and the tables stay dense
 //! ([`LazyRows::supported`]).
 
-use super::fused_adamw::{f32_slice_mut, moment, Apply};
-use crate::model::ops::embedding::LookupGrad;
-use crate::model::ops::multiversion;
-use candle_core::{bail, CpuStorage, InplaceOp1, Layout, Result, Tensor};
-use rayon::prelude::*;
-use std::sync::Mutex;
+use crate::kernels::adamw::{self, AdamWStep, CatchUp, RowMoments};
+use crate::kernels::embedding::LookupGrad;
+use candle_core::{bail, Result, Tensor};
 
 /// Where `ρ^j` falls below this, the rest of the momentum tail is dropped.
 const TAIL_CUTOFF: f64 = 1e-7;
@@ -50,18 +47,6 @@ struct StepFactors {
     /// `a_s` and `b_s`.
     lr_over_bias1: f64,
     bias2_sqrt: f64,
-}
-
-/// A catch-up over `k` steps (see the module's formulas).
-#[derive(Debug, Clone)]
-struct Factors {
-    /// `D`.
-    decay: f32,
-    /// `β1^k`, `β2^k`.
-    m_scale: f32,
-    v_scale: f32,
-    /// `(c_s, e_s)` of the steps whose momentum has not faded, oldest first.
-    tail: Vec<(f32, f32)>,
 }
 
 /// The lazy state of one `(rows, cols)` table: its moments and, per row, the step it is current
@@ -153,7 +138,7 @@ impl LazyRows {
     }
 
     /// The factors that take a row from step `t0` to `now` over zero gradients.
-    fn catch_up_factors(&self, t0: u64) -> Factors {
+    fn catch_up_factors(&self, t0: u64) -> CatchUp {
         let now = self.now();
         let end = self.log_decay_at(now);
         let rho = self.beta1 / self.beta2.sqrt();
@@ -170,7 +155,7 @@ impl LazyRows {
             tail.push((c as f32, (self.eps * f.bias2_sqrt / beta2_half_j) as f32));
         }
         let k = (now - t0) as i32;
-        Factors {
+        CatchUp {
             decay: (end - self.log_decay_at(t0)).exp() as f32,
             m_scale: self.beta1.powi(k) as f32,
             v_scale: self.beta2.powi(k) as f32,
@@ -220,7 +205,7 @@ impl LazyRows {
         }
         rows.sort_unstable();
         let now = self.now();
-        let mut groups: Vec<Factors> = Vec::new();
+        let mut groups: Vec<CatchUp> = Vec::new();
         let mut group_of_lag = std::collections::HashMap::new();
         let group = rows
             .iter()
@@ -232,19 +217,12 @@ impl LazyRows {
                 })
             })
             .collect::<Vec<_>>();
-        let cols = self.cols;
-        let op = OnRows {
-            name: "lmtrain-lazy-catch-up",
-            moments: Mutex::new((&mut self.m, &mut self.v)),
-            cols,
-            rows: &rows,
-            // w ← D·w − m · Σ c_s / (√v + e_s), m ← β1^k m, v ← β2^k v.
-            f: |w: &mut [f32], m: &mut [f32], v: &mut [f32], k: usize, scratch: &mut Vec<f32>| {
-                scratch.resize(2 * cols, 0.0);
-                catch_up_row(w, m, v, &groups[group[k]], scratch);
-            },
+        let moments = RowMoments {
+            m: &mut self.m,
+            v: &mut self.v,
+            cols: self.cols,
         };
-        w.inplace_op1(&op)
+        adamw::catch_up_rows(w, moments, &rows, &groups, &group)
     }
 
     /// The rows looked up since the last step, ascending, and their gradients summed from
@@ -258,7 +236,7 @@ impl LazyRows {
         let mut sums = vec![0f32; rows.len() * cols];
         for (ids, grad) in parts {
             let (storage, layout) = grad.storage_and_layout();
-            let grad = crate::model::ops::host_f32(&storage, layout, "lazy table row gradient")?;
+            let grad = crate::kernels::cpu::host_f32(&storage, layout, "lazy table row gradient")?;
             if grad.len() != ids.len() * cols {
                 bail!(
                     "lazy table: {} row gradients for {} ids",
@@ -320,127 +298,27 @@ impl LazyRows {
             self.looked_up[r as usize] = false;
             self.current_at[r as usize] = t;
         }
-        let cols = self.cols;
-        if g.len() != rows.len() * cols {
-            bail!(
-                "lazy table update: {} gradient floats for {} rows",
-                g.len(),
-                rows.len()
-            )
-        }
-        // AdamW's step, the dense fused update's arithmetic (`fused_adamw`).
-        let (beta1, beta2, grad_scale) = (self.beta1 as f32, self.beta2 as f32, grad_scale as f32);
-        let apply = Apply {
-            decay: decay as f32,
-            step_size: (lr / bias1) as f32,
-            bias2_sqrt: bias2_sqrt as f32,
-            eps: self.eps as f32,
+        let s = AdamWStep {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            grad_scale,
+            decay,
+            step_size: lr / bias1,
+            bias2_sqrt,
         };
-        let op = OnRows {
-            name: "lmtrain-lazy-update",
-            moments: Mutex::new((&mut self.m, &mut self.v)),
-            cols,
-            rows,
-            f: |w: &mut [f32], m: &mut [f32], v: &mut [f32], k: usize, _: &mut Vec<f32>| {
-                let g = &g[k * cols..(k + 1) * cols];
-                for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                    let g = g * grad_scale;
-                    *m = moment(*m, beta1, g);
-                    *v = moment(*v, beta2, g * g);
-                    *w = apply.to(*w, *m, *v);
-                }
-            },
+        let moments = RowMoments {
+            m: &mut self.m,
+            v: &mut self.v,
+            cols: self.cols,
         };
-        w.inplace_op1(&op)
-    }
-}
-
-/// Runs `f(w_row, m_row, v_row, k, scratch)` on `rows` (distinct, ascending) in parallel, `k`
-/// being the row's index in `rows` and `scratch` a buffer reused across one task's rows: each
-/// row is its own disjoint slice of the three buffers.
-fn for_rows(
-    cols: usize,
-    (w, m, v): (&mut [f32], &mut [f32], &mut [f32]),
-    rows: &[u32],
-    f: &(impl Fn(&mut [f32], &mut [f32], &mut [f32], usize, &mut Vec<f32>) + Sync),
-) {
-    // Split the buffers at each row in turn: the borrow checker's proof that rows are disjoint.
-    let mut jobs = Vec::with_capacity(rows.len());
-    let (mut w, mut m, mut v, mut at) = (w, m, v, 0usize);
-    for (k, &r) in rows.iter().enumerate() {
-        let skip = (r as usize - at) * cols;
-        let (_, w_rest) = std::mem::take(&mut w).split_at_mut(skip);
-        let (_, m_rest) = std::mem::take(&mut m).split_at_mut(skip);
-        let (_, v_rest) = std::mem::take(&mut v).split_at_mut(skip);
-        let (w_row, w_rest) = w_rest.split_at_mut(cols);
-        let (m_row, m_rest) = m_rest.split_at_mut(cols);
-        let (v_row, v_rest) = v_rest.split_at_mut(cols);
-        jobs.push((w_row, m_row, v_row, k));
-        (w, m, v, at) = (w_rest, m_rest, v_rest, r as usize + 1);
-    }
-    jobs.into_par_iter()
-        .with_min_len(64)
-        .for_each_init(Vec::new, |scratch, (w, m, v, k)| f(w, m, v, k, scratch));
-}
-
-/// An in-place op on `rows` (ascending) of a table and its moments `(m, v)`: [`for_rows`] with
-/// `f`. The moments sit behind a mutex only because candle hands the op `&self`.
-struct OnRows<'a, F> {
-    name: &'static str,
-    moments: Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
-    cols: usize,
-    rows: &'a [u32],
-    f: F,
-}
-
-impl<F: Fn(&mut [f32], &mut [f32], &mut [f32], usize, &mut Vec<f32>) + Sync> InplaceOp1
-    for OnRows<'_, F>
-{
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        let w = f32_slice_mut(s, l, self.name)?;
-        let mut moments = self.moments.lock().map_err(|_| {
-            candle_core::Error::Msg("lazy table state: a previous update panicked".into())
-        })?;
-        let (m, v) = &mut *moments;
-        if m.len() != w.len() || v.len() != w.len() {
-            bail!("{}: weight and moments differ in size", self.name)
-        }
-        for_rows(self.cols, (w, m, v), self.rows, &self.f);
-        Ok(())
-    }
-}
-
-multiversion! {
-    /// One row's catch-up: `w ← D·w − m · Σ c_s / (√v + e_s)`, `m ← β1^k m`, `v ← β2^k v`
-    /// (`scratch`: 2 × the row's length). The tail is summed term by term
-    /// over the whole row (`Σ c_s / (√v + e_s)`, up to ~200 terms) so that the divisions run in
-    /// vector lanes: element by element, the sum would be one scalar division chain per float.
-    fn catch_up_row(w: &mut [f32], m: &mut [f32], v: &mut [f32], f: &Factors, scratch: &mut [f32]) {
-        let (root, tail) = scratch.split_at_mut(w.len());
-        for (r, &v) in root.iter_mut().zip(v.iter()) {
-            *r = v.sqrt();
-        }
-        tail.fill(0.0);
-        for &(c, e) in &f.tail {
-            for (t, &r) in tail.iter_mut().zip(root.iter()) {
-                *t += c / (r + e);
-            }
-        }
-        for (((w, m), v), &t) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(tail.iter()) {
-            *w = f.decay * *w - *m * t;
-            *m *= f.m_scale;
-            *v *= f.v_scale;
-        }
+        adamw::update_rows(w, moments, rows, g, &s)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::optimizer::{AdamW, AdamWParams, TableRowGrads};
+    use super::super::adamw::{AdamW, AdamWParams, TableRowGrads};
     use crate::rng::Rng;
     use candle_core::{Device, Result, Tensor, Var};
 
@@ -496,16 +374,16 @@ mod tests {
             let table_rows = TableRowGrads::from([("table".to_string(), vec![part])]);
             lazy.catch_up("table", &rows)?;
             let clip = if step % 3 == 0 { 0.5 } else { 1.0 };
-            let dense_rows = dense.sum_table_rows(&dense_grads, &TableRowGrads::new())?;
-            let table_rows = lazy.sum_table_rows(&[None], &table_rows)?;
-            let norm_dense = dense.grad_norm(&dense_grads, &dense_rows)?;
-            let norm_lazy = lazy.grad_norm(&[None], &table_rows)?;
+            let dense_grads = dense.gradients(dense_grads.to_vec(), &TableRowGrads::new())?;
+            let table_rows = lazy.gradients(vec![None], &table_rows)?;
+            let norm_dense = dense.grad_norm(&dense_grads)?;
+            let norm_lazy = lazy.grad_norm(&table_rows)?;
             assert!(
                 (norm_dense - norm_lazy).abs() <= 1e-6 * norm_dense,
                 "{norm_dense} vs {norm_lazy}"
             );
             dense.step(&dense_grads, lr, clip)?;
-            lazy.step_with_rows(&[None], &table_rows, lr, clip)?;
+            lazy.step(&table_rows, lr, clip)?;
             if step % flush_every == 0 {
                 lazy.flush()?;
             }
@@ -566,13 +444,15 @@ mod tests {
         let rows = TableRowGrads::from([("table".to_string(), vec![(vec![0, 2, 0], reads)])]);
         // A dense gradient for a lazy table is refused: its rows would not learn.
         let dense = Tensor::zeros((3, 2), candle_core::DType::F32, &dev)?;
-        assert!(opt.step(&[Some(dense)], 0.1, 1.0).is_err());
+        let none = TableRowGrads::new();
+        assert!(opt.gradients(vec![Some(dense)], &none).is_err());
         // Rows looked up with no gradient rows is refused too.
         opt.catch_up("table", &[0, 2, 0])?;
-        assert!(opt.step(&[None], 0.1, 1.0).is_err());
-        let rows = opt.sum_table_rows(&[None], &rows)?;
-        opt.step_with_rows(&[None], &rows, 0.1, 1.0)?;
-        opt.step(&[None], 0.1, 1.0)?; // nothing looked up
+        assert!(opt.gradients(vec![None], &none).is_err());
+        let rows = opt.gradients(vec![None], &rows)?;
+        opt.step(&rows, 0.1, 1.0)?;
+        let nothing = opt.gradients(vec![None], &none)?; // nothing looked up
+        opt.step(&nothing, 0.1, 1.0)?;
         assert_eq!(w.as_tensor().get(1)?.to_vec1::<f32>()?, vec![1.0, 1.0]);
         assert!(opt.state_tensors().is_err(), "state read while rows lag");
         let before = w.as_tensor().to_vec2::<f32>()?;
@@ -605,8 +485,8 @@ mod tests {
         let grads = Tensor::new(&[[0.5f32, -0.5, 1.0, 2.0, -3.0]; 3], &dev)?;
         opt.catch_up("table", &[4, 9, 4])?;
         let rows = TableRowGrads::from([("table".to_string(), vec![(vec![4, 9, 4], grads)])]);
-        let rows = opt.sum_table_rows(&[None], &rows)?;
-        opt.step_with_rows(&[None], &rows, 0.1, 1.0)?;
+        let rows = opt.gradients(vec![None], &rows)?;
+        opt.step(&rows, 0.1, 1.0)?;
         opt.flush()?;
         let dir = std::env::temp_dir().join(format!("lmtrain-lazy-st-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -7,34 +7,34 @@
 //! into one partial sum per fixed-size chunk of rows, added in chunk order afterwards, so the
 //! result is parallel yet bit-for-bit independent of thread scheduling.
 //!
-//! `candle_nn::ops::{layer_norm, rms_norm}` have no backward, which is why neither is used.
+//! `candle_nn::ops::{layer_norm, rms_norm}` have no backward; the device path
+//! ([`crate::kernels::device`]) pairs them with one, but on the CPU this kernel is faster and
+//! saves its row statistics for the backward.
 
-use super::{contiguous, dot_lanes, fused_enabled, multiversion, sum_lanes};
-use crate::model::compute_dtype;
-use candle_core::{
-    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
-};
+use super::{contiguous, dot_lanes, is_f32_cpu, multiversion, sum_lanes};
+use crate::kernels::composed;
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
 /// LayerNorm: `x (.., C)`, `weight (C)`, `bias (C)` → `(x − mean) / sqrt(var + eps) · weight +
-/// bias` over the last dim (biased variance, as PyTorch). Fused when [`fused_enabled`] (f32 on
-/// the CPU) and weight / bias are f32 too; composed otherwise.
+/// bias` over the last dim (biased variance, as PyTorch). Fused for f32 on the CPU with f32
+/// weight and bias; composed otherwise.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    if fused_enabled(x) && params_are_f32(weight, bias) {
+    if is_f32_cpu(x) && params_are_f32(weight, bias) {
         fused(Kind::Layer, x, weight, bias, eps)
     } else {
-        composed(Kind::Layer, x, weight, bias, eps)
+        composed::layer_norm(x, weight, bias, eps)
     }
 }
 
 /// RMSNorm: `x (.., C)`, `weight (C)` → `x / sqrt(mean(x²) + eps) · weight`. Fused or composed
 /// as [`layer_norm`].
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused_enabled(x) && params_are_f32(weight, None) {
+    if is_f32_cpu(x) && params_are_f32(weight, None) {
         fused(Kind::Rms, x, weight, None, eps)
     } else {
-        composed(Kind::Rms, x, weight, None, eps)
+        composed::rms_norm(x, weight, eps)
     }
 }
 
@@ -47,33 +47,6 @@ fn params_are_f32(weight: &Tensor, bias: Option<&Tensor>) -> bool {
 enum Kind {
     Layer,
     Rms,
-}
-
-/// The reference, from differentiable candle ops: any device, any float dtype (half precision
-/// is normalised in f32 and cast back before the gain).
-fn composed(
-    kind: Kind,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    eps: f64,
-) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(compute_dtype(dtype))?;
-    let x = match kind {
-        Kind::Layer => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?, // (.., C)
-        Kind::Rms => x,
-    };
-    let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?; // (.., 1)
-    let x = x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?; // (.., C)
-                                                         // Gain and bias in the compute dtype too, whatever dtype they are stored in (f32 master
-                                                         // weights under bf16 mixed precision); then back to the input's dtype.
-    let x = x.broadcast_mul(&weight.to_dtype(x.dtype())?)?;
-    let x = match bias {
-        Some(b) => x.broadcast_add(&b.to_dtype(x.dtype())?)?,
-        None => x,
-    };
-    x.to_dtype(dtype)
 }
 
 /// The fused kernels on f32 CPU tensors (errors on anything else).
@@ -498,13 +471,13 @@ mod tests {
         fused(Kind::Layer, x, w, b, 1e-5)
     }
     fn composed_ln(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        composed(Kind::Layer, x, w, b, 1e-5)
+        composed::layer_norm(x, w, b, 1e-5)
     }
     fn fused_rms(x: &Tensor, w: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
         fused(Kind::Rms, x, w, None, 1e-5)
     }
     fn composed_rms(x: &Tensor, w: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
-        composed(Kind::Rms, x, w, None, 1e-5)
+        composed::rms_norm(x, w, 1e-5)
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! view), the right one by rows, each row's 16 columns contiguous. That is why [`suits`] asks
 //! for `rhs` columns at stride 1; callers transpose an operand once per head when needed.
 
-use super::gemm::View;
+use super::gemm::{self, View};
+use candle_core::Result;
 
 /// Rows of the register tile: 6 rows × 2 vectors = 12 accumulators, plus 2 vectors of the
 /// right operand and 1 broadcast, of the 16 AVX registers.
@@ -27,14 +28,7 @@ pub(super) fn suits(rhs: &View) -> bool {
 /// `dst (m × n, row stride dst_rs) = [dst +] alpha · lhs (m × k) · rhs (k × n)` on this
 /// thread. The caller has checked that every element of the three matrices lies inside its
 /// slice and that [`suits`] holds. With `accumulate == false`, `dst` is never read.
-pub(super) fn matmul(
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: View,
-    rhs: View,
-    alpha: f32,
-) {
+fn matmul(dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: View, rhs: View, alpha: f32) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     if m == 0 || n == 0 {
         return;
@@ -67,6 +61,25 @@ pub(super) fn matmul(
             unsafe { kernel(k, tile, alpha, accumulate) }
         }
     }
+}
+
+/// [`gemm::matmul`](super::gemm::matmul) on this thread, for the attention's products of per-head blocks (tens to a few
+/// hundred rows and columns): this module's unpacked kernel where it applies, which
+/// is faster than the `gemm` crate there (perf log entry 19), else the `gemm` crate.
+pub(crate) fn matmul_small(
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    alpha: f32,
+) -> Result<()> {
+    if !suits(&rhs) {
+        return gemm::matmul(dst, dst_rs, accumulate, lhs, rhs, alpha, 1);
+    }
+    gemm::check(dst, dst_rs, &lhs, &rhs)?;
+    matmul(dst, dst_rs, accumulate, lhs, rhs, alpha);
+    Ok(())
 }
 
 /// One `rows × cols` (at most `MR × NR`) tile of the output and the operands it reads:
@@ -170,8 +183,9 @@ unsafe fn kernel(_: usize, _: Tile, _: f32, _: bool) {}
 
 #[cfg(test)]
 mod tests {
+    use super::super::gemm::View;
+    use super::matmul_small;
     use super::{suits, MR, NR};
-    use crate::model::ops::gemm::{matmul_small, View};
     use crate::rng::Rng;
 
     /// Against an f64 product, through the dispatching [`matmul_small`]: this
@@ -208,7 +222,7 @@ mod tests {
                         false => View::rows(&a, 0, m, k, k),
                     };
                     let rhs = View::rows(&b, 0, k, n, n);
-                    assert_eq!(suits(&rhs), crate::model::ops::has_avx2());
+                    assert_eq!(suits(&rhs), crate::kernels::cpu::has_avx2());
                     let dst_rs = n + 3;
                     let init: Vec<f32> = (0..m * dst_rs)
                         .map(|i| match (i % dst_rs < n, accumulate) {

@@ -1,6 +1,6 @@
 //! A bounds-checked f32 matrix product for the fused ops, which multiply strided blocks of their
-//! own buffers: the `gemm` crate (the kernel candle's CPU matmul uses), and for the attention's
-//! small blocks [`super::small_gemm`]'s unpacked kernel.
+//! own buffers: the `gemm` crate (the kernel candle's CPU matmul uses). The attention's small
+//! blocks go to [`super::small_gemm::matmul_small`] instead.
 
 use candle_core::{bail, Result};
 use gemm::Parallelism;
@@ -48,7 +48,7 @@ impl<'a> View<'a> {
 
 /// An error unless `dst` (row stride `dst_rs`), `lhs` and `rhs` hold every element of an
 /// `m × k` by `k × n` product (what makes the kernels' unchecked accesses sound).
-fn check(dst: &[f32], dst_rs: usize, lhs: &View, rhs: &View) -> Result<()> {
+pub(super) fn check(dst: &[f32], dst_rs: usize, lhs: &View, rhs: &View) -> Result<()> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     let dst_ok = m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len();
     if rhs.rows != k || !dst_ok || !lhs.in_bounds() || !rhs.in_bounds() {
@@ -57,25 +57,6 @@ fn check(dst: &[f32], dst_rs: usize, lhs: &View, rhs: &View) -> Result<()> {
             rhs.rows
         )
     }
-    Ok(())
-}
-
-/// [`matmul`] on this thread, for the attention's products of per-head blocks (tens to a few
-/// hundred rows and columns): [`super::small_gemm`]'s unpacked kernel where it applies, which
-/// is faster than the `gemm` crate there (perf log entry 19), else the `gemm` crate.
-pub(crate) fn matmul_small(
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: View,
-    rhs: View,
-    alpha: f32,
-) -> Result<()> {
-    if !super::small_gemm::suits(&rhs) {
-        return matmul(dst, dst_rs, accumulate, lhs, rhs, alpha, 1);
-    }
-    check(dst, dst_rs, &lhs, &rhs)?;
-    super::small_gemm::matmul(dst, dst_rs, accumulate, lhs, rhs, alpha);
     Ok(())
 }
 

@@ -1,14 +1,16 @@
-//! Fused CPU kernels with hand-written forward *and* backward passes (candle `CustomOp`s).
+//! The CPU backend: fused kernels with hand-written forward *and* backward passes (candle
+//! `CustomOp`s), and the SIMD, gemm and small-gemm helpers they share.
 //!
 //! Composed from small tensor ops, layer norm, attention, GELU and the masked cross-entropy
 //! allocate a fresh buffer per op and walk memory many times; on the CPU that, not the matmuls,
 //! dominated a training step. Each kernel here does its work in one or two passes, in parallel
-//! over rows, and keeps only what its backward needs.
+//! over rows, and keeps only what its backward needs (its saved state belongs to its op type).
 //!
-//! Every op has a composed twin built from differentiable candle ops (the reference its tests
-//! compare values and gradients against), used on every other device and dtype: CUDA and Metal
-//! keep working through the composed path. [`fused_enabled`] decides which path a tensor takes.
+//! Every kernel takes contiguous (or made contiguous) `f32` CPU tensors; the entry points of
+//! [`crate::kernels`] send it only those, and each is tested against its composed twin in
+//! [`super::composed`], which it also falls back to for inputs it does not cover.
 
+pub mod adamw;
 pub mod attention;
 pub mod bias;
 pub mod cross_entropy;
@@ -22,16 +24,9 @@ mod small_gemm;
 
 use candle_core::{DType, Tensor};
 
-/// True when the fused CPU kernels apply to `x`: an `f32` tensor on the CPU, unless the
-/// environment variable `LMTRAIN_COMPOSED=1` asks for the composed ops (to compare the two
-/// paths, or to rule the kernels out when hunting a numerical problem).
-pub fn fused_enabled(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32 && !composed_forced()
-}
-
-fn composed_forced() -> bool {
-    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| std::env::var("LMTRAIN_COMPOSED").is_ok_and(|v| v == "1"))
+/// True for an `f32` tensor on the CPU: what these kernels compute on.
+pub(crate) fn is_f32_cpu(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// The data of a contiguous CPU tensor of dtype `T`; an error naming `what` for another dtype
@@ -167,7 +162,7 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if $crate::model::ops::has_avx2() {
+                if $crate::kernels::cpu::has_avx2() {
                     // SAFETY: the CPU has the features `avx2` is compiled for.
                     return unsafe { avx2($($arg),*) };
                 }

@@ -8,38 +8,21 @@
 //! row's saved log-sum-exp. Pad rows (mask 0) are skipped on
 //! both passes.
 
-use super::{contiguous, exp_fast, fused_enabled, max_of, multiversion, sum_lanes};
-use crate::model::compute_dtype;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use super::{contiguous, exp_fast, is_f32_cpu, max_of, multiversion, sum_lanes};
+use crate::kernels::composed::masked_nll_sum as masked_nll_sum_composed;
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
-/// `logits (.., V)` (any float dtype), `targets (..)` u32, `mask (..)` (1.0 = real target,
-/// 0.0 = pad) → the SUM over real positions of `-log p(target)`, a scalar (f32 for f32 / half
-/// logits, f64 for f64 ones).
-///
-/// Takes the fused CPU kernel when [`fused_enabled`] says so (f32 logits on the CPU) and the
-/// targets are u32, the composed ops ([`masked_nll_sum_composed`]) otherwise.
+/// `logits (.., V)`, `targets (..)` u32, `mask (..)` (1.0 = real target, 0.0 = pad) → the SUM
+/// over real positions of `-log p(target)`, a scalar: the fused kernel for f32 logits on the
+/// CPU with u32 targets, the composed ops otherwise.
 pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    if fused_enabled(logits) && targets.dtype() == DType::U32 {
+    if is_f32_cpu(logits) && targets.dtype() == DType::U32 {
         masked_nll_sum_fused(logits, targets, mask)
     } else {
         masked_nll_sum_composed(logits, targets, mask)
     }
-}
-
-/// The reference: the same loss from differentiable candle ops, for every device and dtype.
-///
-/// Pad positions contribute nothing to the value or the gradient: their terms are multiplied by
-/// 0 (logits must still be finite). Their target ids are still used to gather, so they must be
-/// valid ids (the pad id is).
-pub fn masked_nll_sum_composed(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let logits = logits.to_dtype(compute_dtype(logits.dtype()))?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?; // (B, T, V)
-    let picked = log_probs.gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?; // (B, T, 1)
-    let picked = picked.squeeze(D::Minus1)?; // (B, T)
-    let mask = mask.to_dtype(picked.dtype())?;
-    (picked * mask)?.sum_all()?.neg()
 }
 
 /// The fused kernel on f32 CPU tensors (errors on anything else). Same semantics as the composed
