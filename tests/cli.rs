@@ -145,3 +145,27 @@ fn train_eval_sample_end_to_end() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.trim().chars().count() <= 5, "{text}");
 }
+
+/// A reader that stops early (`lmtrain runs | head -1`): the pipe is closed before lmtrain
+/// writes, so its write fails with EPIPE. That ends the command quietly with exit 0, not with
+/// a panic ("failed printing to stdout").
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::process::{Command, Stdio};
+    let dir = common::temp_dir("cli-pipe");
+    for i in 0..3 {
+        std::fs::create_dir_all(dir.join(format!("run{i}"))).unwrap();
+        std::fs::write(dir.join(format!("run{i}/config.toml")), "").unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+        .args(["runs", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lmtrain");
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    let out = child.wait_with_output().expect("wait for lmtrain");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {err}", out.status);
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
+}

@@ -3,7 +3,7 @@
 use super::{composed, cpu, Backend, Kernels};
 use candle_core::{bail, Result, Tensor};
 
-pub use cpu::embedding::{LookupGrad, RowGrads};
+pub use cpu::embedding::{with_host_rows, LookupGrad, RowGrads};
 
 /// `table (V, C)`, `ids (N)` u32 → `(N, C)`; an id ≥ V is an error.
 pub fn lookup(k: Kernels, table: &Tensor, ids: &Tensor) -> Result<Tensor> {

@@ -29,6 +29,7 @@ pub mod linear;
 pub mod loss;
 pub mod mlp;
 pub mod norm;
+pub mod reduce;
 pub mod rope;
 
 pub use choice::{Backend, Kernels};

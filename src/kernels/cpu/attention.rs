@@ -26,9 +26,10 @@
 //! arithmetic literally for them and skips hidden keys everywhere else, where their weight is
 //! exactly 0 in both paths.
 
+use super::buffer::OutputBuffer;
 use super::gemm::View;
 use super::small_gemm::matmul_small;
-use super::{dot_lanes, exp_fast, max_of, multiversion, output_buffer, sum_lanes};
+use super::{dot_lanes, exp_fast, max_of, multiversion, sum_lanes};
 use crate::kernels::composed::{self, HIDDEN};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -260,10 +261,10 @@ const SKEW: usize = 16;
 
 impl PairOperands {
     fn new(dims: Dims) -> Self {
-        // Each is written in full by `gather` before it is read.
+        // Small (a pair's stripes), allocated once per batch row's task.
         Self {
-            rows: std::array::from_fn(|_| output_buffer(dims.t * dims.d)),
-            transposed: output_buffer(dims.d * (dims.t + SKEW)),
+            rows: std::array::from_fn(|_| vec![0.0; dims.t * dims.d]),
+            transposed: vec![0.0; dims.d * (dims.t + SKEW)],
         }
     }
 
@@ -432,15 +433,14 @@ impl FusedCausalAttention {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         self.check_sizes(dims, &[q, k, v])?;
         let (n, tt) = (dims.row_len(), dims.t * dims.t);
-        // Written in full below: every head's stripe of every row of y, every element of P.
-        let mut y = output_buffer(dims.b * n);
-        let mut probs = output_buffer(if keep { dims.b * dims.h * tt } else { 0 });
+        let mut y = OutputBuffer::new(dims.b * n);
+        let mut probs = OutputBuffer::new(if keep { dims.b * dims.h * tt } else { 0 });
         let forward_row = |b: usize, y: &mut [f32], mut probs: Option<&mut [f32]>| {
             let (q, k, v) = (&q[b * n..][..n], &k[b * n..][..n], &v[b * n..][..n]);
             let mut scratch = if keep {
                 Vec::new()
             } else {
-                output_buffer(BLOCK * dims.t)
+                vec![0.0; BLOCK * dims.t]
             };
             let mut ops = PairOperands::new(dims);
             let keys = self.keys(dims, b);
@@ -461,7 +461,7 @@ impl FusedCausalAttention {
                 .enumerate()
                 .try_for_each(|(b, y)| forward_row(b, y, None))?;
         }
-        Ok((y, probs))
+        Ok((y.into_vec(), probs.into_vec()))
     }
 }
 
@@ -539,20 +539,17 @@ impl CustomOp3 for FusedCausalAttention {
         if probs.len() != dims.b * dims.h * tt {
             bail!("fused attention: saved probabilities of the wrong size")
         }
-        // dq is written in full by the blocks; dk and dv accumulate, so each row task zeroes
-        // its own part first (on its thread, rather than a one-thread memset here).
-        let mut dq = output_buffer(dims.b * n);
-        let mut dk = output_buffer(dims.b * n);
-        let mut dv = output_buffer(dims.b * n);
+        // dk and dv accumulate over blocks: each row task's part is zeroed as it receives it
+        // (on its thread, rather than a one-thread memset here).
+        let mut dq = OutputBuffer::new(dims.b * n);
+        let mut dk = OutputBuffer::new(dims.b * n);
+        let mut dv = OutputBuffer::new(dims.b * n);
         dq.par_chunks_mut(n)
             .zip(dk.par_chunks_mut(n))
             .zip(dv.par_chunks_mut(n))
             .enumerate()
             .try_for_each(|(b, ((dq, dk), dv))| {
-                dk.fill(0.0);
-                dv.fill(0.0);
-                // Each block writes the part of ds it reads.
-                let mut ds = output_buffer(BLOCK * (dims.t + SKEW));
+                let mut ds = vec![0.0; BLOCK * (dims.t + SKEW)];
                 let mut ops = PairOperands::new(dims);
                 let (q, k, v) = (&q[b * n..][..n], &k[b * n..][..n], &v[b * n..][..n]);
                 let dy = &dy[b * n..][..n];
@@ -569,9 +566,9 @@ impl CustomOp3 for FusedCausalAttention {
                     backward_pair(dims, keys, qkv, p, stripe(dy, dims, h), grads, scratch)
                 })
             })?;
-        let dq = Tensor::from_vec(dq, &shape, &device)?;
-        let dk = Tensor::from_vec(dk, &shape, &device)?;
-        let dv = Tensor::from_vec(dv, &shape, &device)?;
+        let dq = Tensor::from_vec(dq.into_vec(), &shape, &device)?;
+        let dk = Tensor::from_vec(dk.into_vec(), &shape, &device)?;
+        let dv = Tensor::from_vec(dv.into_vec(), &shape, &device)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

@@ -6,6 +6,7 @@
 //! columns, each block summed row by row in order, so the result does not depend on the thread
 //! count.
 
+use super::buffer::OutputBuffer;
 use super::{contiguous, is_f32_cpu, multiversion};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -55,14 +56,14 @@ impl CustomOp2 for AddBias {
         if b.len() != c {
             bail!("add_bias: {c} columns but a bias of {}", b.len())
         }
-        let mut y = super::output_buffer(n * c); // add_rows writes every element
+        let mut y = OutputBuffer::new(n * c); // (N, C)
         if let Some(per_task) = super::CHUNK.checked_div(c) {
             let rows_per_task = per_task.max(1);
             y.par_chunks_mut(rows_per_task * c)
                 .zip(x.par_chunks(rows_per_task * c))
                 .for_each(|(y, x)| add_rows(y, x, b));
         }
-        Ok((CpuStorage::F32(y), Shape::from((n, c))))
+        Ok((CpuStorage::F32(y.into_vec()), Shape::from((n, c))))
     }
 
     fn bwd(

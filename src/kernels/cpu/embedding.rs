@@ -7,6 +7,7 @@
 //! non-zero rows. Here the backward writes the zeros once and adds the rows into them, in
 //! position order (the order `index_add` uses, so gradients are bit-identical to candle's).
 
+use super::buffer::OutputBuffer;
 use super::{contiguous, is_f32_cpu};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -56,6 +57,13 @@ impl RowGrads {
     }
 }
 
+/// Runs `f` on the rows of a lookup's gradient `(N, C)` where they lie: a contiguous `f32`
+/// CPU tensor, as the row-gradient lookups leave them (an error for any other).
+pub fn with_host_rows<R>(grad: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = grad.storage_and_layout();
+    f(super::host_f32(&storage, layout, "lookup row gradient")?)
+}
+
 /// [`lookup`] whose backward leaves the table's gradient in `sink` as rows: the table gets no
 /// gradient through the graph. For an `f32` CPU table (the only place the row-wise optimizer
 /// runs); elsewhere an error.
@@ -91,14 +99,14 @@ impl CustomOp2 for Lookup {
         let (rows, c) = l1.shape().dims2()?;
         let table = contiguous::<f32>(s1, l1, "lookup table")?;
         let ids = checked_ids(s2, l2, rows)?;
-        let mut out = super::output_buffer(ids.len() * c); // (N, C); one row copied per id
+        let mut out = OutputBuffer::new(ids.len() * c); // (N, C)
         if c > 0 {
             out.par_chunks_mut(c)
                 .zip(ids.par_iter())
                 .with_min_len(64)
                 .for_each(|(row, &id)| row.copy_from_slice(&table[id * c..(id + 1) * c]));
         }
-        Ok((CpuStorage::F32(out), Shape::from((ids.len(), c))))
+        Ok((CpuStorage::F32(out.into_vec()), Shape::from((ids.len(), c))))
     }
 
     fn bwd(

@@ -4,6 +4,7 @@
 //! the `(B, T, 4C)` MLP activation, each a fresh buffer. Here forward and backward are one pass
 //! each, in parallel chunks.
 
+use super::buffer::OutputBuffer;
 use super::{contiguous, is_f32_cpu, multiversion, tanh_fast, CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -59,11 +60,11 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous::<f32>(s, l, self.name())?;
-        let mut y = super::output_buffer(x.len()); // gelu_chunk writes every element
+        let mut y = OutputBuffer::new(x.len());
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(y, x)| gelu_chunk(y, x));
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((CpuStorage::F32(y.into_vec()), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -96,11 +97,11 @@ impl CustomOp2 for GeluBackward {
         if x.len() != dy.len() {
             candle_core::bail!("{}: x and dy differ in size", self.name())
         }
-        let mut dx = super::output_buffer(x.len()); // gelu_grad_chunk writes every element
+        let mut dx = OutputBuffer::new(x.len());
         dx.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
             .for_each(|(dx, (x, dy))| gelu_grad_chunk(dx, x, dy));
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        Ok((CpuStorage::F32(dx.into_vec()), l1.shape().clone()))
     }
 }
 

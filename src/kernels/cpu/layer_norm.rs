@@ -11,6 +11,7 @@
 //! ([`crate::kernels::device`]) pairs them with one, but on the CPU this kernel is faster and
 //! saves its row statistics for the backward.
 
+use super::buffer::OutputBuffer;
 use super::{contiguous, dot_lanes, is_f32_cpu, multiversion, sum_lanes};
 use crate::kernels::composed;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -125,7 +126,7 @@ impl NormOp {
         if w.len() != c || b.is_some_and(|b| b.len() != c) {
             bail!("norm: weight and bias must have {c} entries")
         }
-        let mut y = super::output_buffer(n * c); // (N, C); norm_fwd_row writes every element
+        let mut y = OutputBuffer::new(n * c); // (N, C)
         let mut mean = vec![0f32; n];
         let mut rstd = vec![0f32; n];
         if c > 0 {
@@ -142,7 +143,7 @@ impl NormOp {
         if self.stats.set(Stats { mean, rstd }).is_err() {
             bail!("norm: forward ran twice on one op object")
         }
-        Ok((CpuStorage::F32(y), Shape::from((n, c))))
+        Ok((CpuStorage::F32(y.into_vec()), Shape::from((n, c))))
     }
 
     /// `dx (N, C)`, `dweight (C)` and `dbias (C)` from the saved statistics, in one kernel.

@@ -9,8 +9,9 @@
 //! weight gradient is computed as `dyᵀ x`, already `(out, in)`.
 
 use super::bias::column_sums;
+use super::buffer::OutputBuffer;
 use super::gemm::{matmul, View};
-use super::{contiguous, is_f32_cpu, output_buffer};
+use super::{contiguous, is_f32_cpu};
 use crate::kernels::composed::linear as linear_composed;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -50,14 +51,14 @@ impl FusedLinear {
         let ((n, inner), (out, _)) = (lx.shape().dims2()?, lw.shape().dims2()?);
         let x = contiguous::<f32>(sx, lx, "linear x")?;
         let w = contiguous::<f32>(sw, lw, "linear weight")?;
-        // Every element is written: by the bias rows, or by the gemm when there is no bias.
-        let mut y = output_buffer(n * out);
-        let accumulate = match bias {
+        // The bias rows, which the gemm then accumulates onto, or zeros it overwrites.
+        let (mut y, accumulate) = match bias {
             Some((sb, lb)) => {
                 let b = contiguous::<f32>(sb, lb, "linear bias")?;
                 if b.len() != out {
                     bail!("linear: {out} outputs but a bias of {}", b.len())
                 }
+                let mut y = OutputBuffer::new(n * out);
                 if let Some(per_task) = super::CHUNK.checked_div(out) {
                     let rows_per_task = per_task.max(1);
                     y.par_chunks_mut(rows_per_task * out).for_each(|rows| {
@@ -65,9 +66,9 @@ impl FusedLinear {
                             .for_each(|r| r.copy_from_slice(b))
                     });
                 }
-                true
+                (y.into_vec(), true)
             }
-            None => false,
+            None => (OutputBuffer::zeroed(n * out), false),
         };
         let threads = candle_core::utils::get_num_threads();
         let lhs = View::rows(x, 0, n, inner, inner); // (N, in)

@@ -13,6 +13,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod bias;
+mod buffer;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod gelu;
@@ -20,6 +21,7 @@ mod gemm;
 pub mod head_loss;
 pub mod layer_norm;
 pub mod linear;
+pub mod reduce;
 mod small_gemm;
 
 use candle_core::{DType, Tensor};
@@ -57,21 +59,6 @@ pub(crate) fn host_f32<'a>(
         candle_core::Storage::Cpu(cpu) => contiguous::<f32>(cpu, l, what),
         _ => candle_core::bail!("{what}: expected a CPU tensor"),
     }
-}
-
-/// A `len`-element output buffer for a kernel that writes every element before anything
-/// reads it. `vec![0.0; len]` would zero-fill it first: a memset of every activation, about 3%
-/// of a training step in `perf` once freed memory is kept for reuse (perf log entry 9).
-///
-/// Each caller says which loop writes all of it; the kernels' tests against their composed
-/// twins fail on any element left unwritten (checked by breaking one).
-#[allow(clippy::uninit_vec)]
-pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: every `f32` bit pattern is a valid value, and each caller overwrites all `len`
-    // elements before the buffer is read or leaves the kernel.
-    unsafe { v.set_len(len) };
-    v
 }
 
 /// `Σ f(x)` in eight lanes: vectorisable, and more accurate than one running sum. `f` is applied

@@ -4,10 +4,11 @@
 //! each parameter's moments, dense or a lazy table's ([`super::lazy::LazyRows`]), the step
 //! count, and one step's gradients ([`Gradients`]).
 
-use super::clip::{global_norm, sum_of_squares};
+use super::clip::global_norm;
 use super::lazy::LazyRows;
 use crate::kernels::adamw::{self as kernel, AdamWStep};
 use crate::kernels::embedding::LookupGrad;
+use crate::kernels::reduce::host_sum_of_squares;
 use crate::kernels::Kernels;
 use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 use std::collections::HashMap;
@@ -252,7 +253,7 @@ impl AdamW {
     /// √(Σ‖g‖²) over every gradient of the step, dense and rows (see
     /// [`super::clip::global_norm`]).
     pub fn grad_norm(&self, grads: &Gradients) -> Result<f64> {
-        let tables: f64 = grads.rows.iter().map(|(_, g)| sum_of_squares(g)).sum();
+        let tables: f64 = grads.rows.iter().map(|(_, g)| host_sum_of_squares(g)).sum();
         Ok((global_norm(self.kernels, &grads.dense)?.powi(2) + tables).sqrt())
     }
 }

@@ -33,7 +33,7 @@
 //! ([`LazyRows::supported`]).
 
 use crate::kernels::adamw::{self, AdamWStep, CatchUp, RowMoments};
-use crate::kernels::embedding::LookupGrad;
+use crate::kernels::embedding::{with_host_rows, LookupGrad};
 use candle_core::{bail, Result, Tensor};
 
 /// Where `ρ^j` falls below this, the rest of the momentum tail is dropped.
@@ -235,24 +235,25 @@ impl LazyRows {
         let cols = self.cols;
         let mut sums = vec![0f32; rows.len() * cols];
         for (ids, grad) in parts {
-            let (storage, layout) = grad.storage_and_layout();
-            let grad = crate::kernels::cpu::host_f32(&storage, layout, "lazy table row gradient")?;
-            if grad.len() != ids.len() * cols {
-                bail!(
-                    "lazy table: {} row gradients for {} ids",
-                    grad.len() / cols.max(1),
-                    ids.len()
-                )
-            }
-            // In lookup order, as the dense scatter sums them.
-            for (&id, g) in ids.iter().zip(grad.chunks_exact(cols)) {
-                let Ok(k) = rows.binary_search(&id) else {
-                    bail!("lazy table: row {id} has a gradient but was not brought up to date before the forward pass (AdamW::catch_up)")
-                };
-                for (s, &g) in sums[k * cols..(k + 1) * cols].iter_mut().zip(g) {
-                    *s += g;
+            with_host_rows(grad, |grad| {
+                if grad.len() != ids.len() * cols {
+                    bail!(
+                        "lazy table: {} row gradients for {} ids",
+                        grad.len() / cols.max(1),
+                        ids.len()
+                    )
                 }
-            }
+                // In lookup order, as the dense scatter sums them.
+                for (&id, g) in ids.iter().zip(grad.chunks_exact(cols)) {
+                    let Ok(k) = rows.binary_search(&id) else {
+                        bail!("lazy table: row {id} has a gradient but was not brought up to date before the forward pass (AdamW::catch_up)")
+                    };
+                    for (s, &g) in sums[k * cols..(k + 1) * cols].iter_mut().zip(g) {
+                        *s += g;
+                    }
+                }
+                Ok(())
+            })?;
         }
         Ok((rows, sums))
     }
