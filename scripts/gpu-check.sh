@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine (NVIDIA driver + Python with PyTorch; no Rust, no network):
+#   (0) the CUDA test binary (tests/gpu_parity.rs built with --features cuda): CPU/CUDA parity,
+#       candle's fused kernels with lmtrain's backward against the composed ops, device-drawn
+#       dropout, and an exact resume, all on the GPU;
 #   (a) parity: the same 20 steps, same seed and batches, f32 on CPU and on CUDA, and bf16 on CUDA;
 #   (b) throughput of a GPT-2-small-sized model (d 768, 12 layers, context 1024, bf16) on random
-#       tokens and on the PKU corpus: tokens/s, step time, peak GPU memory, MFU;
+#       tokens and on the PKU corpus: tokens/s, step time, peak GPU memory, MFU; and on the
+#       composed path (`--kernels composed`, the CUDA path before the device kernels);
 #   (c) ../shared/bench/ref_gpt.py on the same model and GPU (bf16, then with torch.compile);
 #   (d) one table last, and every JSON line in OUT_DIR.
 #
 #   scripts/gpu-check.sh OUT_DIR
-#   env: BIN (gpu/lmtrain), REF (gpu/ref_gpt.py), CORPUS (gpu/pku-train.txt), PY (python3),
-#        STEPS (30), QUICK=1 (parity only)
+#   env: BIN (gpu/lmtrain), TESTS (gpu/gpu_parity), REF (gpu/ref_gpt.py),
+#        CORPUS (gpu/pku-train.txt), PY (python3), STEPS (30), QUICK=1 (tests and parity only)
 #
 # The binary is built on the development machine (x86-64, glibc >= 2.35) and copied with the
 # reference and the corpus into the git-ignored gpu/ folder by scripts/gpu-pack.sh.
@@ -16,6 +20,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: scripts/gpu-check.sh OUT_DIR}
 BIN=${BIN:-gpu/lmtrain}
+TESTS=${TESTS:-gpu/gpu_parity}
 REF=${REF:-gpu/ref_gpt.py}
 CORPUS=${CORPUS:-gpu/pku-train.txt}
 PY=${PY:-python3}
@@ -26,7 +31,7 @@ LOG="$OUT/gpu-check.log"
 say() { echo "$*" | tee -a "$LOG" >&2; }
 
 # gpu-pack.sh ships the binary and the corpus gzipped (the carried folder is capped at 64 MiB).
-for f in "$BIN" "$CORPUS"; do
+for f in "$BIN" "$TESTS" "$CORPUS"; do
     if [ ! -e "$f" ] && [ -f "$f.gz" ]; then gunzip -c "$f.gz" > "$f" && chmod +x "$f"; fi
 done
 [ -x "$BIN" ] || { say "error: no binary at $BIN (build it with scripts/gpu-pack.sh)"; exit 1; }
@@ -72,6 +77,16 @@ run() { # $1 = name, rest = command; stdout's last line (JSON) saved as OUT/name
     say "   rc=$rc in $((SECONDS - t0)) s: $(head -c 300 "$OUT/$name.json")"
 }
 
+# (0) the CUDA tests, one thread (they share the GPU), their verdict saved for the table.
+if [ -x "$TESTS" ]; then
+    say "== cuda tests: $TESTS"
+    timeout 600 "$TESTS" --test-threads=1 --nocapture > "$OUT/cuda-tests.out" 2>&1
+    echo "rc=$?" >> "$OUT/cuda-tests.out"
+    grep -E "^test |test result|rc=" "$OUT/cuda-tests.out" | tee -a "$LOG" >&2
+else
+    say "warning: no test binary at $TESTS (scripts/gpu-pack.sh builds it): CUDA tests skipped"
+fi
+
 S="--vocab 5000 --d-model 128 --layers 4 --heads 4 --ctx 128 --batch 16 --warmup-steps 0 --steps 20"
 G="--vocab 5000 --d-model 768 --layers 12 --heads 12 --ctx 1024 --batch 16"
 
@@ -83,6 +98,7 @@ run parity-cuda-bf16 "$BIN" bench $S --device cuda --dtype bf16
 if [ "${QUICK:-0}" != 1 ]; then
     # (b) lmtrain on the ~124M-class model (the reference's G), bf16
     run lmtrain-G-random "$BIN" bench $G --warmup-steps 5 --steps "$STEPS" --device cuda --dtype bf16
+    run lmtrain-G-random-composed "$BIN" bench $G --warmup-steps 5 --steps "$STEPS" --device cuda --dtype bf16 --kernels composed
     if [ -f "$CORPUS" ]; then
         run lmtrain-G-pku "$BIN" bench $G --warmup-steps 5 --steps "$STEPS" --device cuda --dtype bf16 --data "$CORPUS"
     else
@@ -119,6 +135,15 @@ peak = next((p for k, p in PEAKS if k in gpu), None)
 V, d, L, T = 5000, 768, 12, 1024
 print(f"GPU: {gpu}; peak {'%d TFLOP/s dense bf16' % peak if peak else 'unknown peak'}")
 print()
+try:
+    tests = open(os.path.join(out, "cuda-tests.out")).read().splitlines()
+    verdicts = [l for l in tests if l.startswith("test ") or l.startswith("test result") or l.startswith("rc=")]
+    print("cuda tests (tests/gpu_parity.rs on this GPU):")
+    for l in verdicts:
+        print("  " + l)
+except FileNotFoundError:
+    print("cuda tests: not run (no test binary)")
+print()
 print("parity (20 steps, same seed and batches):")
 ref = load("parity-cpu-f32")
 for name in ("parity-cuda-f32", "parity-cuda-bf16"):
@@ -133,7 +158,7 @@ for name in ("parity-cuda-f32", "parity-cuda-bf16"):
 print()
 print(f"{'run':<28}{'tokens/s':>12}{'step ms':>10}{'peak MiB':>10}{'MFU':>8}")
 rows = {}
-for name in ("lmtrain-G-random", "lmtrain-G-pku", "pytorch-G-random", "pytorch-G-random-compile", "pytorch-G-pku"):
+for name in ("lmtrain-G-random", "lmtrain-G-random-composed", "lmtrain-G-pku", "pytorch-G-random", "pytorch-G-random-compile", "pytorch-G-pku"):
     r = load(name)
     if not r:
         continue
@@ -147,6 +172,7 @@ def ratio(a, b):
     if a in rows and b in rows:
         print(f"{a} / {b}: {rows[a]['tokens_per_s'] / rows[b]['tokens_per_s']:.2f}x tokens/s")
 print()
+ratio("lmtrain-G-random", "lmtrain-G-random-composed")
 ratio("lmtrain-G-random", "pytorch-G-random")
 ratio("lmtrain-G-random", "pytorch-G-random-compile")
 ratio("lmtrain-G-pku", "pytorch-G-pku")

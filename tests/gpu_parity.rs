@@ -51,7 +51,12 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// The first accelerator this build and machine have, or why there is none.
+/// `LMTRAIN_TEST_ACCELERATOR=cpu` makes these tests take the CPU for one, to run their own code
+/// where there is no GPU.
 fn accelerator() -> Result<&'static str, String> {
+    if std::env::var("LMTRAIN_TEST_ACCELERATOR").is_ok_and(|v| v == "cpu") {
+        return Ok("cpu");
+    }
     let mut why = Vec::new();
     for name in ["cuda", "metal"] {
         match lmtrain::device::select(name) {
@@ -124,4 +129,221 @@ fn every_kernels_policy_trains_to_the_same_losses() {
             "{k:?} losses differ from Auto's by {d}: {other:?} vs {auto:?}"
         );
     }
+}
+
+/// A file of the repository: where the build found it, else relative to the working folder
+/// (a test binary copied to a GPU machine runs in a copy of the tree at another path).
+fn repo_file(rel: &str) -> std::path::PathBuf {
+    let baked = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if baked.exists() {
+        baked
+    } else {
+        std::path::PathBuf::from(rel)
+    }
+}
+
+/// The accelerator's device, or `None` (with the reason printed) when there is none.
+fn accelerator_device() -> Option<candle_core::Device> {
+    match accelerator() {
+        Ok(name) => lmtrain::device::select(name).ok(),
+        Err(why) => {
+            println!("skipped: no accelerator in this build or on this machine ({why})");
+            None
+        }
+    }
+}
+
+/// candle's fused kernels with lmtrain's backward, run on the accelerator, against the composed
+/// specification run on the CPU: values and the gradients of `Σ y ⊙ w`. f32; tolerance 1e-4
+/// relative to the largest reference value (the GPU reduces rows in another order, and its
+/// `exp` and `rsqrt` differ from the CPU's by a few ulps).
+#[test]
+fn device_kernels_on_the_accelerator_match_the_composed_ops_on_the_cpu() {
+    use candle_core::{DType, Tensor, Var};
+    use lmtrain::kernels::{composed, device};
+    let Some(gpu) = accelerator_device() else {
+        return;
+    };
+    let cpu = candle_core::Device::Cpu;
+    let mut rng = lmtrain::rng::Rng::new(11);
+    let mut randn = |dims: &[usize]| {
+        let n = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        Tensor::from_vec(v, dims, &cpu).unwrap()
+    };
+    let (x, w, b) = (randn(&[4, 9, 64]), randn(&[64]), randn(&[64]));
+    let (dy, x4) = (randn(&[4, 9, 64]), randn(&[2, 9, 4, 16]));
+    let (cos, sin, dy4) = (randn(&[9, 8]), randn(&[9, 8]), randn(&[2, 9, 4, 16]));
+    type Op = fn(&[Tensor]) -> candle_core::Result<Tensor>;
+    let cases: Vec<(&str, Op, Op, Vec<Tensor>, &Tensor)> = vec![
+        (
+            "softmax",
+            |x| device::softmax_last_dim(&x[0]),
+            |x| composed::softmax_last_dim(&x[0]),
+            vec![x.clone()],
+            &dy,
+        ),
+        (
+            "layer norm",
+            |x| device::layer_norm(&x[0], &x[1], Some(&x[2]), 1e-5),
+            |x| composed::layer_norm(&x[0], &x[1], Some(&x[2]), 1e-5),
+            vec![x.clone(), w.clone(), b.clone()],
+            &dy,
+        ),
+        (
+            "rms norm",
+            |x| device::rms_norm(&x[0], &x[1], 1e-5),
+            |x| composed::rms_norm(&x[0], &x[1], 1e-5),
+            vec![x.clone(), w.clone()],
+            &dy,
+        ),
+        (
+            "rope",
+            |x| device::rope(&x[0], &x[1], &x[2]),
+            |x| composed::rope(&x[0], &x[1], &x[2]),
+            vec![x4.clone(), cos.clone(), sin.clone()],
+            &dy4,
+        ),
+    ];
+    for (name, fused, spec, inputs, w_out) in cases {
+        let run = |op: Op, dev: &candle_core::Device| -> Vec<Vec<f32>> {
+            let vars: Vec<Var> = inputs
+                .iter()
+                .map(|t| Var::from_tensor(&t.to_device(dev).unwrap()).unwrap())
+                .collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let y = op(&ts).unwrap();
+            let grads = (&y * w_out.to_device(dev).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let flat = |t: &Tensor| {
+                t.to_device(&cpu)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            let mut out = vec![flat(&y)];
+            // The rotation's tables are constants: only x's gradient is compared.
+            let n = if name == "rope" { 1 } else { vars.len() };
+            out.extend(
+                vars[..n]
+                    .iter()
+                    .map(|v| flat(grads.get(v.as_tensor()).expect("a gradient"))),
+            );
+            out
+        };
+        let (got, want) = (run(fused, &gpu), run(spec, &cpu));
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            let scale = r.iter().fold(1f32, |m, x| m.max(x.abs()));
+            let d = g
+                .iter()
+                .zip(r)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            println!("{name} output {i}: max |Δ| = {d:.2e} (scale {scale:.2})");
+            assert!(d <= 1e-4 * scale, "{name} output {i} differs by {d}");
+        }
+    }
+}
+
+/// Dropout masks drawn on the accelerator are fixed by the forward pass's seed: the same seed
+/// gives the same masks, another seed other ones, and about the kept fraction.
+#[test]
+fn dropout_on_the_accelerator_is_seeded_and_drawn_there() {
+    use lmtrain::kernels::dropout;
+    let Some(gpu) = accelerator_device() else {
+        return;
+    };
+    let x = candle_core::Tensor::ones((64, 1024), candle_core::DType::F32, &gpu).unwrap();
+    let draw = |seed: u64| {
+        dropout::seed_forward(&gpu, seed).unwrap();
+        let a = dropout::dropout(&x, 0.25, seed, "emb").unwrap();
+        let b = dropout::dropout(&x, 0.25, seed, "blocks.0.attn").unwrap();
+        let flat = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (flat(a), flat(b))
+    };
+    let (a1, b1) = draw(7);
+    let (a2, b2) = draw(7);
+    assert_eq!(
+        (&a1, &b1),
+        (&a2, &b2),
+        "the same seed must give the same masks"
+    );
+    assert_ne!(a1, b1, "two sites of one pass must get different masks");
+    assert_ne!(draw(8).0, a1, "another seed must give other masks");
+    // 65,536 draws: the kept fraction's σ is 0.0017, so ±0.01 is ~6σ.
+    let kept = a1.iter().filter(|&&v| v != 0.0).count() as f64 / a1.len() as f64;
+    assert!((kept - 0.75).abs() < 0.01, "kept {kept}");
+    assert!(a1
+        .iter()
+        .all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+}
+
+/// N steps then a resume to 2N on the accelerator end where 2N steps in one go end: losses and
+/// weights within 1e-5 (the same ops on the same data; tolerance as the CPU's resume test),
+/// with dropout on so the device-drawn masks are covered.
+#[test]
+fn resume_on_the_accelerator_continues_exactly() {
+    use lmtrain::train::{self, checkpoint, restore, TrainOptions};
+    let Some(gpu) = accelerator_device() else {
+        return;
+    };
+    let name = accelerator().unwrap_or("cuda");
+    let root = std::env::temp_dir().join(format!("lmtrain-gpu-resume-{}", std::process::id()));
+    let run = |tag: &str, steps: u64, resume: Option<std::path::PathBuf>| {
+        let out = root.join(tag);
+        let overrides = vec![
+            format!("run.device={name}"),
+            format!("run.out_dir={}", out.display()),
+            format!("data.train_file={}", repo_file("data/sample.txt").display()),
+            "model.d_model=32".into(),
+            "model.n_layers=2".into(),
+            "model.n_heads=2".into(),
+            "model.context=32".into(),
+            "model.dropout=0.1".into(),
+            "train.batch_size=4".into(),
+            format!("train.max_steps={steps}"),
+            "train.decay_steps=12".into(),
+            "train.eval_every=0".into(),
+            "train.checkpoint_every=0".into(),
+            "train.log_every=1".into(),
+            "train.baseline_order=0".into(),
+        ];
+        let opts = TrainOptions {
+            overrides,
+            resume,
+            quiet: true,
+            ..Default::default()
+        };
+        train::run(&opts).unwrap_or_else(|e| panic!("{tag}: {e:#}"))
+    };
+    let straight = run("straight", 12, None);
+    let first = run("resumed", 6, None);
+    let resumed = run("resumed", 12, Some(first.run_dir.clone()));
+    assert_eq!(resumed.steps, 12);
+    let weights = |dir: &std::path::Path| {
+        let ckpt = checkpoint::resolve(dir, checkpoint::Pick::Latest).unwrap();
+        restore::load_tensors(&ckpt, "model.safetensors", &candle_core::Device::Cpu).unwrap()
+    };
+    let (a, b) = (weights(&straight.run_dir), weights(&resumed.run_dir));
+    for (name, ta) in &a {
+        let d = (ta - &b[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        println!("{name}: max |Δ| = {d:.2e}");
+        assert!(d <= 1e-5, "{name} differs by {d} after a resume on {gpu:?}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }
