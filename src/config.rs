@@ -217,7 +217,7 @@ pub struct TrainConfig {
     /// so the tables want a decay of their own. 1 = the same as the matrices'.
     pub embed_wd_mult: f64,
     /// Update the n-gram tables row by row, each row when a batch looks it up (its skipped
-    /// zero-gradient steps applied in closed form, see `train::lazy_rows`), instead of every
+    /// zero-gradient steps applied in closed form, see `train::optim::lazy`), instead of every
     /// row every step. The same AdamW up to its ε term in those skipped steps, and on the PKU
     /// recipe's 25M table floats ~20% less time per step. CPU only; elsewhere, and with
     /// `beta1² ≥ beta2`, the tables stay dense.

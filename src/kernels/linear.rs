@@ -1,4 +1,4 @@
-//! The linear layer and the bias add. Specification: [`composed::linear`],
+//! The linear layer and the bias add. Specification: [`composed::linear()`],
 //! [`composed::add_bias`].
 
 use super::{composed, cpu, Backend, Kernels};

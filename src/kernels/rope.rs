@@ -1,4 +1,4 @@
-//! Rotary position embeddings on `(B, T, H, D)`. Specification: [`composed::rope`].
+//! Rotary position embeddings on `(B, T, H, D)`. Specification: [`composed::rope()`].
 
 use super::{composed, device, Backend, Kernels};
 use candle_core::{Result, Tensor};

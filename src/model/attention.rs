@@ -89,7 +89,9 @@ impl Attention {
         })
     }
 
-    /// `x (B, T, C)` → `(B, T, C)`. `pass.visibility` says which keys each query sees;
+    /// `x (B, T, C)` → `(B, T, C)`; specification: [`crate::kernels::composed::causal_attention`]
+    /// (and [`crate::kernels::composed::attend`] under a KV cache). `pass.visibility` says
+    /// which keys each query sees;
     /// `pass.rope` holds the tables of the new positions; `cache` is the layer's slot when
     /// decoding, which receives the new keys and values (after rotation).
     pub fn forward(

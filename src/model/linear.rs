@@ -41,7 +41,8 @@ impl Linear {
 }
 
 impl Linear {
-    /// `x (.., in)` → `(.., out)` in `x`'s dtype. Leading dimensions are folded into one so the
+    /// `x (.., in)` → `(.., out)` in `x`'s dtype (specification:
+    /// [`crate::kernels::composed::linear()`]). Leading dimensions are folded into one so the
     /// product is a single 2-D matmul (a batched one would broadcast the weight per batch).
     pub fn forward(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();

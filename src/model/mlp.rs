@@ -8,7 +8,8 @@ use candle_nn::VarBuilder;
 
 /// GELU: `proj(gelu(fc(x)))` with `fc.weight (F, C)`, `proj.weight (C, F)`.
 /// SwiGLU: `proj(silu(gate(x)) * up(x))` with `gate.weight`, `up.weight (F, C)`,
-/// `proj.weight (C, F)`. GELU is the tanh approximation, as in GPT-2.
+/// `proj.weight (C, F)`. GELU is the tanh approximation, as in GPT-2. Specification:
+/// [`crate::kernels::composed::gelu`], [`crate::kernels::composed::swiglu`].
 #[derive(Debug, Clone)]
 pub enum FeedForward {
     Gelu {

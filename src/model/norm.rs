@@ -37,7 +37,8 @@ impl Norm {
 
     /// `x (.., C) -> (.., C)`.
     /// LayerNorm: `(x - mean) / sqrt(var + eps) * weight + bias` (biased variance, as PyTorch);
-    /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`.
+    /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`. Specification:
+    /// [`crate::kernels::composed::layer_norm`], [`crate::kernels::composed::rms_norm`].
     pub fn forward(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
         match self.kind {
             config::Norm::LayerNorm => {

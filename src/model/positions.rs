@@ -54,7 +54,8 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    /// Rotates `x (B, T, H, D)` by these positions (see [`kernels::rope`]).
+    /// Rotates `x (B, T, H, D)` by these positions (see [`kernels::rope`]; specification:
+    /// [`kernels::composed::rope()`]).
     pub fn apply(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
         kernels::rope::rope(k, x, &self.cos, &self.sin) // (B, T, H, D)
     }

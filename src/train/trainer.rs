@@ -1,7 +1,7 @@
-//! The training loop, delegating every piece: [`Trainer::new`] sets a run up (optimizer groups,
-//! resumed state, metrics log, progress), [`Trainer::step`] takes one optimizer step,
-//! [`Trainer::log_window`] writes the metrics, [`Trainer::evaluate`] scores the val split, and
-//! [`Trainer::checkpoint`] applies the checkpoint policy.
+//! The training loop, delegating every piece: `Trainer::new` sets a run up (optimizer groups,
+//! resumed state, metrics log, progress), `Trainer::step` takes one optimizer step,
+//! `Trainer::log_window` writes the metrics, `Trainer::evaluate` scores the val split, and
+//! `Trainer::checkpoint` applies the checkpoint policy.
 
 use super::checkpoint::{self, TrainState};
 use super::cursor::Cursor;

@@ -27,7 +27,7 @@ fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a 
 }
 
 /// `β·m + (1 − β)·g`: one moment's update, the same f32 operations here and in the lazy
-/// tables' update (`lazy_rows`), so the two paths agree bit for bit.
+/// tables' update (`update_rows`), so the two paths agree bit for bit.
 #[inline(always)]
 fn moment(m: f32, beta: f32, g: f32) -> f32 {
     beta * m + (1.0 - beta) * g

@@ -15,7 +15,7 @@
 //! `(B, H, T, D)` layout would cost a transposing copy of each of them per layer, forward and
 //! backward, on one thread (~3% of a step on bench config M, perf log entry 12). Inside a row's
 //! task, each pair copies the stripes it reads into contiguous `(T, D)` rows first
-//! ([`PairOperands`]), and its products run on the unpacked small-product kernel (perf log
+//! (`PairOperands`), and its products run on the unpacked small-product kernel (perf log
 //! entry 19).
 //!
 //! Semantics are those of the composed path, including its edge case: the composed mask adds

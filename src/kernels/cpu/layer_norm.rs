@@ -2,7 +2,7 @@
 //!
 //! Composed, a norm is mean → sub → sqr → mean → add → sqrt → div → mul → add: nine `(N, C)`
 //! buffers forward and more backward. The fused forward makes two passes over each row (mean,
-//! then variance about it: more accurate than E[x²] − E[x]²) and saves the per-row mean and
+//! then variance about it: more accurate than E\[x²\] − E\[x\]²) and saves the per-row mean and
 //! 1/std; the backward makes two passes per row for `dx` and accumulates `dweight` / `dbias`
 //! into one partial sum per fixed-size chunk of rows, added in chunk order afterwards, so the
 //! result is parallel yet bit-for-bit independent of thread scheduling.

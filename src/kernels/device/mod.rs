@@ -3,7 +3,7 @@
 //! `candle_nn::ops::{softmax_last_dim, layer_norm, rms_norm}` and
 //! `candle_nn::rotary_emb::rope_thd` run one kernel on CUDA, Metal and the CPU, but record no
 //! graph node: a gradient through them is silently dropped (candle issues #2168, #3569,
-//! #3752). Each op here computes its forward with that public function, then [`attach`]es a
+//! #3752). Each op here computes its forward with that public function, then attaches a
 //! backward: a small custom op over the op's differentiable inputs whose forward, on every
 //! device, is a copy of the fused result's storage (`BackendStorage::try_clone`) and whose
 //! `bwd` is the gradient written with device-generic candle ops. So on CUDA a LayerNorm is two

@@ -4,7 +4,7 @@ use super::{attach1, Extra};
 use candle_core::{bail, Result, Tensor};
 
 /// Rotates `x (B, T, H, D)` by angles whose `cos`, `sin (T, D/2)` are given (rotate-half form,
-/// as [`crate::kernels::composed::rope`]); the tables are cast to `x`'s dtype.
+/// as [`crate::kernels::composed::rope()`]); the tables are cast to `x`'s dtype.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x = x.contiguous()?;
     let cos = cos.to_dtype(x.dtype())?.contiguous()?;

@@ -110,7 +110,7 @@ impl AdamW {
     }
 
     /// Updates lookup table `name` row by row, each row when a forward pass is about to read it
-    /// (see [`super::lazy_rows`]): the caller then owes [`AdamW::catch_up`] before every
+    /// (see [`super::lazy`]): the caller then owes [`AdamW::catch_up`] before every
     /// forward pass and [`AdamW::flush`] before anything else reads the table. Returns whether
     /// the table is lazy now: only a CPU `f32` matrix can be, with betas whose momentum tail
     /// fades (`β1² < β2`), under kernels that run it on the CPU kernels; any other stays dense,

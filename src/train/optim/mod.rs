@@ -1,7 +1,7 @@
 //! The optimizer: AdamW over parameter groups built from the config, with the lazily updated
 //! n-gram tables behind one seam.
 //!
-//! - [`groups`]: which parameters decay, their learning-rate multipliers, and which tables are
+//! - `groups`: which parameters decay, their learning-rate multipliers, and which tables are
 //!   updated row by row, all from `TrainConfig`;
 //! - [`adamw`]: every parameter's moments and one step's update (the arithmetic is
 //!   [`crate::kernels::adamw`]'s);
@@ -61,7 +61,10 @@ impl Optimizer {
         for table in &self.lazy {
             table.sink.take();
         }
-        for batch in micro.iter().filter(|_| !self.lazy.is_empty()) {
+        if self.lazy.is_empty() {
+            return Ok(());
+        }
+        for batch in micro {
             let seqs = ngram::with_history(&batch.host_rows(), None)?;
             for table in &self.lazy {
                 let rows = ngram::bucket_ids(&seqs, table.spec.order, table.spec.buckets)?;
