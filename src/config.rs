@@ -63,8 +63,9 @@ pub enum LongSequences {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// Corpus in the line format `<BOS>  tok  …  <EOS>`.
-    pub train_file: PathBuf,
+    /// Corpus in the line format `<BOS>  tok  …  <EOS>`: a file, a directory (its files, sorted),
+    /// a glob (`data/shards/*.txt`) or a list of those, read in that order as one corpus.
+    pub train_file: crate::data::input::CorpusPaths,
     /// Separate validation corpus; `""` = split `val_fraction` of `train_file` off instead.
     pub val_file: PathBuf,
     /// Fraction of lines held out for validation when `val_file` is empty (deterministic: the

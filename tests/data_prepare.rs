@@ -10,7 +10,7 @@ use std::path::Path;
 
 fn cfg(train: &Path) -> DataConfig {
     DataConfig {
-        train_file: train.to_path_buf(),
+        train_file: train.to_path_buf().into(),
         val_fraction: 0.3,
         ..DataConfig::default()
     }

@@ -18,7 +18,7 @@ fn run_folder(parent: &Path, name: &str, d_model: usize) -> (PathBuf, Config) {
     let mut config = Config::default();
     config.run.name = name.into();
     config.run.out_dir = parent.to_path_buf();
-    config.data.train_file = common::sample_corpus();
+    config.data.train_file = common::sample_corpus().into();
     config.model.vocab_size = 100;
     config.model.d_model = d_model;
     fs::write(dir.join("config.toml"), config.to_toml()).unwrap();

@@ -4,14 +4,18 @@
 //! little-endian u16 when the vocabulary has ≤ 65,536 ids, else u32), `train.idx`, `val.idx`
 //! (u64 LE token offsets, one per sequence plus the end) and `meta.json`. The key hashes the
 //! corpus bytes, the split and vocab settings and [`FORMAT_VERSION`], so editing the corpus or a
-//! setting prepares anew while an unchanged rerun reuses the cache. Everything is written into a
-//! temporary sibling folder that is renamed into place last: a folder named by a key is complete.
+//! setting prepares anew while an unchanged rerun reuses the cache. The corpus is streamed
+//! ([`super::stream`]): memory does not grow with it. Everything is written into a temporary
+//! sibling folder that is renamed into place last: a folder named by a key is complete.
 
-use super::format::{parse_corpus, read_file_bytes};
+use super::input::{hash_file, CorpusPaths};
+use super::split::Splitter;
+use super::stream::{self, Outputs, Scan, Sides, Source};
+use super::tokens::SeqWriter;
 pub use super::tokens::TokenSeqs;
 use super::vocab::Vocab;
 use crate::config::DataConfig;
-use crate::rng::{fnv1a64, Rng};
+use crate::rng::fnv1a64;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -77,8 +81,8 @@ impl PrepareStats {
 /// The settings a cache was prepared with; part of `meta.json`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct PrepareSettings {
-    /// The path first prepared (the key hashes the bytes, not the path).
-    pub train_file: PathBuf,
+    /// The paths first prepared (the key hashes the bytes, not the paths).
+    pub train_file: CorpusPaths,
     pub val_file: PathBuf,
     pub val_fraction: f64,
     pub split_seed: u64,
@@ -122,67 +126,37 @@ impl Prepared {
 /// Prepares `cfg`'s corpus into `cache_root/<key>/`, or loads it from there when already
 /// prepared (unless `force`). The vocabulary comes from the train split only.
 pub fn prepare(cfg: &DataConfig, cache_root: &Path, force: bool) -> anyhow::Result<Prepared> {
-    let train_bytes = read_file_bytes(&cfg.train_file, "train")?;
-    let has_val_file = !cfg.val_file.as_os_str().is_empty();
-    let val_bytes = match has_val_file {
-        true => Some(read_file_bytes(&cfg.val_file, "validation")?),
-        false => None,
-    };
+    let train_files = cfg.train_file.files()?;
+    let val_file = (!cfg.val_file.as_os_str().is_empty()).then(|| cfg.val_file.clone());
     let fraction_ok = cfg.val_fraction > 0.0 && cfg.val_fraction < 1.0;
-    if !has_val_file && !fraction_ok {
+    if val_file.is_none() && !fraction_ok {
         anyhow::bail!(
             "data.val_fraction = {} must be in (0, 1) when data.val_file is empty",
             cfg.val_fraction
         );
     }
-    let hex = |b: &[u8]| format!("{:016x}", fnv1a64(b));
-    let key_text = format!(
-        "lmtrain prepare v{FORMAT_VERSION}\ntrain {} {}\nval {}\nval_fraction {:016x}\n\
-         split_seed {}\nmin_freq {}\nmax_size {}\n",
-        hex(&train_bytes),
-        train_bytes.len(),
-        val_bytes.as_ref().map_or("none".into(), |v| hex(v)),
-        cfg.val_fraction.to_bits(),
-        cfg.split_seed,
-        cfg.min_freq,
-        cfg.max_size
-    );
-    let key = hex(key_text.as_bytes());
+    let train_hashes = train_files
+        .iter()
+        .map(|f| hash_file(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let val_hash = val_file.as_deref().map(hash_file).transpose()?;
+    let key = cache_key(cfg, &train_hashes, val_hash);
     let dir = cache_root.join(&key);
     if !force && dir.join("meta.json").is_file() {
         return load_prepared(&dir, true);
     }
-
-    let train_all = parse_corpus(&cfg.train_file, &train_bytes)?;
-    let (train, val) = match &val_bytes {
-        Some(v) => (train_all, parse_corpus(&cfg.val_file, v)?),
-        None => split(train_all, cfg, &cfg.train_file)?,
-    };
-    let vocab = Vocab::build(&train, cfg.min_freq, cfg.max_size)?;
-    let (train_ids, unk_rate_train) = encode(&train, &vocab);
-    let (val_ids, unk_rate_val) = encode(&val, &vocab);
-    let mut lens: Vec<usize> = train.iter().chain(&val).map(Vec::len).collect();
-    lens.sort_unstable();
-    let pct = |p: usize| lens[((p * lens.len()).div_ceil(100)).max(1) - 1];
-    let id_width_bytes = if vocab.len() <= 1 << 16 { 2 } else { 4 };
-    let stats = PrepareStats {
-        lines: train.len() + val.len(),
-        tokens: train_ids.total_tokens() + val_ids.total_tokens(),
-        train_lines: train.len(),
-        val_lines: val.len(),
-        train_tokens: train_ids.total_tokens(),
-        val_tokens: val_ids.total_tokens(),
-        vocab_size: vocab.len(),
-        unk_rate_train,
-        unk_rate_val,
-        len_p50: pct(50),
-        len_p90: pct(90),
-        len_p99: pct(99),
-        len_max: pct(100),
-        id_width_bytes,
-        corpus_hash: hex(&train_bytes),
-        val_hash: val_bytes.as_ref().map_or(String::new(), |v| hex(v)),
-    };
+    let hex = |h: u64| format!("{h:016x}");
+    let hashes = (
+        train_hashes
+            .iter()
+            .map(|h| hex(h.0))
+            .collect::<Vec<_>>()
+            .join(","),
+        val_hash.map_or(String::new(), |h| hex(h.0)),
+    );
+    let bytes: u64 = train_hashes.iter().chain(&val_hash).map(|h| h.1).sum();
+    let sources = sources(cfg, train_files, val_file);
+    let built = build(&sources, cfg, &dir, bytes)?;
     let meta = Meta {
         format_version: FORMAT_VERSION,
         key,
@@ -194,51 +168,243 @@ pub fn prepare(cfg: &DataConfig, cache_root: &Path, force: bool) -> anyhow::Resu
             min_freq: cfg.min_freq,
             max_size: cfg.max_size,
         },
-        stats,
+        stats: PrepareStats {
+            corpus_hash: hashes.0,
+            val_hash: hashes.1,
+            ..built.stats
+        },
     };
-    write_cache(&dir, &meta, &vocab, &train_ids, &val_ids, force)?;
+    finish_cache(&dir, &built.tmp, &meta, &built.vocab, force)?;
     load_prepared(&dir, false)
 }
 
-/// Sequences of tokens, as read from a corpus file.
-type Corpus = Vec<Vec<String>>;
+/// The cache key: a hash of the corpus bytes (each train file's FNV-1a and length, in order;
+/// the val file's) and every setting that changes the prepared ids. One train file gives the
+/// key earlier versions gave.
+fn cache_key(cfg: &DataConfig, train: &[(u64, u64)], val: Option<(u64, u64)>) -> String {
+    let train: Vec<String> = train.iter().map(|(h, n)| format!("{h:016x} {n}")).collect();
+    let key_text = format!(
+        "lmtrain prepare v{FORMAT_VERSION}\ntrain {}\nval {}\nval_fraction {:016x}\n\
+         split_seed {}\nmin_freq {}\nmax_size {}\n",
+        train.join(" "),
+        val.map_or("none".into(), |(h, _)| format!("{h:016x}")),
+        cfg.val_fraction.to_bits(),
+        cfg.split_seed,
+        cfg.min_freq,
+        cfg.max_size
+    );
+    format!("{:016x}", fnv1a64(key_text.as_bytes()))
+}
 
-/// Splits sequences by a per-line hash of `(split_seed, index)`: independent of everything else,
-/// so the same corpus and seed always give the same split. Each side gets at least one line.
-fn split(seqs: Corpus, cfg: &DataConfig, path: &Path) -> anyhow::Result<(Corpus, Corpus)> {
-    if seqs.len() < 2 {
+/// The corpora to read: the train files (split by the hash rule, or all train when a val file
+/// exists) and the val file.
+fn sources(cfg: &DataConfig, train: Vec<PathBuf>, val: Option<PathBuf>) -> Vec<Source> {
+    let split = Sides::Split {
+        splitter: Splitter::new(cfg.split_seed, cfg.val_fraction),
+        forced: None,
+    };
+    match val {
+        None => vec![Source {
+            files: train,
+            sides: split,
+        }],
+        Some(v) => vec![
+            Source {
+                files: train,
+                sides: Sides::All { val: false },
+            },
+            Source {
+                files: vec![v],
+                sides: Sides::All { val: true },
+            },
+        ],
+    }
+}
+
+/// What [`build`] leaves for the cache: a temporary folder holding the ids, the vocabulary and
+/// the stats (without the hashes).
+struct Built {
+    tmp: PathBuf,
+    vocab: Vocab,
+    stats: PrepareStats,
+}
+
+/// Both passes over `sources`: scan (every line checked before anything is written), the
+/// vocabulary, then the ids into a temporary sibling of `dir`, removed again on any error.
+fn build(sources: &[Source], cfg: &DataConfig, dir: &Path, bytes: u64) -> anyhow::Result<Built> {
+    let bar = progress_bar(2 * bytes);
+    let mut done = 0u64;
+    let mut scans = Vec::new();
+    let mut sources = sources.to_vec();
+    for s in &mut sources {
+        let scan = stream::scan(s, &|n| bar.set_position(done + n))?;
+        done += s
+            .files
+            .iter()
+            .map(|f| f.metadata().map_or(0, |m| m.len()))
+            .sum::<u64>();
+        scans.push(settle_split(s, scan)?);
+    }
+    let mut counts = std::mem::take(&mut scans[0].counts);
+    let vocab = Vocab::from_counts(counts.drain(), cfg.min_freq, cfg.max_size)?;
+    let width = if vocab.len() <= 1 << 16 { 2 } else { 4 };
+    let tmp = temp_sibling(dir)?;
+    let result = (|| {
+        let mut out = Outputs {
+            train: SeqWriter::create(&tmp, "train", width)?,
+            val: SeqWriter::create(&tmp, "val", width)?,
+            train_unk: 0,
+            val_unk: 0,
+        };
+        bar.set_message("encoding");
+        for s in &sources {
+            stream::encode(s, &vocab, &mut out, &|n| bar.set_position(done + n))?;
+            done += s
+                .files
+                .iter()
+                .map(|f| f.metadata().map_or(0, |m| m.len()))
+                .sum::<u64>();
+        }
+        let stats = stats_of(&scans, &out, vocab.len(), width);
+        out.train.finish()?;
+        out.val.finish()?;
+        Ok(stats)
+    })();
+    bar.finish_and_clear();
+    match result {
+        Ok(stats) => Ok(Built { tmp, vocab, stats }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// A progress bar (bytes, MB/s) for prepares of 64 MiB or more, on a terminal.
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    if total < 64 << 20 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "prepare: {msg} {bytes}/{total_bytes} ({binary_bytes_per_sec}, {eta} left)",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message("scanning");
+    bar
+}
+
+/// A scanned corpus that splits: at least two sequences, and both sides non-empty (a tiny
+/// corpus whose draws put every sequence on one side moves the one closest to crossing, as the
+/// in-memory split did); the corpus' sides are updated to match. Other corpora as they are.
+fn settle_split(source: &mut Source, mut scan: Scan) -> anyhow::Result<Scan> {
+    let names = || {
+        source
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if scan.seqs() == 0 {
         anyhow::bail!(
-            "{}: only {} sequence, cannot split off a validation set (add lines or set data.val_file)",
-            path.display(),
-            seqs.len()
+            "{}: no sequences (the file is empty or has only blank lines; expected lines like `<BOS>  a  b  <EOS>`)",
+            names()
         );
     }
-    let base = Rng::derive(cfg.split_seed, "split").state;
-    let draws: Vec<f64> = (0..seqs.len() as u64)
-        .map(|i| Rng::new(base ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_f64())
-        .collect();
-    let mut to_val: Vec<bool> = draws.iter().map(|&d| d < cfg.val_fraction).collect();
-    // A tiny corpus can draw an empty side: move the line that came closest across.
-    let extreme = |max: bool| {
-        let order = |a: &(usize, &f64), b: &(usize, &f64)| a.1.total_cmp(b.1);
-        let it = draws.iter().enumerate();
-        if max {
-            it.max_by(order)
-        } else {
-            it.min_by(order)
-        }
-        .map_or(0, |(i, _)| i)
+    let Sides::Split { splitter, .. } = source.sides else {
+        return Ok(scan);
     };
-    if to_val.iter().all(|&v| !v) {
-        to_val[extreme(false)] = true;
-    } else if to_val.iter().all(|&v| v) {
-        to_val[extreme(true)] = false;
+    if scan.seqs() < 2 {
+        anyhow::bail!(
+            "{}: only {} sequence, cannot split off a validation set (add lines or set data.val_file)",
+            names(),
+            scan.seqs()
+        );
     }
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (s, v) in seqs.into_iter().zip(to_val) {
-        if v { &mut val } else { &mut train }.push(s);
+    let forced = if scan.val_seqs == 0 {
+        let (_, index) = scan.extremes.min.unwrap_or_default();
+        for t in &scan.min_tokens {
+            if let Some(n) = scan.counts.get_mut(t.as_str()) {
+                *n -= 1;
+            }
+        }
+        scan.counts.retain(|_, n| *n > 0);
+        (scan.train_seqs, scan.val_seqs) = (scan.train_seqs - 1, 1);
+        Some((index, true))
+    } else if scan.train_seqs == 0 {
+        let (_, index) = scan.extremes.max.unwrap_or_default();
+        for t in &scan.max_tokens {
+            *scan.counts.entry(t.clone()).or_default() += 1;
+        }
+        (scan.train_seqs, scan.val_seqs) = (1, scan.val_seqs - 1);
+        Some((index, false))
+    } else {
+        None
+    };
+    source.sides = Sides::Split { splitter, forced };
+    Ok(scan)
+}
+
+/// The numbers `meta.json` keeps (hashes left empty for the caller).
+fn stats_of(scans: &[Scan], out: &Outputs, vocab_size: usize, width: usize) -> PrepareStats {
+    let (train_lines, train_tokens) = out.train.counts();
+    let (val_lines, val_tokens) = out.val.counts();
+    let mut lens = std::collections::BTreeMap::new();
+    for s in scans {
+        for (&len, &n) in &s.lens {
+            *lens.entry(len).or_insert(0u64) += n;
+        }
     }
-    Ok((train, val))
+    let n: u64 = lens.values().sum();
+    // Nearest rank: the smallest length with at least ceil(p·n/100) sequences at or below it.
+    let pct = |p: u64| {
+        let rank = (p * n).div_ceil(100).max(1);
+        let mut seen = 0;
+        lens.iter()
+            .find(|(_, &k)| {
+                seen += k;
+                seen >= rank
+            })
+            .map_or(0, |(&len, _)| len)
+    };
+    let raw = |tokens: u64, lines: u64| tokens.saturating_sub(2 * lines).max(1) as f64;
+    PrepareStats {
+        lines: (train_lines + val_lines) as usize,
+        tokens: (train_tokens + val_tokens) as usize,
+        train_lines: train_lines as usize,
+        val_lines: val_lines as usize,
+        train_tokens: train_tokens as usize,
+        val_tokens: val_tokens as usize,
+        vocab_size,
+        unk_rate_train: out.train_unk as f64 / raw(train_tokens, train_lines),
+        unk_rate_val: out.val_unk as f64 / raw(val_tokens, val_lines),
+        len_p50: pct(50),
+        len_p90: pct(90),
+        len_p99: pct(99),
+        len_max: pct(100),
+        id_width_bytes: width,
+        corpus_hash: String::new(),
+        val_hash: String::new(),
+    }
+}
+
+/// A fresh temporary folder beside `dir` (its parent created if needed).
+fn temp_sibling(dir: &Path) -> anyhow::Result<PathBuf> {
+    let root = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(root)
+        .with_context(|| format!("cannot create cache folder {}", root.display()))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = root.join(format!(".tmp-{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    Ok(tmp)
 }
 
 /// Encodes sequences; returns the ids and the fraction of (non-marker) tokens that were unknown.
@@ -259,45 +425,33 @@ pub fn encode_file(path: &Path, vocab: &Vocab) -> anyhow::Result<(TokenSeqs, f64
     Ok(encode(&seqs, vocab))
 }
 
-/// Writes the cache into a temporary sibling of `dir`, then renames it to `dir`. An existing
-/// `dir` is replaced only when `replace`; otherwise another process finished the same key
-/// first and its (identical) cache is kept.
-fn write_cache(
+/// Completes the cache in `tmp` (vocabulary and `meta.json`) and renames it to `dir`. An
+/// existing `dir` is replaced only when `replace`; otherwise another process finished the same
+/// key first and its (identical) cache is kept. `tmp` is gone afterwards, whatever happens.
+fn finish_cache(
     dir: &Path,
+    tmp: &Path,
     meta: &Meta,
     vocab: &Vocab,
-    train: &TokenSeqs,
-    val: &TokenSeqs,
     replace: bool,
 ) -> anyhow::Result<()> {
-    let root = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(root)
-        .with_context(|| format!("cannot create cache folder {}", root.display()))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = root.join(format!(".tmp-{}-{}-{nanos}", meta.key, std::process::id()));
     let result = (|| -> anyhow::Result<()> {
-        std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         vocab.save(&tmp.join("tokenizer.json"))?;
-        let width = meta.stats.id_width_bytes;
-        train.write(&tmp, "train", width)?;
-        val.write(&tmp, "val", width)?;
         let json = serde_json::to_string_pretty(meta)?;
         std::fs::write(tmp.join("meta.json"), json).context("cannot write meta.json")?;
         if dir.join("meta.json").is_file() && !replace {
-            std::fs::remove_dir_all(&tmp).ok();
+            std::fs::remove_dir_all(tmp).ok();
             return Ok(());
         }
         if dir.exists() {
             std::fs::remove_dir_all(dir)
                 .with_context(|| format!("cannot remove old cache {}", dir.display()))?;
         }
-        std::fs::rename(&tmp, dir)
+        std::fs::rename(tmp, dir)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))
     })();
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_dir_all(tmp);
     }
     result
 }

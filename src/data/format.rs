@@ -121,6 +121,76 @@ pub fn parse_line(line: &str) -> Result<Option<Vec<&str>>, LineError> {
     Ok(Some(tokens))
 }
 
+/// [`parse_line`] with a fast path for the common, valid line: `<BOS>  `, tokens separated by
+/// exactly two spaces, `  <EOS>`, each token free of whitespace, NUL and `<`. The tokens are
+/// appended to `tokens`; returns whether the line was a sequence (`false`: blank). Anything the
+/// fast path does not take goes through [`parse_line`], so the result (tokens or error) is
+/// always the same as its.
+pub fn parse_line_into<'a>(line: &'a str, tokens: &mut Vec<&'a str>) -> Result<bool, LineError> {
+    const HEAD: &str = "<BOS>  ";
+    const TAIL: &str = "  <EOS>";
+    let l = line.strip_suffix('\r').unwrap_or(line);
+    let b = l.as_bytes();
+    // Fixed-size comparisons (no `memcmp` call per line).
+    let framed = b.len() > HEAD.len() + TAIL.len()
+        && b[..7] == *HEAD.as_bytes()
+        && b[b.len() - 7..] == *TAIL.as_bytes();
+    if framed {
+        let inner = &l[HEAD.len()..l.len() - TAIL.len()];
+        let mark = tokens.len();
+        if split_plain(inner, tokens) {
+            return Ok(true);
+        }
+        tokens.truncate(mark);
+    }
+    match parse_line(line)? {
+        Some(t) => {
+            tokens.extend(t);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Splits `inner` at every two-space separator into `tokens`; false as soon as a token is not
+/// [`plain_token`] or a space is not part of a two-space separator (the caller then falls
+/// back). A byte scan: `str::split` with a two-byte pattern took the general substring
+/// searcher, the slowest part of prepare.
+fn split_plain<'a>(inner: &'a str, tokens: &mut Vec<&'a str>) -> bool {
+    let bytes = inner.as_bytes();
+    let mut start = 0;
+    while let Some(p) = bytes[start..].iter().position(|&b| b == b' ') {
+        let at = start + p;
+        if bytes.get(at + 1) != Some(&b' ') {
+            return false;
+        }
+        let token = &inner[start..at];
+        if !plain_token(token) {
+            return false;
+        }
+        tokens.push(token);
+        start = at + 2;
+    }
+    let last = &inner[start..];
+    if !plain_token(last) {
+        return false;
+    }
+    tokens.push(last);
+    true
+}
+
+/// A non-empty token that needs no check: no whitespace, no control byte (NUL among them), no
+/// `<` (which every special string starts with).
+#[inline]
+fn plain_token(t: &str) -> bool {
+    if t.is_ascii() {
+        return !t.is_empty() && t.bytes().all(|b| b > b' ' && b != b'<' && b != 0x7f);
+    }
+    !t.is_empty()
+        && t.chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != '<')
+}
+
 /// Rejects a token holding a marker or a special string (see the module doc); `position` is
 /// 1-based, counting from the first token after `<BOS>`.
 fn check_token(tok: &str, position: usize) -> Result<(), LineError> {

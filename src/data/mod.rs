@@ -1,10 +1,16 @@
 //! The corpus side: line format, vocabulary, prepared token ids, batches.
 //!
-//! `format` parses `<BOS>  tok  …  <EOS>` lines, `vocab` maps tokens to ids (an HF tokenizer),
-//! `dataset` prepares and caches token ids on disk (held as `tokens::TokenSeqs`), `batch` cuts them into padded tensors.
+//! `input` names the corpus files and reads them in chunks of whole lines, `format` parses
+//! `<BOS>  tok  …  <EOS>` lines, `split` assigns sequences to train or val, `vocab` maps tokens
+//! to ids (an HF tokenizer), `dataset` prepares and caches token ids on disk (streaming the
+//! corpus through `stream`; held as `tokens::TokenSeqs`), `batch` cuts them into padded
+//! tensors.
 
 pub mod batch;
 pub mod dataset;
 pub mod format;
+pub mod input;
+pub mod split;
+mod stream;
 pub mod tokens;
 pub mod vocab;

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use memmap2::Mmap;
 use std::fs::File;
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 /// The flat id storage of a [`TokenSeqs`].
@@ -96,24 +97,6 @@ impl TokenSeqs {
         Some((a, b))
     }
 
-    /// Writes `<name>.bin` and `<name>.idx` into `dir` with ids of `width` bytes.
-    pub(crate) fn write(&self, dir: &Path, name: &str, width: usize) -> anyhow::Result<()> {
-        let mut bin = Vec::with_capacity(self.total_tokens() * width);
-        for id in (0..self.len()).flat_map(|i| self.get(i)) {
-            match width {
-                2 => bin.extend_from_slice(&(id as u16).to_le_bytes()),
-                _ => bin.extend_from_slice(&id.to_le_bytes()),
-            }
-        }
-        let idx: Vec<u8> = self.offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
-        for (ext, bytes) in [("bin", bin), ("idx", idx)] {
-            let path = dir.join(format!("{name}.{ext}"));
-            std::fs::write(&path, bytes)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        Ok(())
-    }
-
     /// Memory-maps `<name>.bin` and reads `<name>.idx` from `dir`, checking sizes, offsets and
     /// that every id is below `vocab_size`; errors name the bad file.
     pub(crate) fn open(
@@ -157,18 +140,120 @@ impl TokenSeqs {
             let what = format!("{} bytes, expected {want} (truncated?)", map.len());
             return Err(corrupt(&bin_path, what));
         }
-        let seqs = TokenSeqs {
-            ids: Ids::Mapped { map, width },
-            offsets,
-        };
-        let n = seqs.len();
-        if let Some(bad) = (0..n)
-            .flat_map(|i| seqs.get(i))
-            .find(|&id| id as usize >= vocab_size)
-        {
+        if let Some(bad) = first_id_at_least(&bin_path, width, vocab_size as u64)? {
             let what = format!("id {bad} ≥ vocabulary size {vocab_size}");
             return Err(corrupt(&bin_path, what));
         }
-        Ok(seqs)
+        Ok(TokenSeqs {
+            ids: Ids::Mapped { map, width },
+            offsets,
+        })
+    }
+}
+
+/// The first id of `width` bytes in file `path` that is ≥ `limit`, read in blocks (not
+/// through the map: pages read here are not left resident in the process).
+fn first_id_at_least(path: &Path, width: usize, limit: u64) -> anyhow::Result<Option<u64>> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n =
+            read_full(&mut f, &mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let ids = buf[..n - n % width]
+            .chunks_exact(width)
+            .map(|c| match width {
+                2 => u64::from(u16::from_le_bytes([c[0], c[1]])),
+                _ => u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            });
+        if let Some(bad) = ids.into_iter().find(|&id| id >= limit) {
+            return Ok(Some(bad));
+        }
+        if n < buf.len() {
+            return Ok(None);
+        }
+    }
+}
+
+/// Fills `buf` from `f` as far as the file goes; returns the bytes read.
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Writes sequences of ids to `<name>.bin` (little-endian, `width` bytes each) and their
+/// offsets to `<name>.idx` (u64, from 0) as they come: the layout [`TokenSeqs::open`] reads.
+pub(crate) struct SeqWriter {
+    bin: BufWriter<File>,
+    idx: BufWriter<File>,
+    width: usize,
+    tokens: u64,
+    seqs: u64,
+    name: String,
+}
+
+impl SeqWriter {
+    pub(crate) fn create(dir: &Path, name: &str, width: usize) -> anyhow::Result<Self> {
+        let open = |ext: &str| -> anyhow::Result<BufWriter<File>> {
+            let path = dir.join(format!("{name}.{ext}"));
+            let f =
+                File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+            Ok(BufWriter::with_capacity(1 << 20, f))
+        };
+        let mut w = Self {
+            bin: open("bin")?,
+            idx: open("idx")?,
+            width,
+            tokens: 0,
+            seqs: 0,
+            name: name.to_string(),
+        };
+        w.write_idx(0)?;
+        Ok(w)
+    }
+
+    /// Appends one sequence.
+    pub(crate) fn push(&mut self, ids: &[u32]) -> anyhow::Result<()> {
+        let mut bytes = Vec::with_capacity(ids.len() * self.width);
+        for &id in ids {
+            match self.width {
+                2 => bytes.extend_from_slice(&(id as u16).to_le_bytes()),
+                _ => bytes.extend_from_slice(&id.to_le_bytes()),
+            }
+        }
+        self.bin
+            .write_all(&bytes)
+            .with_context(|| format!("writing {}.bin", self.name))?;
+        self.tokens += ids.len() as u64;
+        self.seqs += 1;
+        self.write_idx(self.tokens)
+    }
+
+    fn write_idx(&mut self, offset: u64) -> anyhow::Result<()> {
+        self.idx
+            .write_all(&offset.to_le_bytes())
+            .with_context(|| format!("writing {}.idx", self.name))
+    }
+
+    /// Sequences and tokens written so far.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.seqs, self.tokens)
+    }
+
+    /// Flushes both files to disk.
+    pub(crate) fn finish(self) -> anyhow::Result<()> {
+        for (w, ext) in [(self.bin, "bin"), (self.idx, "idx")] {
+            let f = w
+                .into_inner()
+                .map_err(|e| anyhow::anyhow!("writing {}.{ext}: {}", self.name, e.error()))?;
+            f.sync_all()
+                .with_context(|| format!("syncing {}.{ext}", self.name))?;
+        }
+        Ok(())
     }
 }

@@ -46,24 +46,35 @@ impl Vocab {
     pub const BOS_ID: u32 = 2;
     pub const EOS_ID: u32 = 3;
 
-    /// Builds the vocabulary from training sequences (tokens without `<BOS>`/`<EOS>`): tokens
-    /// seen at least `min_freq` times, the most frequent first, at most `max_size` in all
-    /// (specials included; `0` = no limit). A corpus token spelled like a special maps to it.
+    /// Builds the vocabulary from training sequences (tokens without `<BOS>`/`<EOS>`): see
+    /// [`Vocab::from_counts`].
     pub fn build(seqs: &[Vec<String>], min_freq: u64, max_size: usize) -> anyhow::Result<Vocab> {
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for tok in seqs.iter().flatten() {
+            *counts.entry(tok.as_str()).or_default() += 1;
+        }
+        Self::from_counts(counts, min_freq, max_size)
+    }
+
+    /// Builds the vocabulary from the training split's token counts: tokens seen at least
+    /// `min_freq` times, the most frequent first (ties by the token string), at most
+    /// `max_size` in all (specials included; `0` = no limit). A corpus token spelled like a
+    /// special maps to it.
+    pub fn from_counts<S: AsRef<str>>(
+        counts: impl IntoIterator<Item = (S, u64)>,
+        min_freq: u64,
+        max_size: usize,
+    ) -> anyhow::Result<Vocab> {
         if max_size != 0 && max_size <= SPECIALS.len() {
             anyhow::bail!(
                 "data.max_size = {max_size} leaves no room for regular tokens (the 4 special tokens count; use 0 for no limit or a value > 4)"
             );
         }
-        let mut counts: HashMap<&str, u64> = HashMap::new();
-        for tok in seqs.iter().flatten() {
-            *counts.entry(tok.as_str()).or_default() += 1;
-        }
-        let mut regular: Vec<(&str, u64)> = counts
+        let mut regular: Vec<(S, u64)> = counts
             .into_iter()
-            .filter(|&(t, n)| n >= min_freq && !SPECIALS.contains(&t))
+            .filter(|(t, n)| *n >= min_freq && !SPECIALS.contains(&t.as_ref()))
             .collect();
-        regular.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        regular.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.as_ref().cmp(b.0.as_ref())));
         if max_size != 0 {
             regular.truncate(max_size - SPECIALS.len());
         }
@@ -74,9 +85,8 @@ impl Vocab {
         }
         let tokens: Vec<String> = SPECIALS
             .iter()
-            .copied()
-            .chain(regular.iter().map(|r| r.0))
-            .map(str::to_string)
+            .map(|s| s.to_string())
+            .chain(regular.iter().map(|r| r.0.as_ref().to_string()))
             .collect();
         Self::from_tokens(tokens)
     }
