@@ -169,3 +169,122 @@ fn a_closed_stdout_ends_quietly() {
     assert!(out.status.success(), "exit {:?}: {err}", out.status);
     assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
 }
+
+/// A vocabulary of 70,000 distinct tokens (more than u16 ids hold) end to end: prepare stores
+/// u32 ids, training runs, evaluation scores every val token (ids above 65,535 among them), and
+/// sampling with a KV cache from a prompt of such ids produces tokens of the vocabulary.
+#[test]
+fn a_vocabulary_over_65536_tokens_trains_evaluates_and_samples() {
+    let dir = common::temp_dir("cli-u32");
+    let corpus = dir.join("wide.txt");
+    let lines: Vec<String> = (0..70_000)
+        .collect::<Vec<u32>>()
+        .chunks(50)
+        .map(|c| {
+            let toks: Vec<String> = c.iter().map(|i| format!("w{i}")).collect();
+            format!("<BOS>  {}  <EOS>", toks.join("  "))
+        })
+        .collect();
+    std::fs::write(&corpus, lines.join("\n") + "\n").unwrap();
+    // Every token is in the training file; val reuses some of the largest ids.
+    let val = dir.join("val.txt");
+    std::fs::write(
+        &val,
+        "<BOS>  w69998  w65600  w3  <EOS>\n<BOS>  w69999  <EOS>\n",
+    )
+    .unwrap();
+    let cfg_text = common::tiny_config(&dir, 3)
+        .replace(
+            common::sample_corpus().to_str().unwrap(),
+            corpus.to_str().unwrap(),
+        )
+        .replace("d_model = 32", "d_model = 16")
+        .replace(
+            "val_fraction = 0.2",
+            &format!("val_file = \"{}\"", val.display()),
+        );
+    let cfg = common::write_config(&dir, &cfg_text);
+    let out = lmtrain(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--set",
+        "train.baseline_order=0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let run = dir.join("t");
+    let ckpt = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.join("config.toml").is_file()
+                && p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("step-")
+        })
+        .expect("a checkpoint");
+    let saved = std::fs::read_to_string(ckpt.join("config.toml")).unwrap();
+    assert!(saved.contains("vocab_size = 70004"), "{saved}");
+    let meta = std::fs::read_dir(dir.join(".cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("meta.json"))
+        .find(|p| p.is_file())
+        .expect("a prepared cache");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(meta).unwrap()).unwrap();
+    assert_eq!(meta["stats"]["id_width_bytes"], 4);
+
+    let out = lmtrain(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let val_tokens = meta["stats"]["val_tokens"].as_u64().unwrap()
+        - 2 * meta["stats"]["val_lines"].as_u64().unwrap();
+    // Every token after <BOS> is scored: the tokens and <EOS>, once per sequence.
+    assert_eq!(
+        v["tokens"].as_u64().unwrap(),
+        val_tokens + meta["stats"]["val_lines"].as_u64().unwrap()
+    );
+    // Untrained on 70,000 classes: near ln(70,004) ≈ 11.16 nats.
+    assert!((v["loss"].as_f64().unwrap() - 11.16).abs() < 0.5, "{v}");
+
+    let out = lmtrain(&[
+        "sample",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--prompt",
+        "<BOS>  w69999  w12",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let toks: Vec<&str> = text.split_whitespace().collect();
+    assert!(!toks.is_empty() && toks.len() <= 8, "{text}");
+    assert!(
+        toks.iter()
+            .all(|t| t.starts_with('w') || t.starts_with('<')),
+        "{text}"
+    );
+}
