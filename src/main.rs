@@ -165,6 +165,10 @@ struct BaselineArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Train on a sample of about this many tokens (default: the run's
+    /// train.baseline_max_tokens; 0 = the whole train split).
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<u64>,
 }
 
 #[derive(Args)]
@@ -396,6 +400,7 @@ fn baseline_cmd(a: BaselineArgs, out: &mut String) -> anyhow::Result<()> {
         run: a.run,
         order: a.order,
         data: a.data,
+        max_tokens: a.max_tokens,
     })?;
     if a.json {
         say!(out, "{}", serde_json::to_string(&r)?);
@@ -410,6 +415,14 @@ fn baseline_cmd(a: BaselineArgs, out: &mut String) -> anyhow::Result<()> {
         r.val_tokens,
         r.seconds
     );
+    if r.train_tokens < r.train_tokens_available {
+        say!(
+            out,
+            "trained on a sample of {} of the {} train tokens (--max-tokens, train.baseline_max_tokens)",
+            r.train_tokens,
+            r.train_tokens_available
+        );
+    }
     if let Some((path, bits, tokens)) = &r.data {
         say!(out, "{path}: {bits:.4} bits/token over {tokens} tokens");
     }

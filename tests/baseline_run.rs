@@ -24,6 +24,7 @@ fn opts(run: &Path, order: usize, data: Option<PathBuf>) -> BaselineOptions {
         run: run.to_path_buf(),
         order,
         data,
+        max_tokens: None,
     }
 }
 
@@ -86,4 +87,54 @@ fn errors_name_the_problem() {
     let run_dir = tiny_run("baseline-order");
     let err = format!("{:#}", baseline::run(&opts(&run_dir, 0, None)).unwrap_err());
     assert!(err.contains("order 0"), "{err}");
+}
+
+/// `train.baseline_max_tokens` (here `--max-tokens`): a train split over the bound is sampled,
+/// whole sequences spread over it, the same sample every time; the report says so; the val
+/// split is still scored in full (the tokens the model scores), and without a bound the whole
+/// split is used.
+#[test]
+fn a_bounded_baseline_trains_on_a_sample_and_scores_all_of_val() {
+    let run_dir = tiny_run("baseline-bounded");
+    let full = baseline::run(&BaselineOptions {
+        max_tokens: Some(0),
+        ..opts(&run_dir, 3, None)
+    })
+    .unwrap();
+    assert_eq!(full.train_tokens, full.train_tokens_available);
+    let bound = full.train_tokens / 2;
+    let run = || {
+        baseline::run(&BaselineOptions {
+            max_tokens: Some(bound),
+            ..opts(&run_dir, 3, None)
+        })
+        .unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.train_tokens_available, full.train_tokens);
+    assert!(
+        a.train_tokens < full.train_tokens && a.train_tokens > 0,
+        "{a:?}"
+    );
+    assert_eq!((a.max_tokens, a.val_tokens), (bound, full.val_tokens));
+    assert_eq!(
+        a.val_bits_per_token, b.val_bits_per_token,
+        "the same sample each time"
+    );
+    assert_ne!(a.val_bits_per_token, full.val_bits_per_token);
+    // The CLI says it sampled.
+    let out = common::lmtrain(&[
+        "baseline",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--order",
+        "3",
+        "--max-tokens",
+        &bound.to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("trained on a sample of"),
+        "{text}"
+    );
 }

@@ -50,6 +50,8 @@ fn baseline(order: usize, bits: f64) -> BaselineReport {
         val_perplexity: bits.exp2(),
         val_tokens: 100,
         train_tokens: 1000,
+        train_tokens_available: 1000,
+        max_tokens: 0,
         data: None,
         seconds: 0.1,
         data_key: "test".into(),

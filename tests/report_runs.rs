@@ -121,6 +121,7 @@ fn a_run_without_checkpoints_shows_dashes_and_its_baseline() {
         run,
         order: 3,
         data: None,
+        max_tokens: None,
     })
     .unwrap();
     let table = runs_table(&parent).unwrap();

@@ -25,8 +25,11 @@ struct Level {
     /// Packed n-grams, sorted; `counts[i]` is c_n of `grams[i]`.
     grams: Vec<u128>,
     counts: Vec<u32>,
-    /// Packed contexts h (n−1 ids), sorted, with c_n(h•) and γ_n(h).
+    /// Packed contexts h (n−1 ids), sorted, with c_n(h•) and γ_n(h), and where each one's
+    /// n-grams start in `grams` (they are contiguous, in context order; one past the last
+    /// context's end closes the list).
     contexts: Vec<u128>,
+    starts: Vec<u32>,
     totals: Vec<u32>,
     gammas: Vec<f64>,
     /// D for counts 1, 2 and 3+.
@@ -39,8 +42,10 @@ impl Level {
     fn new(grams: Vec<u128>, counts: Vec<u32>, packer: &Packer) -> Level {
         let discounts = discounts(ngrams::counts_of_counts(&counts));
         let (mut contexts, mut totals, mut gammas) = (Vec::new(), Vec::new(), Vec::new());
+        let mut starts = Vec::new();
         let mut i = 0;
         while i < grams.len() {
+            starts.push(i as u32);
             let h = packer.context_of(grams[i]);
             let (mut total, mut mass) = (0u64, 0.0f64);
             while i < grams.len() && packer.context_of(grams[i]) == h {
@@ -53,21 +58,25 @@ impl Level {
             totals.push(u32::try_from(total).unwrap_or(u32::MAX));
             gammas.push(mass / total as f64);
         }
+        starts.push(grams.len() as u32);
         Level {
             grams,
             counts,
             contexts,
+            starts,
             totals,
             gammas,
             discounts,
         }
     }
 
-    /// c_n of a packed n-gram; 0 when unseen.
-    fn count(&self, gram: u128) -> u32 {
-        self.grams
+    /// c_n of a packed n-gram of the context at index `ci`; 0 when unseen. Searched among
+    /// that context's n-grams only, not the whole level.
+    fn count(&self, ci: usize, gram: u128) -> u32 {
+        let (a, b) = (self.starts[ci] as usize, self.starts[ci + 1] as usize);
+        self.grams[a..b]
             .binary_search(&gram)
-            .map_or(0, |i| self.counts[i])
+            .map_or(0, |i| self.counts[a + i])
     }
 }
 
@@ -168,9 +177,11 @@ impl KneserNey {
                 .packer
                 .pack(tail[tail.len() - n..].iter().map(|&t| id(t)));
             let Ok(ci) = level.contexts.binary_search(&h) else {
-                continue; // unseen context: this level passes the lower one through
+                // An unseen context passes the lower level through, and so do all higher
+                // levels: a longer context ending in `h` would have put `h` in this level.
+                break;
             };
-            let c = level.count(self.packer.extend(h, token));
+            let c = level.count(ci, self.packer.extend(h, token));
             let kept = (f64::from(c) - discount(&level.discounts, c)).max(0.0);
             p = kept / f64::from(level.totals[ci]) + level.gammas[ci] * p;
         }
@@ -178,16 +189,29 @@ impl KneserNey {
     }
 
     /// Σ −log2 p over every token after BOS in every sequence, and the count of such tokens.
+    /// Blocks of sequences are scored on every core and their sums added in block order, so
+    /// the result does not depend on the thread count.
     pub fn score(&self, seqs: &TokenSeqs) -> Score {
-        let mut score = Score::default();
+        use rayon::prelude::*;
+        const BLOCK: usize = 256;
         let keep = self.order() - 1;
-        for s in (0..seqs.len()).map(|i| seqs.get(i)) {
-            for i in 1..s.len() {
-                score.bits -= self.prob(&s[i.saturating_sub(keep)..i], s[i]).log2();
-                score.tokens += 1;
-            }
-        }
-        score
+        let blocks: Vec<Score> = (0..seqs.len().div_ceil(BLOCK))
+            .into_par_iter()
+            .map(|b| {
+                let mut score = Score::default();
+                for s in (b * BLOCK..((b + 1) * BLOCK).min(seqs.len())).map(|i| seqs.get(i)) {
+                    for i in 1..s.len() {
+                        score.bits -= self.prob(&s[i.saturating_sub(keep)..i], s[i]).log2();
+                        score.tokens += 1;
+                    }
+                }
+                score
+            })
+            .collect();
+        blocks.iter().fold(Score::default(), |acc, b| Score {
+            bits: acc.bits + b.bits,
+            tokens: acc.tokens + b.tokens,
+        })
     }
 }
 

@@ -10,7 +10,7 @@ mod ngrams;
 pub use kn::{KneserNey, Score};
 
 use crate::config::Config;
-use crate::data::dataset::{self, Prepared};
+use crate::data::dataset::{self, Prepared, TokenSeqs};
 use crate::train::checkpoint;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,9 @@ pub struct BaselineOptions {
     pub order: usize,
     /// An extra corpus file to score, encoded with the run's vocabulary.
     pub data: Option<PathBuf>,
+    /// Train on at most this many tokens (a sample of whole sequences); `None` = the run's
+    /// `train.baseline_max_tokens`, `Some(0)` = all.
+    pub max_tokens: Option<u64>,
 }
 
 /// What `lmtrain baseline` measured; saved as `<run>/baseline.json`.
@@ -41,6 +44,13 @@ pub struct BaselineReport {
     pub val_tokens: u64,
     /// Tokens the model was trained on (every token after `<BOS>`).
     pub train_tokens: u64,
+    /// Tokens of the whole train split (every token after `<BOS>`): more than `train_tokens`
+    /// when the baseline was trained on a sample (`train.baseline_max_tokens`).
+    #[serde(default)]
+    pub train_tokens_available: u64,
+    /// The sample bound it was trained under (0 = none).
+    #[serde(default)]
+    pub max_tokens: u64,
     /// The extra corpus: its path, bits per token and tokens scored.
     pub data: Option<(String, f64, u64)>,
     /// Wall time of the whole command (prepare, train, score).
@@ -63,17 +73,26 @@ pub fn run(opts: &BaselineOptions) -> Result<BaselineReport> {
         })?;
     let data_key = prepared.key();
     check_data_key(&run_dir, &data_key, &config)?;
-    let mut report = compute(&prepared, opts.order, opts.data.as_deref())?;
+    let max_tokens = opts.max_tokens.unwrap_or(config.train.baseline_max_tokens);
+    let mut report = compute(&prepared, opts.order, opts.data.as_deref(), max_tokens)?;
     report.seconds = start.elapsed().as_secs_f64();
     write_report(&run_dir, &report)?;
     Ok(report)
 }
 
-/// Trains KN of `order` on a prepared train split and scores its val split (and `data`, encoded
-/// with the same vocabulary).
-pub fn compute(prepared: &Prepared, order: usize, data: Option<&Path>) -> Result<BaselineReport> {
+/// Trains KN of `order` on a prepared train split (a sample of it of about `max_tokens`
+/// tokens when larger; 0 = all) and scores its whole val split (and `data`, encoded with the
+/// same vocabulary).
+pub fn compute(
+    prepared: &Prepared,
+    order: usize,
+    data: Option<&Path>,
+    max_tokens: u64,
+) -> Result<BaselineReport> {
     let start = Instant::now();
-    let model = KneserNey::train(&prepared.train, prepared.vocab.len(), order)
+    let sample = sample(&prepared.train, max_tokens);
+    let train = sample.as_ref().unwrap_or(&prepared.train);
+    let model = KneserNey::train(train, prepared.vocab.len(), order)
         .with_context(|| format!("training the order-{order} Kneser-Ney baseline"))?;
     let val = model.score(&prepared.val);
     let data = match data {
@@ -86,18 +105,36 @@ pub fn compute(prepared: &Prepared, order: usize, data: Option<&Path>) -> Result
         }
         None => None,
     };
-    let train = &prepared.train;
+    // Every sequence's <BOS> is context only.
+    let predicted = |s: &TokenSeqs| s.total_tokens().saturating_sub(s.len()) as u64;
     Ok(BaselineReport {
         order,
         val_bits_per_token: val.bits_per_token(),
         val_perplexity: val.perplexity(),
         val_tokens: val.tokens,
-        // Every sequence's <BOS> is context only.
-        train_tokens: train.total_tokens().saturating_sub(train.len()) as u64,
+        train_tokens: predicted(train),
+        train_tokens_available: predicted(&prepared.train),
+        max_tokens,
         data,
         seconds: start.elapsed().as_secs_f64(),
         data_key: prepared.key(),
     })
+}
+
+/// About `max_tokens` predicted tokens of `train` as whole sequences spread evenly over it
+/// (every k-th sequence, k = the split's tokens / `max_tokens` rounded up), or `None` when the
+/// split is within the bound (or there is none): the same sample every time.
+fn sample(train: &TokenSeqs, max_tokens: u64) -> Option<TokenSeqs> {
+    let total = train.total_tokens().saturating_sub(train.len()) as u64;
+    if max_tokens == 0 || total <= max_tokens {
+        return None;
+    }
+    let stride = total.div_ceil(max_tokens) as usize;
+    let picked = (0..train.len())
+        .step_by(stride)
+        .map(|i| train.get(i))
+        .collect();
+    Some(TokenSeqs::from_vecs(picked))
 }
 
 /// Reads `<run>/baseline.json` if present (None when absent).

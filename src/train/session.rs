@@ -5,7 +5,7 @@ use super::checkpoint::{self, Pick, TrainState};
 use super::faults::Faults;
 use super::optim::Optimizer;
 use crate::baseline::{self, BaselineReport};
-use crate::config::Config;
+use crate::config::{Config, TrainConfig};
 use crate::data::batch::{make_eval_windows, make_windows, Batcher, WindowStats};
 use crate::data::dataset::{self, Prepared};
 use crate::model::{self, Gpt};
@@ -71,7 +71,7 @@ impl Session {
         };
         checkpoint::recover(&run_dir)?;
         checkpoint::write_synced(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
-        let baseline = ensure_baseline(&run_dir, &data, config.train.baseline_order);
+        let baseline = ensure_baseline(&run_dir, &data, &config.train);
         let session = Self {
             config,
             device,
@@ -118,8 +118,16 @@ impl Session {
         );
         eprintln!("model: {} parameters", model::param_count(&config.model));
         if let Some(b) = &self.baseline {
+            let sampled = if b.train_tokens < b.train_tokens_available {
+                format!(
+                    ", trained on a sample of {} of the {} train tokens (train.baseline_max_tokens)",
+                    b.train_tokens, b.train_tokens_available
+                )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "baseline: Kneser-Ney order {} on the same split: {:.4} bits/token ({:.3} nats)",
+                "baseline: Kneser-Ney order {} on the same split: {:.4} bits/token ({:.3} nats){sampled}",
                 b.order,
                 b.val_bits_per_token,
                 b.val_bits_per_token * std::f64::consts::LN_2
@@ -236,18 +244,20 @@ fn restore_into(varmap: &VarMap, ckpt: &Path, data_key: &str, device: &Device) -
     Ok(ckpt.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
-/// The run's baseline report: reused when it matches the data and order, computed otherwise
-/// (seconds even for PKU). A failure only costs the comparison, so it is a warning.
-fn ensure_baseline(run_dir: &Path, data: &Prepared, order: usize) -> Option<BaselineReport> {
+/// The run's baseline report: reused when it matches the data, order and sample bound,
+/// computed otherwise (seconds: `train.baseline_max_tokens` bounds it). A failure only costs
+/// the comparison, so it is a warning.
+fn ensure_baseline(run_dir: &Path, data: &Prepared, t: &TrainConfig) -> Option<BaselineReport> {
+    let (order, max_tokens) = (t.baseline_order, t.baseline_max_tokens);
     if order == 0 {
         return None;
     }
     if let Ok(Some(r)) = baseline::load_report(run_dir) {
-        if r.order == order && r.data_key == data.key() {
+        if r.order == order && r.data_key == data.key() && r.max_tokens == max_tokens {
             return Some(r);
         }
     }
-    let report = baseline::compute(data, order, None)
+    let report = baseline::compute(data, order, None, max_tokens)
         .and_then(|r| baseline::write_report(run_dir, &r).map(|_| r));
     match report {
         Ok(r) => Some(r),
