@@ -60,12 +60,43 @@ pub enum LongSequences {
     Truncate,
 }
 
+/// How a corpus file is written (`data.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// One pre-tokenized sequence per line, `<BOS>  tok  …  <EOS>` (a word-level vocabulary is
+    /// built from the corpus).
+    Lines,
+    /// One document per line, raw UTF-8 text, tokenized with `data.tokenizer`.
+    Text,
+    /// One JSON object per line, its `data.text_field` the document, tokenized likewise.
+    Jsonl,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// Corpus in the line format `<BOS>  tok  …  <EOS>`: a file, a directory (its files, sorted),
-    /// a glob (`data/shards/*.txt`) or a list of those, read in that order as one corpus.
+    /// The corpus: a file, a directory (its files, sorted), a glob (`data/shards/*.txt`) or a
+    /// list of those, read in that order as one corpus, in `data.format`.
     pub train_file: crate::data::input::CorpusPaths,
+    /// `lines` (the default), `text` or `jsonl`.
+    pub format: DataFormat,
+    /// `jsonl`: the field of each object that holds the document's text.
+    pub text_field: String,
+    /// `text`/`jsonl` only: `"bpe"` (lmtrain trains a byte-level BPE on the first
+    /// `bpe_sample_bytes` of the train split's documents) or the path of a Hugging Face
+    /// `tokenizer.json` (BPE, WordPiece, Unigram: anything the `tokenizers` crate loads). `""`
+    /// for `lines`, whose word-level vocabulary comes from the corpus.
+    pub tokenizer: String,
+    /// `tokenizer = "bpe"`: the vocabulary size to train, the 4 special tokens included.
+    pub vocab_size: usize,
+    /// `tokenizer = "bpe"`: bytes of text the tokenizer is trained on.
+    pub bpe_sample_bytes: u64,
+    /// A given tokenizer's BOS, EOS and PAD tokens; `""` = the first of the usual spellings it
+    /// has (see `data::vocab::SpecialNames`; PAD falls back to EOS).
+    pub bos_token: String,
+    pub eos_token: String,
+    pub pad_token: String,
     /// Separate validation corpus; `""` = split `val_fraction` of `train_file` off instead.
     pub val_file: PathBuf,
     /// Fraction of lines held out for validation when `val_file` is empty (deterministic: the
@@ -276,6 +307,14 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             train_file: "data/sample.txt".into(),
+            format: DataFormat::Lines,
+            text_field: "text".into(),
+            tokenizer: String::new(),
+            vocab_size: 8192,
+            bpe_sample_bytes: 100_000_000,
+            bos_token: String::new(),
+            eos_token: String::new(),
+            pad_token: String::new(),
             val_file: PathBuf::new(),
             val_fraction: 0.1,
             split_seed: 0,
@@ -522,7 +561,30 @@ fn validate_data(d: &DataConfig, m: &ModelConfig) -> Result<(), ConfigError> {
     if d.min_freq == 0 {
         return bad("data.min_freq", "must be >= 1".into());
     }
-    Ok(())
+    validate_tokenizer(d)
+}
+
+/// The tokenizer keys against the format.
+fn validate_tokenizer(d: &DataConfig) -> Result<(), ConfigError> {
+    match (d.format, d.tokenizer.as_str()) {
+        (DataFormat::Lines, "") => Ok(()),
+        (DataFormat::Lines, t) => bad(
+            "data.tokenizer",
+            format!("{t:?} is for raw text: set data.format = \"text\" or \"jsonl\", or leave data.tokenizer empty (the line format builds its word-level vocabulary from the corpus)"),
+        ),
+        (_, "") => bad(
+            "data.tokenizer",
+            "raw text needs a tokenizer: \"bpe\" (trained on the corpus) or the path of a tokenizer.json".into(),
+        ),
+        (_, "bpe") if d.vocab_size < crate::data::bpe::MIN_VOCAB => bad(
+            "data.vocab_size",
+            format!("{} is too small for a byte-level BPE: use at least {}", d.vocab_size, crate::data::bpe::MIN_VOCAB),
+        ),
+        (DataFormat::Jsonl, _) if d.text_field.is_empty() => {
+            bad("data.text_field", "name the JSON field that holds each document's text".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn validate_train(t: &TrainConfig) -> Result<(), ConfigError> {

@@ -36,15 +36,29 @@ impl EvalResult {
     }
 }
 
-/// Mean loss over the batches of `plan` (the first `max_batches` of them; 0 = all), no dropout.
+/// What to score: sequences, their windows in batches (`plan`), and the vocabulary's pad id.
+#[derive(Clone, Copy)]
+pub struct Split<'a> {
+    pub seqs: &'a TokenSeqs,
+    pub batcher: &'a Batcher,
+    pub plan: &'a [Vec<usize>],
+    pub pad: u32,
+}
+
+/// Mean loss over the batches of `split.plan` (the first `max_batches` of them; 0 = all), no
+/// dropout.
 pub fn evaluate(
     model: &Gpt,
-    seqs: &TokenSeqs,
-    batcher: &Batcher,
-    plan: &[Vec<usize>],
+    split: Split,
     device: &Device,
     max_batches: usize,
 ) -> Result<EvalResult> {
+    let Split {
+        seqs,
+        batcher,
+        plan,
+        pad,
+    } = split;
     let start = Instant::now();
     let take = if max_batches == 0 {
         plan.len()
@@ -53,7 +67,7 @@ pub fn evaluate(
     };
     let (mut nll, mut tokens) = (0.0f64, 0u64);
     for idx in &plan[..take] {
-        let batch = batcher.make_batch(seqs, idx, crate::data::vocab::Vocab::PAD_ID, device)?;
+        let batch = batcher.make_batch(seqs, idx, pad, device)?;
         nll += crate::loss::batch_nll_sum(model, &batch, &Mode::Eval, false)?.to_scalar::<f32>()?
             as f64;
         tokens += batch.n_tokens as u64;
@@ -102,7 +116,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     let cfg = &loaded.config;
     let (seqs, source, unk_rate) = match &opts.data {
         Some(path) => {
-            let (seqs, unk) = dataset::encode_file(path, &loaded.vocab)?;
+            let (seqs, unk) = dataset::encode_file(path, &loaded.vocab, &cfg.data)?;
             (seqs, path.display().to_string(), Some(unk))
         }
         None => {
@@ -140,14 +154,13 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         false,
         0,
     );
-    let r = evaluate(
-        &loaded.model,
-        &seqs,
-        &batcher,
-        &batcher.sequential_plan(),
-        &device,
-        0,
-    )?;
+    let split = Split {
+        seqs: &seqs,
+        batcher: &batcher,
+        plan: &batcher.sequential_plan(),
+        pad: loaded.vocab.pad_id(),
+    };
+    let r = evaluate(&loaded.model, split, &device, 0)?;
     let baseline = match (&opts.data, loaded.dir.parent()) {
         (None, Some(run_dir)) => crate::baseline::load_report(run_dir)?
             .filter(|b| b.data_key == loaded.state.data_key)

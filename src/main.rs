@@ -388,7 +388,7 @@ fn sample_cmd(a: SampleArgs, out: &mut String) -> anyhow::Result<()> {
         seed: a.seed,
         device: a.device,
     })?;
-    say!(out, "{}", s.text());
+    say!(out, "{}", s.text);
     if s.context_full {
         eprintln!("note: stopped at the end of the model's context window");
     }

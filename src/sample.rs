@@ -32,19 +32,16 @@ pub struct SampleOptions {
 
 #[derive(Debug, Clone)]
 pub struct Sample {
-    pub prompt: Vec<String>,
-    pub generated: Vec<String>,
+    /// The prompt's ids, `<BOS>` first.
+    pub prompt: Vec<u32>,
+    /// The generated ids (the final `<EOS>` left out).
+    pub generated: Vec<u32>,
+    /// The generated text: decoded by the tokenizer for raw-text vocabularies; for word-level
+    /// ones the tokens, joined without separator when every one is a single character
+    /// (char-level corpora), with single spaces otherwise.
+    pub text: String,
     pub stopped_at_eos: bool,
     pub context_full: bool,
-}
-
-impl Sample {
-    /// Generated text: tokens joined without separator when every token is one character
-    /// (char-level corpora), with single spaces otherwise.
-    pub fn text(&self) -> String {
-        let chars = self.generated.iter().all(|t| t.chars().count() == 1);
-        self.generated.join(if chars { "" } else { " " })
-    }
 }
 
 /// Splits a prompt into tokens (see the module doc); `<BOS>` first.
@@ -122,21 +119,21 @@ pub fn run(opts: &SampleOptions) -> Result<Sample> {
     let device = crate::device::select(&opts.device)?;
     let loaded = restore::load_model(&opts.checkpoint, Pick::Best, &device)?;
     let context = loaded.config.model.context;
-    let prompt = prompt_tokens(&opts.prompt);
-    if prompt.len() > context {
+    let ids = prompt_ids(&opts.prompt, &loaded.vocab)?;
+    if ids.len() > context {
         bail!(
             "the prompt has {} tokens but the model's context window is {context}: shorten it",
-            prompt.len()
+            ids.len()
         );
     }
-    let ids: Vec<u32> = prompt.iter().map(|t| loaded.vocab.id(t)).collect();
     let mut cache = KvCache::new(&loaded.config.model);
     let mut rng = Rng::derive(opts.seed, "sample");
     let input = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?; // (1, t)
     let mut logits = loaded.model.forward_cached(&input, &mut cache)?; // (1, t, V)
     let mut out = Sample {
-        prompt,
+        prompt: ids,
         generated: Vec::new(),
+        text: String::new(),
         stopped_at_eos: false,
         context_full: false,
     };
@@ -144,11 +141,11 @@ pub fn run(opts: &SampleOptions) -> Result<Sample> {
         let t = logits.dim(1)?;
         let last: Vec<f32> = logits.i((0, t - 1))?.to_dtype(DType::F32)?.to_vec1()?; // (V,)
         let next = pick(&last, opts.temperature, opts.top_k, opts.top_p, &mut rng) as u32;
-        if next == Vocab::EOS_ID {
+        if next == loaded.vocab.eos_id() {
             out.stopped_at_eos = true;
             break;
         }
-        out.generated.push(loaded.vocab.token(next).to_string());
+        out.generated.push(next);
         if cache.len() >= context {
             out.context_full = true;
             break;
@@ -156,7 +153,19 @@ pub fn run(opts: &SampleOptions) -> Result<Sample> {
         let input = Tensor::new(&[next], &device)?.unsqueeze(0)?; // (1, 1)
         logits = loaded.model.forward_cached(&input, &mut cache)?; // (1, 1, V)
     }
+    out.text = loaded.vocab.decode_text(&out.generated)?;
     Ok(out)
+}
+
+/// The prompt's ids, `<BOS>` first: for a word-level vocabulary its tokens (see
+/// [`prompt_tokens`]); for a raw-text one the tokenizer's ids of the plain text.
+pub fn prompt_ids(prompt: &str, vocab: &Vocab) -> Result<Vec<u32>> {
+    if vocab.is_word_level() {
+        return Ok(prompt_tokens(prompt).iter().map(|t| vocab.id(t)).collect());
+    }
+    let mut ids = vec![vocab.bos_id()];
+    ids.extend(vocab.encode_text(prompt)?);
+    Ok(ids)
 }
 
 #[cfg(test)]

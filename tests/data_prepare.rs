@@ -280,11 +280,13 @@ fn val_file_and_encode_file_count_unknown_tokens() {
     let p = prepare(&c, &root, false).unwrap();
     assert_eq!((p.stats.train_lines, p.stats.val_lines), (6, 2));
     assert!((p.stats.unk_rate_val - 2.0 / 3.0).abs() < 1e-12);
-    let (seqs, unk) = encode_file(&val, &p.vocab).unwrap();
+    let (seqs, unk) = encode_file(&val, &p.vocab, &c).unwrap();
     assert_eq!(seqs.len(), 2);
     assert_eq!(seqs.get(1), [Vocab::BOS_ID, Vocab::UNK_ID, Vocab::EOS_ID]);
     assert!((unk - 2.0 / 3.0).abs() < 1e-12);
-    let e = encode_file(&work.join("none.txt"), &p.vocab).err().unwrap();
+    let e = encode_file(&work.join("none.txt"), &p.vocab, &c)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("none.txt"));
     std::fs::remove_dir_all(root).unwrap();
     std::fs::remove_dir_all(work).unwrap();

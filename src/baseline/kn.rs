@@ -16,7 +16,7 @@
 
 use super::ngrams::{self, Packer};
 use crate::data::dataset::TokenSeqs;
-use crate::data::vocab::Vocab;
+use crate::data::vocab::Specials;
 use serde::{Deserialize, Serialize};
 
 /// One level n of the model: its n-grams and their contexts, all sorted by packed key.
@@ -119,27 +119,48 @@ fn discount(d: &[f64; 3], count: u32) -> f64 {
 pub struct KneserNey {
     packer: Packer,
     vocab_size: usize,
+    /// |V|.
+    predicted: usize,
+    specials: Specials,
     /// `levels[n − 1]` is level n.
     levels: Vec<Level>,
 }
 
 impl KneserNey {
-    /// Trains an order-`order` model on `train` (every sequence `[BOS, …]`).
-    /// `vocab_size` = the Vocab's len(); predicted set = all ids but PAD and BOS.
+    /// Trains an order-`order` model on `train` (every sequence `[BOS, …]`) of one of
+    /// lmtrain's own vocabularies. `vocab_size` = the Vocab's len(); predicted set = all ids
+    /// but PAD and BOS.
     pub fn train(train: &TokenSeqs, vocab_size: usize, order: usize) -> anyhow::Result<Self> {
-        if vocab_size <= Vocab::EOS_ID as usize {
-            anyhow::bail!("vocabulary size {vocab_size} lacks the 4 special tokens");
+        Self::train_with(train, vocab_size, order, Specials::LMTRAIN)
+    }
+
+    /// [`KneserNey::train`] for a vocabulary with special ids `specials` (a Hugging Face
+    /// tokenizer's): predicted set = every id but BOS and PAD, unless one of them is the EOS.
+    pub fn train_with(
+        train: &TokenSeqs,
+        vocab_size: usize,
+        order: usize,
+        specials: Specials,
+    ) -> anyhow::Result<Self> {
+        let ids = [specials.pad, specials.bos, specials.eos];
+        if ids.iter().any(|&i| i as usize >= vocab_size) {
+            anyhow::bail!("vocabulary size {vocab_size} lacks its special tokens {specials:?}");
         }
         let packer = Packer::new(vocab_size, order)?;
-        let seqs = ngrams::checked_sequences(train, vocab_size)?;
-        let counts = ngrams::count_levels(&seqs, &packer, order);
+        let seqs = ngrams::checked_sequences(train, vocab_size, &specials)?;
+        let counts = ngrams::count_levels(&seqs, &packer, order, specials.bos);
         let levels = counts
             .into_iter()
             .map(|(grams, counts)| Level::new(grams, counts, &packer))
             .collect();
+        let excluded = (0..vocab_size as u32)
+            .filter(|&t| !ngrams::predicted(t, &specials))
+            .count();
         Ok(KneserNey {
             packer,
             vocab_size,
+            predicted: vocab_size - excluded,
+            specials,
             levels,
         })
     }
@@ -149,9 +170,9 @@ impl KneserNey {
         self.levels.len()
     }
 
-    /// |V|: every id but `<pad>` and `<BOS>`.
+    /// |V|: every id but `<pad>` and `<BOS>` (see [`KneserNey::train_with`]).
     pub fn predicted_size(&self) -> usize {
-        self.vocab_size - 2
+        self.predicted
     }
 
     /// The discounts (D1, D2, D3+) of level `n` (1-based); None when out of range.
@@ -162,12 +183,13 @@ impl KneserNey {
     /// p(token | context) where context is the preceding ids (only the last order−1 matter).
     /// Tokens outside V get 0; context ids outside the vocabulary count as `<unk>`.
     pub fn prob(&self, context: &[u32], token: u32) -> f64 {
-        if token as usize >= self.vocab_size || token == Vocab::PAD_ID || token == Vocab::BOS_ID {
+        let sp = &self.specials;
+        if token as usize >= self.vocab_size || !ngrams::predicted(token, sp) {
             return 0.0;
         }
         let tail = &context[context.len().saturating_sub(self.order() - 1)..];
         let id = |t: u32| match t as usize >= self.vocab_size {
-            true => Vocab::UNK_ID,
+            true => sp.unk.unwrap_or(sp.bos),
             false => t,
         };
         let mut p = 1.0 / self.predicted_size() as f64;

@@ -9,7 +9,7 @@ mod ngrams;
 
 pub use kn::{KneserNey, Score};
 
-use crate::config::Config;
+use crate::config::{Config, DataConfig};
 use crate::data::dataset::{self, Prepared, TokenSeqs};
 use crate::train::checkpoint;
 use anyhow::{Context, Result};
@@ -74,7 +74,8 @@ pub fn run(opts: &BaselineOptions) -> Result<BaselineReport> {
     let data_key = prepared.key();
     check_data_key(&run_dir, &data_key, &config)?;
     let max_tokens = opts.max_tokens.unwrap_or(config.train.baseline_max_tokens);
-    let mut report = compute(&prepared, opts.order, opts.data.as_deref(), max_tokens)?;
+    let data = opts.data.as_deref().map(|p| (p, &config.data));
+    let mut report = compute(&prepared, opts.order, data, max_tokens)?;
     report.seconds = start.elapsed().as_secs_f64();
     write_report(&run_dir, &report)?;
     Ok(report)
@@ -86,20 +87,26 @@ pub fn run(opts: &BaselineOptions) -> Result<BaselineReport> {
 pub fn compute(
     prepared: &Prepared,
     order: usize,
-    data: Option<&Path>,
+    data: Option<(&Path, &DataConfig)>,
     max_tokens: u64,
 ) -> Result<BaselineReport> {
     let start = Instant::now();
     let sample = sample(&prepared.train, max_tokens);
     let train = sample.as_ref().unwrap_or(&prepared.train);
-    let model = KneserNey::train(train, prepared.vocab.len(), order)
-        .with_context(|| format!("training the order-{order} Kneser-Ney baseline"))?;
+    let model = KneserNey::train_with(
+        train,
+        prepared.vocab.len(),
+        order,
+        prepared.vocab.specials(),
+    )
+    .with_context(|| format!("training the order-{order} Kneser-Ney baseline"))?;
     let val = model.score(&prepared.val);
     let data = match data {
-        Some(path) => {
-            let (seqs, _unk) = dataset::encode_file(path, &prepared.vocab).with_context(|| {
-                format!("encoding {} with the run's vocabulary", path.display())
-            })?;
+        Some((path, cfg)) => {
+            let (seqs, _unk) =
+                dataset::encode_file(path, &prepared.vocab, cfg).with_context(|| {
+                    format!("encoding {} with the run's vocabulary", path.display())
+                })?;
             let s = model.score(&seqs);
             Some((path.display().to_string(), s.bits_per_token(), s.tokens))
         }

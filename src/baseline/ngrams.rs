@@ -5,7 +5,7 @@
 //! n-grams as one contiguous run, with no per-n-gram allocation.
 
 use crate::data::dataset::TokenSeqs;
-use crate::data::vocab::Vocab;
+use crate::data::vocab::Specials;
 
 /// Packs up to `order` ids into one `u128`.
 #[derive(Debug, Clone, Copy)]
@@ -58,16 +58,26 @@ impl Packer {
     }
 }
 
+/// Whether `t` can be predicted: every id but BOS and PAD, unless one of those is also the EOS
+/// (a tokenizer whose one special token ends and starts documents, as GPT-2's does).
+pub fn predicted(t: u32, sp: &Specials) -> bool {
+    t == sp.eos || (t != sp.bos && t != sp.pad)
+}
+
 /// The sequences of `seqs`, each checked to be `[BOS, …]` with no `<pad>`/`<BOS>` after the
 /// start and every id below `vocab_size` (a bad id would corrupt packed keys).
-pub fn checked_sequences(seqs: &TokenSeqs, vocab_size: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+pub fn checked_sequences(
+    seqs: &TokenSeqs,
+    vocab_size: usize,
+    sp: &Specials,
+) -> anyhow::Result<Vec<Vec<u32>>> {
     (0..seqs.len())
         .map(|i| {
             let s = seqs.get(i);
-            if s.first() != Some(&Vocab::BOS_ID) {
+            if s.first() != Some(&sp.bos) {
                 anyhow::bail!("training sequence {i} does not start with <BOS>: {s:?}");
             }
-            let bad = |&t: &u32| t as usize >= vocab_size || t == Vocab::PAD_ID || t == Vocab::BOS_ID;
+            let bad = |&t: &u32| t as usize >= vocab_size || !predicted(t, sp);
             if let Some(t) = s[1..].iter().find(|t| bad(t)) {
                 anyhow::bail!(
                     "training sequence {i} holds id {t} after <BOS> (<pad>, <BOS> or ≥ vocabulary size {vocab_size})"
@@ -101,6 +111,7 @@ pub fn count_levels(
     seqs: &[Vec<u32>],
     packer: &Packer,
     order: usize,
+    bos: u32,
 ) -> Vec<(Vec<u128>, Vec<u32>)> {
     let mut levels: Vec<(Vec<u128>, Vec<u32>)> = (1..=order)
         .map(|n| {
@@ -126,7 +137,7 @@ pub fn count_levels(
                 j += 1;
             }
             // Every n-gram not starting at <BOS> has a left extension, so it is in `cont`.
-            let bos_initial = packer.first(*g, n) == u128::from(Vocab::BOS_ID);
+            let bos_initial = packer.first(*g, n) == u128::from(bos);
             if !bos_initial && j < cont.len() && cont[j] == *g {
                 *c = cont_counts[j];
             }

@@ -8,13 +8,16 @@
 //! ([`super::stream`]): memory does not grow with it. Everything is written into a temporary
 //! sibling folder that is renamed into place last: a folder named by a key is complete.
 
+use super::build;
+pub use super::build::special_names;
+use super::documents;
 use super::input::{hash_file, CorpusPaths};
 use super::split::Splitter;
-use super::stream::{self, Outputs, Scan, Sides, Source};
-use super::tokens::SeqWriter;
+pub use super::stats::PrepareStats;
+use super::stream::{Sides, Source};
 pub use super::tokens::TokenSeqs;
-use super::vocab::Vocab;
-use crate::config::DataConfig;
+use super::vocab::{SpecialNames, Vocab};
+use crate::config::{DataConfig, DataFormat};
 use crate::rng::fnv1a64;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -22,61 +25,6 @@ use std::path::{Path, PathBuf};
 
 /// Bump when the cache layout or the meaning of its contents changes: old caches are ignored.
 pub const FORMAT_VERSION: u32 = 1;
-
-/// Numbers about a prepared corpus, saved in `meta.json` and printed by [`PrepareStats::summary`].
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct PrepareStats {
-    /// Sequences in both splits.
-    pub lines: usize,
-    /// Tokens in both splits, `<BOS>`/`<EOS>` included.
-    pub tokens: usize,
-    pub train_lines: usize,
-    pub val_lines: usize,
-    pub train_tokens: usize,
-    pub val_tokens: usize,
-    /// Ids in the vocabulary, the 4 specials included.
-    pub vocab_size: usize,
-    /// Fraction of tokens (markers excluded) that became `<unk>`.
-    pub unk_rate_train: f64,
-    pub unk_rate_val: f64,
-    /// Nearest-rank percentiles of tokens per sequence (markers excluded), both splits.
-    pub len_p50: usize,
-    pub len_p90: usize,
-    pub len_p99: usize,
-    pub len_max: usize,
-    /// Bytes per id in the `.bin` files: 2 or 4.
-    pub id_width_bytes: usize,
-    /// FNV-1a 64 of the train file bytes, hex.
-    pub corpus_hash: String,
-    /// FNV-1a 64 of the val file bytes, hex; `""` when val is split off the train file.
-    pub val_hash: String,
-}
-
-impl PrepareStats {
-    /// A few human-readable lines.
-    pub fn summary(&self) -> String {
-        let pct = |x: f64| format!("{:.3}%", 100.0 * x);
-        format!(
-            "sequences {} ({} train / {} val), tokens {} ({} train / {} val, incl. <BOS>/<EOS>)\n\
-             vocabulary {} ids (4 special), unk rate {} train / {} val, ids stored as u{}\n\
-             tokens per sequence p50 {} / p90 {} / p99 {} / max {}",
-            self.lines,
-            self.train_lines,
-            self.val_lines,
-            self.tokens,
-            self.train_tokens,
-            self.val_tokens,
-            self.vocab_size,
-            pct(self.unk_rate_train),
-            pct(self.unk_rate_val),
-            self.id_width_bytes * 8,
-            self.len_p50,
-            self.len_p90,
-            self.len_p99,
-            self.len_max,
-        )
-    }
-}
 
 /// The settings a cache was prepared with; part of `meta.json`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -140,10 +88,11 @@ pub fn prepare(cfg: &DataConfig, cache_root: &Path, force: bool) -> anyhow::Resu
         .map(|f| hash_file(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let val_hash = val_file.as_deref().map(hash_file).transpose()?;
-    let key = cache_key(cfg, &train_hashes, val_hash);
+    let key = cache_key(cfg, &train_hashes, val_hash)?;
     let dir = cache_root.join(&key);
+    let names = special_names(cfg);
     if !force && dir.join("meta.json").is_file() {
-        return load_prepared(&dir, true);
+        return load_prepared(&dir, true, &names);
     }
     let hex = |h: u64| format!("{h:016x}");
     let hashes = (
@@ -156,7 +105,10 @@ pub fn prepare(cfg: &DataConfig, cache_root: &Path, force: bool) -> anyhow::Resu
     );
     let bytes: u64 = train_hashes.iter().chain(&val_hash).map(|h| h.1).sum();
     let sources = sources(cfg, train_files, val_file);
-    let built = build(&sources, cfg, &dir, bytes)?;
+    let built = match cfg.format {
+        DataFormat::Lines => build::lines(&sources, cfg, &dir, bytes)?,
+        DataFormat::Text | DataFormat::Jsonl => build::documents(&sources, cfg, &dir, bytes)?,
+    };
     let meta = Meta {
         format_version: FORMAT_VERSION,
         key,
@@ -175,15 +127,19 @@ pub fn prepare(cfg: &DataConfig, cache_root: &Path, force: bool) -> anyhow::Resu
         },
     };
     finish_cache(&dir, &built.tmp, &meta, &built.vocab, force)?;
-    load_prepared(&dir, false)
+    load_prepared(&dir, false, &names)
 }
 
 /// The cache key: a hash of the corpus bytes (each train file's FNV-1a and length, in order;
 /// the val file's) and every setting that changes the prepared ids. One train file gives the
 /// key earlier versions gave.
-fn cache_key(cfg: &DataConfig, train: &[(u64, u64)], val: Option<(u64, u64)>) -> String {
+fn cache_key(
+    cfg: &DataConfig,
+    train: &[(u64, u64)],
+    val: Option<(u64, u64)>,
+) -> anyhow::Result<String> {
     let train: Vec<String> = train.iter().map(|(h, n)| format!("{h:016x} {n}")).collect();
-    let key_text = format!(
+    let mut key_text = format!(
         "lmtrain prepare v{FORMAT_VERSION}\ntrain {}\nval {}\nval_fraction {:016x}\n\
          split_seed {}\nmin_freq {}\nmax_size {}\n",
         train.join(" "),
@@ -193,7 +149,19 @@ fn cache_key(cfg: &DataConfig, train: &[(u64, u64)], val: Option<(u64, u64)>) ->
         cfg.min_freq,
         cfg.max_size
     );
-    format!("{:016x}", fnv1a64(key_text.as_bytes()))
+    // Raw text: the format, the field, the tokenizer (a given one by its bytes) and the names
+    // of its specials. The line format's key stays what it always was.
+    if cfg.format != DataFormat::Lines {
+        let tokenizer = match cfg.tokenizer.as_str() {
+            "bpe" => format!("bpe {} {}", cfg.vocab_size, cfg.bpe_sample_bytes),
+            path => format!("file {:016x}", hash_file(Path::new(path))?.0),
+        };
+        key_text.push_str(&format!(
+            "format {:?}\ntext_field {:?}\ntokenizer {tokenizer}\nspecials {:?} {:?} {:?}\n",
+            cfg.format, cfg.text_field, cfg.bos_token, cfg.eos_token, cfg.pad_token
+        ));
+    }
+    Ok(format!("{:016x}", fnv1a64(key_text.as_bytes())))
 }
 
 /// The corpora to read: the train files (split by the hash rule, or all train when a val file
@@ -221,192 +189,6 @@ fn sources(cfg: &DataConfig, train: Vec<PathBuf>, val: Option<PathBuf>) -> Vec<S
     }
 }
 
-/// What [`build`] leaves for the cache: a temporary folder holding the ids, the vocabulary and
-/// the stats (without the hashes).
-struct Built {
-    tmp: PathBuf,
-    vocab: Vocab,
-    stats: PrepareStats,
-}
-
-/// Both passes over `sources`: scan (every line checked before anything is written), the
-/// vocabulary, then the ids into a temporary sibling of `dir`, removed again on any error.
-fn build(sources: &[Source], cfg: &DataConfig, dir: &Path, bytes: u64) -> anyhow::Result<Built> {
-    let bar = progress_bar(2 * bytes);
-    let mut done = 0u64;
-    let mut scans = Vec::new();
-    let mut sources = sources.to_vec();
-    for s in &mut sources {
-        let scan = stream::scan(s, &|n| bar.set_position(done + n))?;
-        done += s
-            .files
-            .iter()
-            .map(|f| f.metadata().map_or(0, |m| m.len()))
-            .sum::<u64>();
-        scans.push(settle_split(s, scan)?);
-    }
-    let mut counts = std::mem::take(&mut scans[0].counts);
-    let vocab = Vocab::from_counts(counts.drain(), cfg.min_freq, cfg.max_size)?;
-    let width = if vocab.len() <= 1 << 16 { 2 } else { 4 };
-    let tmp = temp_sibling(dir)?;
-    let result = (|| {
-        let mut out = Outputs {
-            train: SeqWriter::create(&tmp, "train", width)?,
-            val: SeqWriter::create(&tmp, "val", width)?,
-            train_unk: 0,
-            val_unk: 0,
-        };
-        bar.set_message("encoding");
-        for s in &sources {
-            stream::encode(s, &vocab, &mut out, &|n| bar.set_position(done + n))?;
-            done += s
-                .files
-                .iter()
-                .map(|f| f.metadata().map_or(0, |m| m.len()))
-                .sum::<u64>();
-        }
-        let stats = stats_of(&scans, &out, vocab.len(), width);
-        out.train.finish()?;
-        out.val.finish()?;
-        Ok(stats)
-    })();
-    bar.finish_and_clear();
-    match result {
-        Ok(stats) => Ok(Built { tmp, vocab, stats }),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
-}
-
-/// A progress bar (bytes, MB/s) for prepares of 64 MiB or more, on a terminal.
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
-    if total < 64 << 20 {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    let style = indicatif::ProgressStyle::with_template(
-        "prepare: {msg} {bytes}/{total_bytes} ({binary_bytes_per_sec}, {eta} left)",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_message("scanning");
-    bar
-}
-
-/// A scanned corpus that splits: at least two sequences, and both sides non-empty (a tiny
-/// corpus whose draws put every sequence on one side moves the one closest to crossing, as the
-/// in-memory split did); the corpus' sides are updated to match. Other corpora as they are.
-fn settle_split(source: &mut Source, mut scan: Scan) -> anyhow::Result<Scan> {
-    let names = || {
-        source
-            .files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if scan.seqs() == 0 {
-        anyhow::bail!(
-            "{}: no sequences (the file is empty or has only blank lines; expected lines like `<BOS>  a  b  <EOS>`)",
-            names()
-        );
-    }
-    let Sides::Split { splitter, .. } = source.sides else {
-        return Ok(scan);
-    };
-    if scan.seqs() < 2 {
-        anyhow::bail!(
-            "{}: only {} sequence, cannot split off a validation set (add lines or set data.val_file)",
-            names(),
-            scan.seqs()
-        );
-    }
-    let forced = if scan.val_seqs == 0 {
-        let (_, index) = scan.extremes.min.unwrap_or_default();
-        for t in &scan.min_tokens {
-            if let Some(n) = scan.counts.get_mut(t.as_str()) {
-                *n -= 1;
-            }
-        }
-        scan.counts.retain(|_, n| *n > 0);
-        (scan.train_seqs, scan.val_seqs) = (scan.train_seqs - 1, 1);
-        Some((index, true))
-    } else if scan.train_seqs == 0 {
-        let (_, index) = scan.extremes.max.unwrap_or_default();
-        for t in &scan.max_tokens {
-            *scan.counts.entry(t.clone()).or_default() += 1;
-        }
-        (scan.train_seqs, scan.val_seqs) = (1, scan.val_seqs - 1);
-        Some((index, false))
-    } else {
-        None
-    };
-    source.sides = Sides::Split { splitter, forced };
-    Ok(scan)
-}
-
-/// The numbers `meta.json` keeps (hashes left empty for the caller).
-fn stats_of(scans: &[Scan], out: &Outputs, vocab_size: usize, width: usize) -> PrepareStats {
-    let (train_lines, train_tokens) = out.train.counts();
-    let (val_lines, val_tokens) = out.val.counts();
-    let mut lens = std::collections::BTreeMap::new();
-    for s in scans {
-        for (&len, &n) in &s.lens {
-            *lens.entry(len).or_insert(0u64) += n;
-        }
-    }
-    let n: u64 = lens.values().sum();
-    // Nearest rank: the smallest length with at least ceil(p·n/100) sequences at or below it.
-    let pct = |p: u64| {
-        let rank = (p * n).div_ceil(100).max(1);
-        let mut seen = 0;
-        lens.iter()
-            .find(|(_, &k)| {
-                seen += k;
-                seen >= rank
-            })
-            .map_or(0, |(&len, _)| len)
-    };
-    let raw = |tokens: u64, lines: u64| tokens.saturating_sub(2 * lines).max(1) as f64;
-    PrepareStats {
-        lines: (train_lines + val_lines) as usize,
-        tokens: (train_tokens + val_tokens) as usize,
-        train_lines: train_lines as usize,
-        val_lines: val_lines as usize,
-        train_tokens: train_tokens as usize,
-        val_tokens: val_tokens as usize,
-        vocab_size,
-        unk_rate_train: out.train_unk as f64 / raw(train_tokens, train_lines),
-        unk_rate_val: out.val_unk as f64 / raw(val_tokens, val_lines),
-        len_p50: pct(50),
-        len_p90: pct(90),
-        len_p99: pct(99),
-        len_max: pct(100),
-        id_width_bytes: width,
-        corpus_hash: String::new(),
-        val_hash: String::new(),
-    }
-}
-
-/// A fresh temporary folder beside `dir` (its parent created if needed).
-fn temp_sibling(dir: &Path) -> anyhow::Result<PathBuf> {
-    let root = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(root)
-        .with_context(|| format!("cannot create cache folder {}", root.display()))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = root.join(format!(".tmp-{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    Ok(tmp)
-}
-
 /// Encodes sequences; returns the ids and the fraction of (non-marker) tokens that were unknown.
 fn encode(seqs: &[Vec<String>], vocab: &Vocab) -> (TokenSeqs, f64) {
     let ids: Vec<Vec<u32>> = seqs.iter().map(|s| vocab.encode_sequence(s)).collect();
@@ -420,7 +202,17 @@ fn encode(seqs: &[Vec<String>], vocab: &Vocab) -> (TokenSeqs, f64) {
 }
 
 /// Encodes another corpus file with `vocab` (e.g. a test set); returns the unk rate too.
-pub fn encode_file(path: &Path, vocab: &Vocab) -> anyhow::Result<(TokenSeqs, f64)> {
+/// In `cfg`'s format: the line format's sequences, or raw-text documents tokenized with the
+/// run's tokenizer.
+pub fn encode_file(
+    path: &Path,
+    vocab: &Vocab,
+    cfg: &DataConfig,
+) -> anyhow::Result<(TokenSeqs, f64)> {
+    if cfg.format != DataFormat::Lines {
+        let (docs, unk) = documents::read_file(path, (cfg.format, &cfg.text_field), vocab)?;
+        return Ok((TokenSeqs::from_vecs(docs), unk));
+    }
     let seqs = super::format::read_corpus(path)?;
     Ok(encode(&seqs, vocab))
 }
@@ -457,7 +249,7 @@ fn finish_cache(
 }
 
 /// Loads a complete cache folder, checking it against its `meta.json`.
-fn load_prepared(dir: &Path, reused: bool) -> anyhow::Result<Prepared> {
+fn load_prepared(dir: &Path, reused: bool, names: &SpecialNames) -> anyhow::Result<Prepared> {
     let meta_path = dir.join("meta.json");
     let text = std::fs::read_to_string(&meta_path)
         .with_context(|| format!("cannot read {}", meta_path.display()))?;
@@ -468,7 +260,7 @@ fn load_prepared(dir: &Path, reused: bool) -> anyhow::Result<Prepared> {
             dir.display()
         )
     })?;
-    let vocab = Vocab::load(&dir.join("tokenizer.json"))?;
+    let vocab = Vocab::load_with(&dir.join("tokenizer.json"), names)?;
     let s = &meta.stats;
     if vocab.len() != s.vocab_size || ![2, 4].contains(&s.id_width_bytes) {
         anyhow::bail!(

@@ -165,8 +165,9 @@ pub struct ChunkReader<'a> {
     /// Bytes read past the last line end of the previous chunk.
     carry: Vec<u8>,
     next_line: usize,
-    /// Bytes handed out so far, for progress.
+    /// Bytes and lines handed out so far, for progress.
     pub bytes_read: u64,
+    pub lines_read: u64,
     /// Buffers of chunks the caller is done with, reused: no fresh pages to fault in per chunk.
     spare: Vec<Vec<u8>>,
 }
@@ -181,6 +182,7 @@ impl<'a> ChunkReader<'a> {
             carry: Vec::new(),
             next_line: 1,
             bytes_read: 0,
+            lines_read: 0,
             spare: Vec::new(),
         }
     }
@@ -248,7 +250,10 @@ impl<'a> ChunkReader<'a> {
             buf.truncate(cut);
         }
         let first_line = self.next_line;
-        self.next_line += buf.iter().filter(|&&b| b == b'\n').count();
+        let lines = buf.iter().filter(|&&b| b == b'\n').count();
+        self.next_line += lines;
+        // A last line without its newline is a line too.
+        self.lines_read += (lines + usize::from(buf.last() != Some(&b'\n'))) as u64;
         self.bytes_read += buf.len() as u64;
         Ok(Some(Chunk {
             file: self.file,

@@ -7,10 +7,14 @@
 //! tensors.
 
 pub mod batch;
+pub mod bpe;
+mod build;
 pub mod dataset;
+mod documents;
 pub mod format;
 pub mod input;
 pub mod split;
+mod stats;
 mod stream;
 pub mod tokens;
 pub mod vocab;

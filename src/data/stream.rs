@@ -41,7 +41,7 @@ pub enum Sides {
 
 impl Sides {
     /// Whether sequence `index` goes to val.
-    fn is_val(&self, index: u64) -> bool {
+    pub(super) fn is_val(&self, index: u64) -> bool {
         match *self {
             Sides::All { val } => val,
             Sides::Split {
@@ -82,10 +82,11 @@ impl Scan {
 }
 
 /// Reads `files` in waves of chunks (`threads × 2` at a time, so every core has work while the
-/// next wave is read) and hands each wave to `f`, with `progress` told the bytes read.
-fn for_each_wave(
+/// next wave is read) and hands each wave to `f`, with `progress` told the bytes and lines
+/// read.
+pub(super) fn for_each_wave(
     files: &[PathBuf],
-    progress: &dyn Fn(u64),
+    progress: &dyn Fn(u64, u64),
     mut f: impl FnMut(&[Chunk]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let wave_len = 2 * rayon::current_num_threads().max(1);
@@ -102,7 +103,7 @@ fn for_each_wave(
             return Ok(());
         }
         f(&wave)?;
-        progress(reader.bytes_read);
+        progress(reader.bytes_read, reader.lines_read);
         reader.recycle(wave);
     }
 }
@@ -208,7 +209,7 @@ fn parse_wave<'c>(
 }
 
 /// Pass 1 over `source`.
-pub fn scan(source: &Source, progress: &dyn Fn(u64)) -> anyhow::Result<Scan> {
+pub fn scan(source: &Source, progress: &dyn Fn(u64, u64)) -> anyhow::Result<Scan> {
     let mut total = Scan::default();
     let (mut next_seq, mut pool) = (0u64, Vec::new());
     for_each_wave(&source.files, progress, |wave| {
@@ -293,7 +294,7 @@ pub fn encode(
     source: &Source,
     vocab: &Vocab,
     out: &mut Outputs,
-    progress: &dyn Fn(u64),
+    progress: &dyn Fn(u64, u64),
 ) -> anyhow::Result<()> {
     let ids: AHashMap<&str, u32> = (0..vocab.len() as u32)
         .map(|i| (vocab.token(i), i))

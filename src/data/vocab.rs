@@ -1,10 +1,15 @@
-//! The vocabulary: a word-level tokenizer with four fixed special ids.
+//! The vocabulary: an HF `tokenizers` tokenizer and the ids it treats specially.
 //!
-//! It is a real HF `tokenizers` tokenizer (WordLevel model + WhitespaceSplit pre-tokenizer), so
-//! the saved `tokenizer.json` loads unchanged with Python's `Tokenizer.from_file` and encodes
-//! `"<BOS> 党 中 <EOS>"` to the ids this crate trains on. Ids: `<pad>`=0, `<unk>`=1, `<BOS>`=2,
-//! `<EOS>`=3, then regular tokens by descending training frequency, ties broken by the token
-//! string, so the same corpus always gives the same ids.
+//! For the line format it is a word-level tokenizer built from the corpus (WordLevel model +
+//! WhitespaceSplit pre-tokenizer), so the saved `tokenizer.json` loads unchanged with Python's
+//! `Tokenizer.from_file` and encodes `"<BOS> 党 中 <EOS>"` to the ids this crate trains on. Ids:
+//! `<pad>`=0, `<unk>`=1, `<BOS>`=2, `<EOS>`=3, then regular tokens by descending training
+//! frequency, ties broken by the token string, so the same corpus always gives the same ids.
+//!
+//! For raw text it is any tokenizer the `tokenizers` crate loads (BPE, WordPiece, Unigram), a
+//! given `tokenizer.json` or one lmtrain trained ([`super::bpe`]), with its own ids: its BOS,
+//! EOS and PAD tokens are named by the config or found among the usual spellings
+//! ([`SpecialNames`]).
 //!
 //! Encoding inside this crate goes through a plain hash map (the corpus is already split into
 //! tokens; running the HF pipeline per token would only be slower), which is the same mapping the
@@ -25,6 +30,52 @@ pub const UNK: &str = "<unk>";
 /// The special tokens in id order.
 pub const SPECIALS: [&str; 4] = [PAD, UNK, BOS, EOS];
 
+/// The ids the data pipeline treats specially: every sequence is `[bos, …, eos]`, batches are
+/// padded with `pad` (masked out of the loss, so any valid id would do), and `unk` (when the
+/// tokenizer has one) counts unknown tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Specials {
+    pub pad: u32,
+    pub unk: Option<u32>,
+    pub bos: u32,
+    pub eos: u32,
+}
+
+impl Specials {
+    /// lmtrain's own vocabularies: `<pad>`=0, `<unk>`=1, `<BOS>`=2, `<EOS>`=3.
+    pub const LMTRAIN: Specials = Specials {
+        pad: Vocab::PAD_ID,
+        unk: Some(Vocab::UNK_ID),
+        bos: Vocab::BOS_ID,
+        eos: Vocab::EOS_ID,
+    };
+}
+
+/// Which tokens of a tokenizer are BOS, EOS and PAD (`data.bos_token`, `data.eos_token`,
+/// `data.pad_token`); an empty name means "the first of the usual spellings the tokenizer has":
+/// BOS `<BOS>`, `<s>`, `<|begin_of_text|>`, `[CLS]`, `<|endoftext|>`; EOS `<EOS>`, `</s>`,
+/// `<|end_of_text|>`, `<|eot_id|>`, `[SEP]`, `<|endoftext|>`; PAD `<pad>`, `[PAD]`, `<|pad|>`,
+/// `<|padding|>`, else the EOS token (padding is masked, as Hugging Face does with
+/// `pad_token = eos_token`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecialNames {
+    pub bos: String,
+    pub eos: String,
+    pub pad: String,
+}
+
+const BOS_SPELLINGS: [&str; 5] = [BOS, "<s>", "<|begin_of_text|>", "[CLS]", "<|endoftext|>"];
+const EOS_SPELLINGS: [&str; 6] = [
+    EOS,
+    "</s>",
+    "<|end_of_text|>",
+    "<|eot_id|>",
+    "[SEP]",
+    "<|endoftext|>",
+];
+const PAD_SPELLINGS: [&str; 4] = [PAD, "[PAD]", "<|pad|>", "<|padding|>"];
+const UNK_SPELLINGS: [&str; 3] = [UNK, "<unk>", "[UNK]"];
+
 /// Token ↔ id mapping backed by an HF tokenizer.
 #[derive(Clone)]
 pub struct Vocab {
@@ -32,6 +83,7 @@ pub struct Vocab {
     /// `tokens[id]` is the token of `id`.
     tokens: Vec<String>,
     ids: HashMap<String, u32>,
+    specials: Specials,
 }
 
 impl std::fmt::Debug for Vocab {
@@ -119,9 +171,97 @@ impl Vocab {
             tokenizer,
             tokens,
             ids,
+            specials: Specials::LMTRAIN,
         };
         vocab.check_specials()?;
         Ok(vocab)
+    }
+
+    /// The vocabulary of any tokenizer: its ids (0..n without gaps) and its BOS, EOS and PAD
+    /// tokens by `names` (an error names what is missing and the config key that sets it).
+    pub fn from_tokenizer(tokenizer: Tokenizer, names: &SpecialNames) -> anyhow::Result<Vocab> {
+        let tokens = tokens_by_id(&tokenizer)?;
+        let ids: HashMap<String, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let find = |name: &str, spellings: &[&str], key: &str| -> anyhow::Result<u32> {
+            if !name.is_empty() {
+                return ids.get(name).copied().with_context(|| {
+                    format!("the tokenizer has no token {name:?} ({key}): name one of its tokens")
+                });
+            }
+            spellings.iter().find_map(|s| ids.get(*s).copied()).with_context(|| {
+                format!(
+                    "the tokenizer has none of the usual tokens {spellings:?} for this role: set {key} to one of its tokens"
+                )
+            })
+        };
+        let bos = find(&names.bos, &BOS_SPELLINGS, "data.bos_token")?;
+        let eos = find(&names.eos, &EOS_SPELLINGS, "data.eos_token")?;
+        let pad = match names.pad.as_str() {
+            "" => PAD_SPELLINGS
+                .iter()
+                .find_map(|s| ids.get(*s).copied())
+                .unwrap_or(eos),
+            name => find(name, &[], "data.pad_token")?,
+        };
+        let unk = UNK_SPELLINGS.iter().find_map(|s| ids.get(*s).copied());
+        Ok(Vocab {
+            tokenizer,
+            tokens,
+            ids,
+            specials: Specials { pad, unk, bos, eos },
+        })
+    }
+
+    /// The special ids of this vocabulary.
+    pub fn specials(&self) -> Specials {
+        self.specials
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.specials.pad
+    }
+
+    pub fn bos_id(&self) -> u32 {
+        self.specials.bos
+    }
+
+    pub fn eos_id(&self) -> u32 {
+        self.specials.eos
+    }
+
+    /// Whether this is a word-level vocabulary (the line format's): its text is its tokens.
+    pub fn is_word_level(&self) -> bool {
+        matches!(
+            self.tokenizer.get_model(),
+            tokenizers::ModelWrapper::WordLevel(_)
+        )
+    }
+
+    /// The ids of plain `text` without special tokens added (raw-text vocabularies).
+    pub fn encode_text(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize {text:?}: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Plain text for `ids`: the tokenizer's decoder for raw-text vocabularies (special tokens
+    /// left out); word-level tokens joined without separator when all are one character
+    /// (character corpora), with spaces otherwise.
+    pub fn decode_text(&self, ids: &[u32]) -> anyhow::Result<String> {
+        if self.is_word_level() {
+            let toks: Vec<&str> = ids.iter().map(|&i| self.token(i)).collect();
+            let chars = toks.iter().all(|t| t.chars().count() == 1);
+            return Ok(toks.join(if chars { "" } else { " " }));
+        }
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow::anyhow!("cannot decode ids: {e}"))
     }
 
     fn check_specials(&self) -> anyhow::Result<()> {
@@ -156,31 +296,28 @@ impl Vocab {
             .map_err(|e| anyhow::anyhow!("cannot serialise the tokenizer: {e}"))
     }
 
-    /// Loads a `tokenizer.json` written by [`Vocab::save`]; checks the ids are 0..n without gaps
-    /// and the four specials have their fixed ids.
+    /// Loads a `tokenizer.json` written by [`Vocab::save`]: lmtrain's word-level vocabulary
+    /// (its ids 0..n without gaps and the four specials at their fixed ids) or any other
+    /// tokenizer, whose specials are found as [`Vocab::from_tokenizer`] finds them.
     pub fn load(path: &Path) -> anyhow::Result<Vocab> {
+        Self::load_with(path, &SpecialNames::default())
+    }
+
+    /// [`Vocab::load`] with the BOS, EOS and PAD tokens named by `names` (a run's config).
+    pub fn load_with(path: &Path, names: &SpecialNames) -> anyhow::Result<Vocab> {
         let tokenizer = Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
-        let map = tokenizer.get_vocab(true);
-        let mut tokens = vec![None; map.len()];
-        for (tok, id) in map {
-            match tokens.get_mut(id as usize) {
-                Some(slot) => *slot = Some(tok),
-                None => anyhow::bail!(
-                    "tokenizer {}: id {id} of {tok:?} is out of range (ids must be 0..n without gaps; re-run `prepare`)",
-                    path.display()
-                ),
-            }
+        let word_level = matches!(
+            tokenizer.get_model(),
+            tokenizers::ModelWrapper::WordLevel(_)
+        );
+        if !word_level {
+            return Self::from_tokenizer(tokenizer, names)
+                .with_context(|| format!("tokenizer {}", path.display()));
         }
-        let tokens = tokens
-            .into_iter()
-            .collect::<Option<Vec<String>>>()
-            .with_context(|| {
-                format!(
-                    "tokenizer {}: ids have gaps (re-run `prepare`)",
-                    path.display()
-                )
-            })?;
+        // lmtrain's own: the fixed special ids are part of its contract.
+        let tokens = tokens_by_id(&tokenizer)
+            .with_context(|| format!("tokenizer {} (re-run `prepare`)", path.display()))?;
         let ids = tokens
             .iter()
             .enumerate()
@@ -190,6 +327,7 @@ impl Vocab {
             tokenizer,
             tokens,
             ids,
+            specials: Specials::LMTRAIN,
         };
         vocab
             .check_specials()
@@ -236,4 +374,23 @@ impl Vocab {
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
+}
+
+/// The tokens of `tokenizer` by id (added tokens included); an error unless the ids are
+/// 0..n without gaps.
+fn tokens_by_id(tokenizer: &Tokenizer) -> anyhow::Result<Vec<String>> {
+    let map = tokenizer.get_vocab(true);
+    let mut tokens = vec![None; map.len()];
+    for (tok, id) in map {
+        match tokens.get_mut(id as usize) {
+            Some(slot) => *slot = Some(tok),
+            None => {
+                anyhow::bail!("id {id} of {tok:?} is out of range (ids must be 0..n without gaps)")
+            }
+        }
+    }
+    tokens
+        .into_iter()
+        .collect::<Option<Vec<String>>>()
+        .context("the ids have gaps (they must be 0..n)")
 }

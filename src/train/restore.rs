@@ -73,7 +73,8 @@ pub fn load_model(path: &Path, pick: Pick, device: &Device) -> Result<LoadedMode
     let dir = resolve(path, pick)?;
     let config = load_config(&dir)?;
     let state = load_state(&dir)?;
-    let vocab = Vocab::load(&dir.join("tokenizer.json"))?;
+    let names = crate::data::dataset::special_names(&config.data);
+    let vocab = Vocab::load_with(&dir.join("tokenizer.json"), &names)?;
     if vocab.len() != config.model.vocab_size {
         bail!(
             "{}: tokenizer.json has {} tokens but config.toml says model.vocab_size = {}",

@@ -170,7 +170,7 @@ impl Trainer {
     /// epoch), or `None` when the epochs are used up.
     fn next_micro_batches(&mut self) -> Result<Option<Vec<Batch>>> {
         let (t, s) = (&self.s.config.train, &self.s);
-        let pad = crate::data::vocab::Vocab::PAD_ID;
+        let pad = s.data.vocab.pad_id();
         let mut micro = Vec::with_capacity(t.grad_accum);
         for _ in 0..t.grad_accum {
             let Some(idx) = self.cursor.next(&s.train_batcher, t.max_epochs) else {
@@ -316,14 +316,13 @@ impl Trainer {
     fn evaluate(&mut self) -> Result<(bool, bool)> {
         let s = &self.s;
         let t = &s.config.train;
-        let r = eval::evaluate(
-            &s.model,
-            &s.data.val,
-            &s.val_batcher,
-            &self.val_plan,
-            &s.device,
-            t.eval_batches,
-        )?;
+        let split = eval::Split {
+            seqs: &s.data.val,
+            batcher: &s.val_batcher,
+            plan: &self.val_plan,
+            pad: s.data.vocab.pad_id(),
+        };
+        let r = eval::evaluate(&s.model, split, &s.device, t.eval_batches)?;
         let improved = record_eval(&mut self.state, &r);
         let early_stop =
             t.early_stop_patience > 0 && self.state.evals_since_best >= t.early_stop_patience;

@@ -72,6 +72,17 @@ pub fn lmtrain(args: &[&str]) -> Output {
         .expect("run lmtrain")
 }
 
+/// Runs the lmtrain binary and asserts it succeeded (its stderr shown when not).
+pub fn lmtrain_ok(args: &[&str]) -> Output {
+    let out = lmtrain(args);
+    assert!(
+        out.status.success(),
+        "lmtrain {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Asserts a clean failure whose stderr mentions every one of `needles`.
 pub fn assert_fails_with(out: &Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
