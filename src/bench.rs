@@ -186,6 +186,7 @@ pub fn reference_model(vocab: usize, o: &BenchOptions) -> ModelConfig {
         trigram_buckets: 0,
         norm_eps: 1e-5,
         rope_theta: 10_000.0,
+        init_from: Default::default(),
     }
 }
 

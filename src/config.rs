@@ -183,6 +183,11 @@ pub struct ModelConfig {
     pub norm_eps: f64,
     /// RoPE base frequency.
     pub rope_theta: f64,
+    /// A Hugging Face GPT-2 or Llama folder (`config.json`, safetensors, `tokenizer.json`) to
+    /// start from: its architecture replaces the other model keys but `dropout`, its weights
+    /// the seeded init, its tokenizer the corpus' vocabulary (see `lmtrain train --init-from`).
+    /// `""` = none.
+    pub init_from: PathBuf,
 }
 
 impl ModelConfig {
@@ -347,6 +352,7 @@ impl Default for ModelConfig {
             trigram_buckets: 0,
             norm_eps: 1e-5,
             rope_theta: 10_000.0,
+            init_from: PathBuf::new(),
         }
     }
 }
@@ -561,16 +567,17 @@ fn validate_data(d: &DataConfig, m: &ModelConfig) -> Result<(), ConfigError> {
     if d.min_freq == 0 {
         return bad("data.min_freq", "must be >= 1".into());
     }
-    validate_tokenizer(d)
+    validate_tokenizer(d, m)
 }
 
-/// The tokenizer keys against the format.
-fn validate_tokenizer(d: &DataConfig) -> Result<(), ConfigError> {
+/// The tokenizer keys against the format (`model.init_from` brings its own tokenizer).
+fn validate_tokenizer(d: &DataConfig, m: &ModelConfig) -> Result<(), ConfigError> {
     match (d.format, d.tokenizer.as_str()) {
         (DataFormat::Lines, "") => Ok(()),
-        (DataFormat::Lines, t) => bad(
+        (_, "") if !m.init_from.as_os_str().is_empty() => Ok(()),
+        (DataFormat::Lines, "bpe") => bad(
             "data.tokenizer",
-            format!("{t:?} is for raw text: set data.format = \"text\" or \"jsonl\", or leave data.tokenizer empty (the line format builds its word-level vocabulary from the corpus)"),
+            "\"bpe\" is for raw text: set data.format = \"text\" or \"jsonl\", or leave data.tokenizer empty (the line format builds its word-level vocabulary from the corpus)".into(),
         ),
         (_, "") => bad(
             "data.tokenizer",

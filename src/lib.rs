@@ -11,6 +11,8 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod export;
+pub mod hf;
 pub mod kernels;
 pub mod loss;
 pub mod model;

@@ -3,7 +3,7 @@
 //! Exit codes: 0 success, 1 error (printed as `error:` with a `Caused by:` chain), 2 usage error.
 
 use clap::{Args, Parser, Subcommand};
-use lmtrain::{baseline, data, eval, report, sample, train};
+use lmtrain::{baseline, data, eval, export, report, sample, train};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +50,8 @@ enum Command {
     Eval(EvalArgs),
     /// Generate text from a checkpoint.
     Sample(SampleArgs),
+    /// Write a checkpoint as a Hugging Face transformers folder (GPT-2 or Llama layout).
+    Export(ExportArgs),
     /// Kneser-Ney n-gram baseline on a run's own split and vocabulary (bits per token).
     Baseline(BaselineArgs),
     /// Render the loss curves of one or more runs, overlaid, into an SVG.
@@ -102,6 +104,10 @@ struct TrainArgs {
     /// Replace an existing run folder of the same name.
     #[arg(long)]
     overwrite: bool,
+    /// Start from a Hugging Face GPT-2 or Llama folder: its architecture, weights and tokenizer
+    /// (sets model.init_from).
+    #[arg(long, value_name = "DIR")]
+    init_from: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -149,6 +155,23 @@ struct SampleArgs {
     seed: u64,
     #[arg(long, default_value = "auto")]
     device: String,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A run folder (its best checkpoint) or a step-… folder.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The folder to write (`from_pretrained` reads it).
+    #[arg(long)]
+    out: PathBuf,
+    /// hf: Hugging Face transformers (GPT2LMHeadModel or LlamaForCausalLM, chosen by the
+    /// model's positions, norm and MLP).
+    #[arg(long, default_value = "hf", value_parser = ["hf"])]
+    format: String,
+    /// Replace an existing --out folder.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -272,6 +295,7 @@ fn run(cli: Cli, out: &mut String) -> anyhow::Result<()> {
         Command::Train(a) => train_cmd(a, out),
         Command::Eval(a) => eval_cmd(a, out),
         Command::Sample(a) => sample_cmd(a, out),
+        Command::Export(a) => export_cmd(a, out),
         Command::Baseline(a) => baseline_cmd(a, out),
         Command::Plot(a) => plot(a, out),
         Command::Runs(a) => runs(a, out),
@@ -297,9 +321,13 @@ fn prepare(a: PrepareArgs, out: &mut String) -> anyhow::Result<()> {
 }
 
 fn train_cmd(a: TrainArgs, out: &mut String) -> anyhow::Result<()> {
+    let mut overrides = a.config.overrides();
+    if let Some(dir) = &a.init_from {
+        overrides.push(format!("model.init_from={}", dir.display()));
+    }
     let opts = train::TrainOptions {
         config: a.config.config.clone(),
-        overrides: a.config.overrides(),
+        overrides,
         resume: a.resume,
         overwrite: a.overwrite,
         ..Default::default()
@@ -392,6 +420,30 @@ fn sample_cmd(a: SampleArgs, out: &mut String) -> anyhow::Result<()> {
     if s.context_full {
         eprintln!("note: stopped at the end of the model's context window");
     }
+    Ok(())
+}
+
+fn export_cmd(a: ExportArgs, out: &mut String) -> anyhow::Result<()> {
+    let r = export::run(&export::ExportOptions {
+        checkpoint: a.checkpoint,
+        out: a.out,
+        overwrite: a.overwrite,
+    })?;
+    say!(
+        out,
+        "exported {} (step {}) as {} ({} tensors) to {}",
+        r.checkpoint.display(),
+        r.step,
+        r.layout.class(),
+        r.tensors,
+        r.out.display()
+    );
+    say!(
+        out,
+        "load it with: AutoModelForCausalLM.from_pretrained({:?}), AutoTokenizer.from_pretrained({:?})",
+        r.out.display().to_string(),
+        r.out.display().to_string()
+    );
     Ok(())
 }
 

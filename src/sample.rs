@@ -1,9 +1,11 @@
 //! Generation from a checkpoint with a KV cache (each new token costs one position's work).
 //!
 //! Prompts: text in the corpus' token format (starts with `<BOS>`, or has tokens separated by two
-//! spaces) is split on two spaces; any other text is split into characters (whitespace dropped),
-//! which matches char-level corpora such as PKU. `<BOS>` is prepended when missing. Generation
-//! stops at `<EOS>`, after `max_new_tokens`, or when the context window is full.
+//! spaces) is split on two spaces; any other text is plain text, split into characters
+//! (whitespace dropped) for a character vocabulary such as PKU's, into whitespace-separated
+//! words for other word-level vocabularies, and tokenized for raw-text ones — what the exported
+//! Hugging Face tokenizer does too ([`crate::hf::tokenizer`]). `<BOS>` is prepended when missing.
+//! Generation stops at `<EOS>`, after `max_new_tokens`, or when the context window is full.
 
 use crate::data::format::{BOS, EOS};
 use crate::data::vocab::Vocab;
@@ -44,8 +46,9 @@ pub struct Sample {
     pub context_full: bool,
 }
 
-/// Splits a prompt into tokens (see the module doc); `<BOS>` first.
-pub fn prompt_tokens(prompt: &str) -> Vec<String> {
+/// Splits a prompt into tokens (see the module doc): plain text into `words` or characters;
+/// `<BOS>` first.
+pub fn prompt_tokens(prompt: &str, words: bool) -> Vec<String> {
     let trimmed = prompt.trim();
     let mut toks: Vec<String> = if trimmed.starts_with(BOS) || trimmed.contains("  ") {
         trimmed
@@ -54,6 +57,8 @@ pub fn prompt_tokens(prompt: &str) -> Vec<String> {
             .filter(|t| !t.is_empty() && *t != EOS)
             .map(String::from)
             .collect()
+    } else if words {
+        trimmed.split_whitespace().map(String::from).collect()
     } else {
         trimmed
             .chars()
@@ -161,7 +166,8 @@ pub fn run(opts: &SampleOptions) -> Result<Sample> {
 /// [`prompt_tokens`]); for a raw-text one the tokenizer's ids of the plain text.
 pub fn prompt_ids(prompt: &str, vocab: &Vocab) -> Result<Vec<u32>> {
     if vocab.is_word_level() {
-        return Ok(prompt_tokens(prompt).iter().map(|t| vocab.id(t)).collect());
+        let words = !vocab.is_char_level();
+        return Ok(prompt_tokens(prompt, words).iter().map(|t| vocab.id(t)).collect());
     }
     let mut ids = vec![vocab.bos_id()];
     ids.extend(vocab.encode_text(prompt)?);
@@ -174,9 +180,11 @@ mod tests {
 
     #[test]
     fn prompt_forms() {
-        assert_eq!(prompt_tokens("党中"), vec!["<BOS>", "党", "中"]);
-        assert_eq!(prompt_tokens("<BOS>  党  中"), vec!["<BOS>", "党", "中"]);
-        assert_eq!(prompt_tokens("the  cat"), vec!["<BOS>", "the", "cat"]);
+        assert_eq!(prompt_tokens("党中", false), vec!["<BOS>", "党", "中"]);
+        assert_eq!(prompt_tokens("<BOS>  党  中", false), vec!["<BOS>", "党", "中"]);
+        assert_eq!(prompt_tokens("the  cat", false), vec!["<BOS>", "the", "cat"]);
+        assert_eq!(prompt_tokens("the cat", true), vec!["<BOS>", "the", "cat"]);
+        assert_eq!(prompt_tokens("the cat", false), vec!["<BOS>", "t", "h", "e", "c", "a", "t"]);
     }
 
     #[test]

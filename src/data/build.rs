@@ -40,8 +40,10 @@ pub fn lines(
         progress.next_source();
         scans.push(settle_split(s, scan)?);
     }
-    let mut counts = std::mem::take(&mut scans[0].counts);
-    let vocab = Vocab::from_counts(counts.drain(), cfg.min_freq, cfg.max_size)?;
+    let vocab = match cfg.tokenizer.as_str() {
+        "" => Vocab::from_counts(scans[0].counts.drain(), cfg.min_freq, cfg.max_size)?,
+        path => given_word_level(Path::new(path))?,
+    };
     progress.phase("pass 2/2, encoding");
     in_temp_sibling(dir, vocab, |vocab, out| {
         for s in &sources {
@@ -54,6 +56,20 @@ pub fn lines(
         }
         Ok(lens)
     })
+}
+
+/// The line format with a given vocabulary (`data.tokenizer`, e.g. a folder `--init-from`
+/// reads): a word-level `tokenizer.json` lmtrain made; the corpus' tokens it lacks become
+/// `<unk>`.
+fn given_word_level(path: &Path) -> anyhow::Result<Vocab> {
+    let vocab = Vocab::load(path).with_context(|| format!("data.tokenizer {}", path.display()))?;
+    if !vocab.is_word_level() {
+        anyhow::bail!(
+            "data.tokenizer {}: the line format (pre-tokenized lines) needs a word-level tokenizer made by lmtrain; this one splits raw text: set data.format = \"text\" or \"jsonl\" and give the corpus as plain text",
+            path.display()
+        );
+    }
+    Ok(vocab)
 }
 
 /// Raw text: the tokenizer (given, or trained on a sample of the train documents), then one

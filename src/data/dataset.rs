@@ -150,7 +150,12 @@ fn cache_key(
         cfg.max_size
     );
     // Raw text: the format, the field, the tokenizer (a given one by its bytes) and the names
-    // of its specials. The line format's key stays what it always was.
+    // of its specials. The line format's key stays what it always was, but for a given
+    // vocabulary (its bytes).
+    if cfg.format == DataFormat::Lines && !cfg.tokenizer.is_empty() {
+        let file = hash_file(Path::new(&cfg.tokenizer))?.0;
+        key_text.push_str(&format!("vocabulary file {file:016x}\n"));
+    }
     if cfg.format != DataFormat::Lines {
         let tokenizer = match cfg.tokenizer.as_str() {
             "bpe" => format!("bpe {} {}", cfg.vocab_size, cfg.bpe_sample_bytes),

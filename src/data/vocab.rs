@@ -241,6 +241,17 @@ impl Vocab {
         )
     }
 
+    /// Whether this is a word-level vocabulary whose regular tokens are all one character (a
+    /// character corpus): its plain text is read one token per character.
+    pub fn is_char_level(&self) -> bool {
+        let s = self.specials;
+        let special = |id: u32| [Some(s.pad), s.unk, Some(s.bos), Some(s.eos)].contains(&Some(id));
+        self.is_word_level()
+            && (0..self.tokens.len() as u32)
+                .filter(|&id| !special(id))
+                .all(|id| self.tokens[id as usize].chars().count() == 1)
+    }
+
     /// The ids of plain `text` without special tokens added (raw-text vocabularies).
     pub fn encode_text(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         let enc = self

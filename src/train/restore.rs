@@ -25,34 +25,37 @@ pub fn load_tensors(dir: &Path, file: &str, device: &Device) -> Result<HashMap<S
 /// Copies a checkpoint's weights into the model's variables; every variable must be present with
 /// its exact shape.
 pub fn load_weights(varmap: &VarMap, ckpt: &Path, device: &Device) -> Result<()> {
-    let mut tensors = load_tensors(ckpt, "model.safetensors", device)?;
+    let tensors = load_tensors(ckpt, "model.safetensors", device)?;
+    let origin = format!("{}/model.safetensors", ckpt.display());
+    set_weights(varmap, tensors, &origin)
+}
+
+/// Copies `tensors` into the model's variables (cast to their dtype and device); every
+/// variable must be present with its exact shape (`origin` names the source in errors).
+pub fn set_weights(varmap: &VarMap, mut tensors: HashMap<String, Tensor>, origin: &str) -> Result<()> {
     let map = varmap
         .data()
         .lock()
         .map_err(|_| anyhow::anyhow!("model variables are poisoned by an earlier panic"))?;
     for (name, var) in map.iter() {
-        let t = tensors.remove(name).with_context(|| {
-            format!("{}/model.safetensors lacks tensor `{name}`", ckpt.display())
-        })?;
+        let t = tensors
+            .remove(name)
+            .with_context(|| format!("{origin} lacks tensor `{name}`"))?;
         if !matches!(
             t.dtype(),
             DType::F32 | DType::F16 | DType::BF16 | DType::F64
         ) {
-            bail!(
-                "{}/model.safetensors: `{name}` has dtype {:?}, expected a float type",
-                ckpt.display(),
-                t.dtype()
-            );
+            bail!("{origin}: `{name}` has dtype {:?}, expected a float type", t.dtype());
         }
         if t.dims() != var.as_tensor().dims() {
             bail!(
-                "{}/model.safetensors: `{name}` has shape {:?}, the model expects {:?}",
-                ckpt.display(),
+                "{origin}: `{name}` has shape {:?}, the model expects {:?}",
                 t.dims(),
                 var.as_tensor().dims()
             );
         }
-        var.set(&t.to_dtype(var.as_tensor().dtype())?)
+        let like = var.as_tensor();
+        var.set(&t.to_dtype(like.dtype())?.to_device(like.device())?)
             .with_context(|| format!("loading `{name}`"))?;
     }
     Ok(())

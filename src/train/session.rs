@@ -5,7 +5,8 @@ use super::checkpoint::{self, Pick, TrainState};
 use super::faults::Faults;
 use super::optim::Optimizer;
 use crate::baseline::{self, BaselineReport};
-use crate::config::{Config, TrainConfig};
+use crate::config::{Config, ModelConfig, TrainConfig};
+use crate::hf::folder::HfFolder;
 use crate::data::batch::{make_eval_windows, make_windows, Batcher, WindowStats};
 use crate::data::dataset::{self, Prepared};
 use crate::model::{self, Gpt};
@@ -60,11 +61,19 @@ impl Session {
             .map(|p| checkpoint::resolve(p, Pick::Latest))
             .transpose()?;
         let mut config = resolve_config(opts, resume_from.as_deref())?;
+        let hf = match resume_from {
+            None => apply_init_from(&mut config, opts.quiet)?,
+            Some(_) => None, // the checkpoint's weights, of the architecture it recorded
+        };
         let device = crate::device::select(&config.run.device)?;
         let data = prepare_data(&mut config)?;
         let data_key = data.key();
         let (train_batcher, val_batcher, windows) = batchers(&config, &data)?;
         let (varmap, model) = build_model(&config, &device, opts.quiet)?;
+        if let Some(hf) = hf {
+            let origin = config.model.init_from.display().to_string();
+            super::restore::set_weights(&varmap, hf.weights, &origin)?;
+        }
         let run_dir = match &resume_from {
             Some(ckpt) => restore_into(&varmap, ckpt, &data_key, &device)?,
             None => new_run_dir(&config, opts.overwrite)?,
@@ -198,6 +207,51 @@ fn prepare_data(config: &mut Config) -> Result<Prepared> {
     }
     config.model.vocab_size = vocab;
     Ok(data)
+}
+
+/// `model.init_from`: reads the Hugging Face folder and makes the run its architecture (the
+/// config's `dropout` kept) and its tokenizer; returns the folder's weights for the model.
+fn apply_init_from(config: &mut Config, quiet: bool) -> Result<Option<HfFolder>> {
+    let dir = config.model.init_from.clone();
+    if dir.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let hf = crate::hf::folder::read(&dir)?;
+    let tokenizer = hf.tokenizer.display().to_string();
+    if !config.data.tokenizer.is_empty() && config.data.tokenizer != tokenizer {
+        bail!(
+            "data.tokenizer = {:?}, but model.init_from = {} brings its own vocabulary ({tokenizer}): leave data.tokenizer empty",
+            config.data.tokenizer,
+            dir.display()
+        );
+    }
+    let model = ModelConfig {
+        dropout: config.model.dropout,
+        init_from: dir.clone(),
+        ..hf.model.clone()
+    };
+    if !quiet {
+        for (key, from, to) in differences(&config.model, &model) {
+            eprintln!("note: model.{key} = {to} from {} (the config said {from})", dir.display());
+        }
+    }
+    config.model = model;
+    config.data.tokenizer = tokenizer;
+    config.validate()?;
+    Ok(Some(hf))
+}
+
+/// The fields (TOML key, value in `a`, value in `b`) in which two model configs differ.
+fn differences(a: &ModelConfig, b: &ModelConfig) -> Vec<(String, String, String)> {
+    let (Ok(a), Ok(b)) = (toml::Table::try_from(a), toml::Table::try_from(b)) else {
+        return Vec::new();
+    };
+    a.iter()
+        .filter_map(|(k, v)| {
+            let w = b.get(k)?;
+            (v != w).then(|| (k.clone(), v.to_string(), w.to_string()))
+        })
+        .collect()
 }
 
 /// The train and val batchers over the splits' windows, and the train windows' statistics.

@@ -38,6 +38,7 @@ pub fn tiny(positions: Positions, norm: Norm, mlp: Mlp, bias: bool, tied: bool) 
         trigram_buckets: 0,
         norm_eps: 1e-5,
         rope_theta: 10_000.0,
+        init_from: Default::default(),
     }
 }
 
