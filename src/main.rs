@@ -1,6 +1,8 @@
 //! `lmtrain` command line: clap definitions and dispatch only.
 //!
-//! Exit codes: 0 success, 1 error (printed as `error:` with a `Caused by:` chain), 2 usage error.
+//! Exit codes: 0 success, 1 error (printed as `error:` with a `Caused by:` chain), 2 usage error,
+//! 128 + the signal's number for a run stopped by SIGINT (130), SIGTERM (143) or SIGUSR1 (138)
+//! after writing its checkpoint.
 
 use clap::{Args, Parser, Subcommand};
 use lmtrain::{baseline, data, eval, export, report, sample, train};
@@ -279,6 +281,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(stop) = e.downcast_ref::<train::signals::Interrupted>() {
+                eprintln!("{stop}");
+                return ExitCode::from(stop.signal.exit_code());
+            }
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
                 eprintln!("  Caused by: {cause}");

@@ -4,13 +4,15 @@
 //! and delegates each piece of it: `step` (forward, backward, clip, update — shared with
 //! `bench`), `optim` (AdamW over parameter groups, the lazy tables' seam), `schedule`, `guard`
 //! (skipped updates), `cursor` (the data position), `progress`, `metrics` (typed records),
-//! `checkpoint` (with `manifest` and `files`) and `restore` (reading checkpoints back).
+//! `checkpoint` (with `manifest` and `files`), `restore` (reading checkpoints back), `lock` (one
+//! trainer per run folder) and `signals` (stopping on SIGINT/SIGTERM/SIGUSR1 with a checkpoint).
 
 pub mod checkpoint;
 mod cursor;
 pub mod faults;
 mod files;
 pub mod guard;
+pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod mfu;
@@ -19,6 +21,7 @@ mod progress;
 pub mod restore;
 pub mod schedule;
 pub mod session;
+pub mod signals;
 pub mod step;
 pub mod trainer;
 

@@ -51,6 +51,8 @@ pub struct Session {
     pub faults: Faults,
     /// The n-gram baseline's val bits per token, to print beside the model's.
     pub baseline: Option<BaselineReport>,
+    /// This process's exclusive hold on the run folder, for as long as the session lives.
+    _lock: super::lock::RunLock,
 }
 
 impl Session {
@@ -61,6 +63,11 @@ impl Session {
             .map(|p| checkpoint::resolve(p, Pick::Latest))
             .transpose()?;
         let mut config = resolve_config(opts, resume_from.as_deref())?;
+        // Before anything is read or written: a second trainer of this run stops here.
+        let lock = super::lock::acquire(&match &resume_from {
+            Some(ckpt) => ckpt.parent().map(Path::to_path_buf).unwrap_or_default(),
+            None => config.run.out_dir.join(&config.run.name),
+        })?;
         let hf = match resume_from {
             None => apply_init_from(&mut config, opts.quiet)?,
             Some(_) => None, // the checkpoint's weights, of the architecture it recorded
@@ -95,6 +102,7 @@ impl Session {
             quiet: opts.quiet,
             faults: opts.faults.clone(),
             baseline,
+            _lock: lock,
         };
         if !opts.quiet {
             session.print_banner(&windows);

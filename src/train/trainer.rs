@@ -1,7 +1,8 @@
 //! The training loop, delegating every piece: `Trainer::new` sets a run up (optimizer groups,
 //! resumed state, metrics log, progress), `Trainer::step` takes one optimizer step,
 //! `Trainer::log_window` writes the metrics, `Trainer::evaluate` scores the val split, and
-//! `Trainer::checkpoint` applies the checkpoint policy.
+//! `Trainer::checkpoint` applies the checkpoint policy, `Trainer::stop` ends a run on SIGINT,
+//! SIGTERM or SIGUSR1 with a checkpoint of the step it finished (see [`super::signals`]).
 
 use super::checkpoint::{self, TrainState};
 use super::cursor::Cursor;
@@ -15,6 +16,7 @@ use super::progress::Progress;
 use super::restore;
 use super::schedule::lr_at;
 use super::session::Session;
+use super::signals::{Handlers, Interrupted, Signal};
 use super::step;
 use crate::config::TrainConfig;
 use crate::data::batch::Batch;
@@ -130,6 +132,7 @@ impl Trainer {
 
     fn run(mut self) -> Result<TrainSummary> {
         let t = self.s.config.train.clone();
+        let signals = Handlers::install().context("installing the SIGINT/SIGTERM handlers")?;
         let stopped_early = loop {
             if t.max_steps > 0 && self.state.step >= t.max_steps {
                 break false;
@@ -140,12 +143,12 @@ impl Trainer {
             let report = self.step(&micro)?;
             let last = (t.max_steps > 0 && self.state.step >= t.max_steps)
                 || self.cursor.exhausted(t.max_epochs);
-            if (self.state.step % t.log_every == 0 || last) && self.window.steps > 0 {
+            if (self.state.step.is_multiple_of(t.log_every) || last) && self.window.steps > 0 {
                 self.log_window(&report)?;
             }
             self.progress.bar.set_position(self.state.step);
-            let eval_due = (t.eval_every > 0 && self.state.step % t.eval_every == 0) || last;
-            let periodic = t.checkpoint_every > 0 && self.state.step % t.checkpoint_every == 0;
+            let eval_due = (t.eval_every > 0 && self.state.step.is_multiple_of(t.eval_every)) || last;
+            let periodic = t.checkpoint_every > 0 && self.state.step.is_multiple_of(t.checkpoint_every);
             if eval_due || periodic {
                 // Both read every table row: the lazily updated ones must be current.
                 self.opt.flush()?;
@@ -162,8 +165,33 @@ impl Trainer {
             if early_stop {
                 break true;
             }
+            if let Some(signal) = signals.pending().filter(|_| !last) {
+                return Err(self.stop(signal)?.into());
+            }
         };
         Ok(self.summary(stopped_early))
+    }
+
+    /// A stop signal arrived during the step just finished: its checkpoint, then the report.
+    fn stop(mut self, signal: Signal) -> Result<Interrupted> {
+        self.progress.say(format!(
+            "{} received: writing a checkpoint at step {}",
+            signal.name(),
+            self.state.step
+        ));
+        self.opt.flush()?;
+        self.state.elapsed_s = self.elapsed();
+        let checkpoint = self
+            .s
+            .save_checkpoint(&self.state, &self.opt)
+            .context("the checkpoint on stopping could not be written; the earlier checkpoints are intact")?;
+        self.progress.bar.finish_and_clear();
+        Ok(Interrupted {
+            signal,
+            step: self.state.step,
+            checkpoint,
+            run_dir: self.s.run_dir.clone(),
+        })
     }
 
     /// The next step's micro-batches (`train.grad_accum` of them, fewer at the end of the last

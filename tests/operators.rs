@@ -1,0 +1,192 @@
+//! What an operator does to a running trainer: Ctrl-C (twice), SIGUSR1, a second trainer on
+//! the same run folder (plain, `--overwrite`, `--resume`), readers while it trains, and a
+//! trainer killed with its lock held. (SIGTERM at random steps with a bit-exact resume is
+//! tests/chaos.rs.)
+
+mod common;
+
+use common::{lmtrain, temp_dir, write_config};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A tiny run that would train for a long time, checkpointing every 5 steps.
+fn long_run(work: &Path) -> PathBuf {
+    let text = common::tiny_config(work, 1_000_000).replace(
+        "checkpoint_every = 0",
+        "checkpoint_every = 5\nearly_stop_patience = 0\nbaseline_order = 0",
+    );
+    write_config(work, &text)
+}
+
+fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lmtrain")
+}
+
+/// Waits (up to 120 s) until `cond` holds.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn checkpoints(run: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(run)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("step-") && run.join(n).join("manifest.json").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: signals a child process this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+fn finish(child: Child) -> (i32, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A second trainer is refused at once, naming the holder, whether it starts fresh, overwrites
+/// or resumes; readers work meanwhile; a killed holder's lock does not outlive it.
+#[test]
+fn one_trainer_per_run_folder() {
+    let work = temp_dir("lock");
+    let cfg = long_run(&work);
+    let cfg = cfg.to_str().unwrap();
+    let run = work.join("t");
+    let first = spawn(&["train", "-c", cfg], &[]);
+    wait_for("a checkpoint", || checkpoints(&run).len() >= 2);
+    let pid = format!("pid {}", first.id());
+    for extra in [&[][..], &["--overwrite"][..]] {
+        let out = lmtrain(&[&["train", "-c", cfg][..], extra].concat());
+        common::assert_fails_with(&out, &["is in use by another trainer", &pid, "train -c"]);
+    }
+    let out = lmtrain(&["train", "--resume", run.to_str().unwrap()]);
+    common::assert_fails_with(&out, &["is in use by another trainer", &pid]);
+    assert!(
+        checkpoints(&run).len() >= 2,
+        "a refused trainer touched the run"
+    );
+    // Readers take no lock and see only complete checkpoints.
+    common::lmtrain_ok(&["eval", "--checkpoint", run.to_str().unwrap()]);
+    common::lmtrain_ok(&["runs", work.to_str().unwrap()]);
+    // kill -9: the kernel drops the lock with the process.
+    signal(&first, libc::SIGKILL);
+    let _ = finish(first);
+    let next = checkpoints(&run)
+        .last()
+        .unwrap()
+        .trim_start_matches("step-")
+        .parse::<u64>()
+        .unwrap();
+    let out = common::lmtrain_ok(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--set",
+        &format!("train.max_steps={}", next + 1),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
+}
+
+/// SIGINT and SIGUSR1 finish the step, checkpoint it, print the resume command and exit with
+/// 128 + the signal; a second SIGINT during that checkpoint exits at once, and the run resumes
+/// from the last complete checkpoint.
+#[test]
+fn signals_checkpoint_and_exit_with_their_codes() {
+    let work = temp_dir("signals");
+    let cfg = long_run(&work);
+    let cfg = cfg.to_str().unwrap();
+    let run = work.join("t");
+    let metrics = run.join("metrics.jsonl");
+    let steps =
+        || std::fs::read_to_string(&metrics).map_or(0, |t| t.matches("\"kind\":\"train\"").count());
+    let mut args: Vec<String> = ["train", "-c", cfg].map(String::from).to_vec();
+    for (sig, code, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGUSR1, 138, "SIGUSR1"),
+    ] {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = spawn(&argv, &[]);
+        let before = steps();
+        wait_for("a few steps", || steps() >= before + 3);
+        signal(&child, sig);
+        let (status, err) = finish(child);
+        assert_eq!(status, code, "{name}: {err}");
+        assert!(
+            err.contains(&format!("stopped by {name} after step")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("lmtrain train --resume {}", run.display())),
+            "{err}"
+        );
+        let newest = checkpoints(&run).last().cloned().unwrap();
+        let step: u64 = newest.trim_start_matches("step-").parse().unwrap();
+        assert!(
+            err.contains(&format!("after step {step}:")),
+            "newest {newest}: {err}"
+        );
+        args = ["train", "--resume", run.to_str().unwrap()]
+            .map(String::from)
+            .to_vec();
+    }
+    // A second Ctrl-C while the checkpoint is written (slowed to 3 s a file): out at once.
+    let child = spawn(
+        &["train", "--resume", run.to_str().unwrap()],
+        &[("LMTRAIN_TEST_CHECKPOINT_PAUSE_MS", "3000")],
+    );
+    let before = steps();
+    wait_for("a step", || steps() > before);
+    let intact = checkpoints(&run);
+    signal(&child, libc::SIGINT);
+    wait_for("the checkpoint write", || {
+        std::fs::read_dir(&run)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tmp"))
+    });
+    signal(&child, libc::SIGINT);
+    let (status, err) = finish(child);
+    assert_eq!(status, 130, "{err}");
+    assert!(
+        !err.contains("stopped by"),
+        "the second SIGINT waited: {err}"
+    );
+    assert!(
+        intact.iter().all(|c| checkpoints(&run).contains(c)),
+        "a complete checkpoint was lost"
+    );
+    let out = lmtrain(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--set",
+        "train.max_steps=1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
