@@ -214,6 +214,46 @@ pub enum Schedule {
     Wsd,
 }
 
+/// `train.micro_batch` (see [`TrainConfig::micro_batch`]); written `""`, `"auto"` or a number
+/// (as a string or an integer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MicroBatch {
+    #[default]
+    Whole,
+    Auto,
+    Rows(usize),
+}
+
+impl Serialize for MicroBatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MicroBatch::Whole => s.serialize_str(""),
+            MicroBatch::Auto => s.serialize_str("auto"),
+            MicroBatch::Rows(n) => s.serialize_str(&n.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MicroBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(usize),
+            Text(String),
+        }
+        let bad = || serde::de::Error::custom("expected \"\", \"auto\" or a number of sequences");
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(MicroBatch::Rows(n)),
+            Raw::Text(t) => match t.trim() {
+                "" => Ok(MicroBatch::Whole),
+                "auto" => Ok(MicroBatch::Auto),
+                n => n.parse().map(MicroBatch::Rows).map_err(|_| bad()),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -222,6 +262,11 @@ pub struct TrainConfig {
     /// Micro-batches per optimizer step; gradients are summed over real tokens, so the step's
     /// loss is the mean over every real target token of all micro-batches.
     pub grad_accum: usize,
+    /// Sequences that go through the model at once: `""` = the whole `batch_size`; `N` (a
+    /// divisor of `batch_size`) = pieces of `N`, their gradients accumulated; `"auto"` = the
+    /// largest divisor whose memory plan fits the machine (see `lmtrain plan`). The same
+    /// sequences make each step, so only float rounding differs.
+    pub micro_batch: MicroBatch,
     /// Stop after this many optimizer steps; `0` = no step limit (then `max_epochs` must be set).
     pub max_steps: u64,
     /// Stop after this many passes over the training split; `0` = no epoch limit.
@@ -362,6 +407,7 @@ impl Default for TrainConfig {
         Self {
             batch_size: 16,
             grad_accum: 1,
+            micro_batch: MicroBatch::Whole,
             max_steps: 1000,
             max_epochs: 0,
             lr: 3e-4,
@@ -599,6 +645,14 @@ fn validate_train(t: &TrainConfig) -> Result<(), ConfigError> {
         ("train.batch_size", t.batch_size),
         ("train.grad_accum", t.grad_accum),
     ])?;
+    if let MicroBatch::Rows(n) = t.micro_batch {
+        if n == 0 || !t.batch_size.is_multiple_of(n) {
+            return bad(
+                "train.micro_batch",
+                format!("{n} must divide train.batch_size = {}: pick a divisor, \"auto\", or \"\" for the whole batch", t.batch_size),
+            );
+        }
+    }
     let positive = |v: f64| v > 0.0 && v.is_finite();
     each(
         &[

@@ -16,6 +16,7 @@ pub mod hf;
 pub mod kernels;
 pub mod loss;
 pub mod model;
+pub mod plan;
 pub mod report;
 pub mod rng;
 pub mod sample;

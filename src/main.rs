@@ -54,6 +54,8 @@ enum Command {
     Sample(SampleArgs),
     /// Write a checkpoint as a Hugging Face transformers folder (GPT-2 or Llama layout).
     Export(ExportArgs),
+    /// Predicted peak memory of a config's run, by part, against what the machine has.
+    Plan(PlanArgs),
     /// Kneser-Ney n-gram baseline on a run's own split and vocabulary (bits per token).
     Baseline(BaselineArgs),
     /// Render the loss curves of one or more runs, overlaid, into an SVG.
@@ -157,6 +159,15 @@ struct SampleArgs {
     seed: u64,
     #[arg(long, default_value = "auto")]
     device: String,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -302,6 +313,7 @@ fn run(cli: Cli, out: &mut String) -> anyhow::Result<()> {
         Command::Eval(a) => eval_cmd(a, out),
         Command::Sample(a) => sample_cmd(a, out),
         Command::Export(a) => export_cmd(a, out),
+        Command::Plan(a) => plan_cmd(a, out),
         Command::Baseline(a) => baseline_cmd(a, out),
         Command::Plot(a) => plot(a, out),
         Command::Runs(a) => runs(a, out),
@@ -425,6 +437,30 @@ fn sample_cmd(a: SampleArgs, out: &mut String) -> anyhow::Result<()> {
     say!(out, "{}", s.text);
     if s.context_full {
         eprintln!("note: stopped at the end of the model's context window");
+    }
+    Ok(())
+}
+
+fn plan_cmd(a: PlanArgs, out: &mut String) -> anyhow::Result<()> {
+    let mut cfg = lmtrain::config::Config::load(a.config.config.as_deref(), &a.config.overrides())?;
+    let data = data::dataset::prepare(&cfg.data, &cfg.cache_root(), false)?;
+    cfg.model.vocab_size = data.vocab.len();
+    let gpu = !lmtrain::device::select(&cfg.run.device)?.is_cpu();
+    let facts = lmtrain::plan::DataFacts::of(&data, cfg.model.context);
+    let limit = lmtrain::plan::memory_limit(gpu);
+    let micro = lmtrain::plan::micro_batch(&cfg, &facts, gpu, limit.map(|l| l.0));
+    let plan = lmtrain::plan::plan(&cfg, &facts, micro, gpu);
+    if a.json {
+        say!(out, "{}", serde_json::to_string(&plan)?);
+        return Ok(());
+    }
+    say!(out, "{}", plan.describe());
+    match limit {
+        Some((bytes, what)) => match plan.check(bytes, what) {
+            Ok(()) => say!(out, "fits: {what} is {}", lmtrain::plan::mb(bytes)),
+            Err(e) => say!(out, "does not fit: {e}"),
+        },
+        None => say!(out, "free memory unknown on this device: not checked"),
     }
     Ok(())
 }

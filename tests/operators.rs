@@ -161,6 +161,8 @@ fn signals_checkpoint_and_exit_with_their_codes() {
     wait_for("a step", || steps() > before);
     let intact = checkpoints(&run);
     signal(&child, libc::SIGINT);
+    // Two signals pending at once merge into one: let the first be delivered.
+    std::thread::sleep(Duration::from_millis(500));
     wait_for("the checkpoint write", || {
         std::fs::read_dir(&run)
             .unwrap()
@@ -189,4 +191,77 @@ fn signals_checkpoint_and_exit_with_their_codes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Configs that cannot fit are refused before anything large is allocated, with the figure,
+/// the limit and what to change; nothing of an existing run is touched.
+#[test]
+fn a_run_that_cannot_fit_is_refused_with_the_plan() {
+    let work = temp_dir("plan-refuse");
+    let cfg = write_config(&work, &common::tiny_config(&work, 2));
+    let cfg = cfg.to_str().unwrap();
+    for set in ["model.bigram_buckets=100000000000", "model.d_model=1000000", "model.n_layers=100000"] {
+        let out = lmtrain(&["train", "-c", cfg, "--set", set]);
+        common::assert_fails_with(&out, &["would not fit, so nothing was allocated", "MemAvailable", "predicted peak"]);
+    }
+    let out = lmtrain(&["plan", "-c", cfg, "--set", "model.bigram_buckets=100000000000"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not fit"), "{out:?}");
+    assert!(!work.join("t").join("config.toml").exists(), "a refused run wrote its folder");
+}
+
+/// `train.micro_batch = N` trains like the whole batch (float rounding only), and `auto` picks
+/// the largest divisor whose plan fits the limit.
+#[test]
+fn micro_batches_train_like_the_whole_batch() {
+    use lmtrain::config::Config;
+    let work = temp_dir("micro");
+    // d_model and context 64: the plans of 4 and 8 sequences differ by ~5 MB, room for a limit
+    // in whole MiB between them.
+    let text = common::tiny_config(&work, 4)
+        .replace("batch_size = 4", "batch_size = 8")
+        .replace("d_model = 32", "d_model = 64")
+        .replace("context = 32", "context = 64");
+    let cfg = write_config(&work, &text.replace("[data]", "[data]\nbucket_by_length = false"));
+    let run = |name: &str, extra: &[&str], envs: &[(&str, &str)]| -> (Vec<f64>, String) {
+        let mut args = vec!["train", "-c", cfg.to_str().unwrap(), "--set"];
+        let name_set = format!("run.name={name}");
+        args.push(&name_set);
+        for e in extra {
+            args.extend(["--set", e]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_lmtrain")).args(&args).envs(envs.iter().copied()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let metrics = std::fs::read_to_string(work.join(name).join("metrics.jsonl")).unwrap();
+        let losses = metrics
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["kind"] == "train")
+            .map(|r| r["step_loss"].as_f64().unwrap())
+            .collect();
+        (losses, err)
+    };
+    let (whole, _) = run("whole", &[], &[]);
+    let (pieces, err) = run("pieces", &["train.micro_batch=2"], &[]);
+    assert!(err.contains("micro-batch: 2 sequences at a time, 4 pieces"), "{err}");
+    assert_eq!(whole.len(), 4);
+    for (x, y) in whole.iter().zip(&pieces) {
+        // Summation order only (as gradient accumulation, tests/train_resume.rs).
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} vs {y}");
+    }
+    // A limit between the plans of 4 and 8 sequences: auto takes 4.
+    let config = Config::load(Some(&cfg), &[]).unwrap();
+    let data = lmtrain::data::dataset::prepare(&config.data, &config.cache_root(), false).unwrap();
+    let mut config = config;
+    config.model.vocab_size = data.vocab.len();
+    let facts = lmtrain::plan::DataFacts::of(&data, config.model.context);
+    let peak = |m: usize| lmtrain::plan::plan(&config, &facts, m, false).peak_bytes;
+    let limit_mb = ((peak(4) + peak(8)) / 2) >> 20;
+    assert!(peak(4) < limit_mb << 20 && limit_mb << 20 < peak(8), "{} {} {limit_mb}", peak(4), peak(8));
+    let limit = limit_mb.to_string();
+    let (auto, err) = run("auto", &["train.micro_batch=auto"], &[("LMTRAIN_MEMORY_LIMIT_MB", &limit)]);
+    assert!(err.contains("micro-batch: 4 sequences at a time, 2 pieces"), "{err}");
+    for (x, y) in whole.iter().zip(&auto) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} vs {y}");
+    }
 }

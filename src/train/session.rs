@@ -51,6 +51,8 @@ pub struct Session {
     pub faults: Faults,
     /// The n-gram baseline's val bits per token, to print beside the model's.
     pub baseline: Option<BaselineReport>,
+    /// Sequences per forward/backward pass: `train.batch_size`, or less (`train.micro_batch`).
+    pub micro_batch: usize,
     /// This process's exclusive hold on the run folder, for as long as the session lives.
     _lock: super::lock::RunLock,
 }
@@ -76,6 +78,7 @@ impl Session {
         let data = prepare_data(&mut config)?;
         let data_key = data.key();
         let (train_batcher, val_batcher, windows) = batchers(&config, &data)?;
+        let micro_batch = plan_memory(&config, &data, &device, opts.quiet)?;
         let (varmap, model) = build_model(&config, &device, opts.quiet)?;
         if let Some(hf) = hf {
             let origin = config.model.init_from.display().to_string();
@@ -102,6 +105,7 @@ impl Session {
             quiet: opts.quiet,
             faults: opts.faults.clone(),
             baseline,
+            micro_batch,
             _lock: lock,
         };
         if !opts.quiet {
@@ -215,6 +219,31 @@ fn prepare_data(config: &mut Config) -> Result<Prepared> {
     }
     config.model.vocab_size = vocab;
     Ok(data)
+}
+
+/// The memory plan, printed, and the micro-batch it settles (`train.micro_batch`); an error
+/// before anything large is allocated when the plan exceeds what the machine has
+/// ([`crate::plan::memory_limit`]).
+fn plan_memory(config: &Config, data: &Prepared, device: &Device, quiet: bool) -> Result<usize> {
+    let facts = crate::plan::DataFacts::of(data, config.model.context);
+    let gpu = !device.is_cpu();
+    let limit = crate::plan::memory_limit(gpu);
+    let micro = crate::plan::micro_batch(config, &facts, gpu, limit.map(|l| l.0));
+    let plan = crate::plan::plan(config, &facts, micro, gpu);
+    if !quiet {
+        eprintln!("{}", plan.describe());
+        if micro < config.train.batch_size {
+            eprintln!(
+                "micro-batch: {micro} sequences at a time, {} pieces per batch of {} (train.micro_batch)",
+                config.train.batch_size / micro,
+                config.train.batch_size
+            );
+        }
+    }
+    match limit {
+        Some((bytes, what)) => plan.check(bytes, what).map(|_| micro),
+        None => Ok(micro),
+    }
 }
 
 /// `model.init_from`: reads the Hugging Face folder and makes the run its architecture (the

@@ -204,10 +204,8 @@ impl Trainer {
             let Some(idx) = self.cursor.next(&s.train_batcher, t.max_epochs) else {
                 break;
             };
-            micro.push(
-                s.train_batcher
-                    .make_batch(&s.data.train, &idx, pad, &s.device)?,
-            );
+            let batch = s.train_batcher.make_batch(&s.data.train, &idx, pad, &s.device)?;
+            micro.extend(batch.split_rows(s.micro_batch)?);
         }
         Ok((!micro.is_empty()).then_some(micro))
     }

@@ -1,0 +1,354 @@
+//! A memory plan before anything large is allocated: what a run will hold at its peak, by part,
+//! against what the machine has (`lmtrain plan`, and the start of `train`, which refuses a run
+//! that cannot fit).
+//!
+//! The parts, in bytes (f32 = 4 bytes per value; `P` parameters, `N = B·T` tokens of one
+//! micro-batch, `L` layers, `C` width, `F` MLP width, `H` heads, `T` the longest window, `V`
+//! vocabulary):
+//! - weights `4P`, gradients `4P` (the lazily updated n-gram tables only their looked-up rows,
+//!   `4·N·C` each), AdamW moments `8P`;
+//! - activations kept for the backward of one micro-batch: per layer and token, on the fused CPU
+//!   path, the block's inputs and outputs (`≈ 13 C + 2 F` values: norms, q/k/v, attention
+//!   output, residuals, the MLP's two `F`-wide tensors) and one `(H, T)` row of attention
+//!   probabilities; the composed path keeps about five such rows and the head's `(N, V)` logits
+//!   three times over (logits, softmax, gradient); the backward adds gradients of about one
+//!   layer's activations at a time;
+//! - the Kneser-Ney baseline, growing as (tokens it trains on)^0.8 (see `KN_REF_BYTES`);
+//! - the data cache, memory-mapped (`train.bin`, `val.bin`: pages touched count as resident);
+//! - the checkpoint writer's transient: each tensor is copied into bytes as it is written, so
+//!   the largest tensor once;
+//! - the data in memory beside the mapping (windows, batch plans, the splits' indexes), ~12
+//!   bytes per corpus token (measured: a tiny model on PKU's 1.84M tokens holds 25 MB more than
+//!   on the six-line sample);
+//! - a fixed process overhead (code, libraries, thread stacks, allocator arenas) measured on the
+//!   tiny config (scripts/plan-check.sh).
+//!
+//! The baseline runs before training. Its freed memory stays with the allocator (src/main.rs
+//! keeps freed pages) and serves training's small allocations, but the large tensors (weights,
+//! moments, the writer's copy) come fresh from the OS: the peak is the larger phase plus as much
+//! of the baseline as those large tensors take (measured on the PKU recipe: 3.36 GB without the
+//! baseline, 3.90 GB with it).
+
+use crate::config::{Config, MicroBatch, Mlp};
+use crate::data::dataset::Prepared;
+use crate::kernels::Kernels;
+use crate::model::param_count;
+use anyhow::{bail, Result};
+
+/// Resident memory of the process before any model, data or baseline (see the module doc).
+pub const PROCESS_BYTES: u64 = 40 << 20;
+
+/// The order-5 baseline's bytes on `KN_REF_TOKENS` training tokens, and how they grow: as
+/// tokens^0.8 (distinct n-grams grow more slowly than the corpus). Measured on PKU text: 212 MB
+/// on the 1.5M tokens of its 80% split; scripts/baseline-bench.sh's spliced corpus gives 0.9 GB
+/// on 7.8M tokens and 5.96 GB on 94M (the law predicts 0.79 and 5.8 GB).
+const KN_REF_BYTES: f64 = 212e6;
+const KN_REF_TOKENS: f64 = 1.5e6;
+const KN_GROWTH: f64 = 0.8;
+
+/// Bytes of in-memory data structures per corpus token (see the module doc).
+const DATA_BYTES_PER_TOKEN: u64 = 12;
+
+/// What the plan needs to know of the prepared data.
+#[derive(Debug, Clone, Copy)]
+pub struct DataFacts {
+    /// Tokens of both splits.
+    pub tokens: u64,
+    pub train_tokens: u64,
+    /// Bytes of `train.bin` + `val.bin`.
+    pub cache_bytes: u64,
+    /// The longest window a batch can hold (≤ `model.context`).
+    pub longest: usize,
+}
+
+impl DataFacts {
+    /// The facts of a prepared corpus for a model of `context` positions.
+    pub fn of(data: &Prepared, context: usize) -> DataFacts {
+        let size = |f: &str| std::fs::metadata(data.dir.join(f)).map_or(0, |m| m.len());
+        DataFacts {
+            tokens: data.stats.tokens as u64,
+            train_tokens: data.stats.train_tokens as u64,
+            cache_bytes: size("train.bin") + size("val.bin"),
+            longest: context.min(data.stats.len_max + 1).max(1),
+        }
+    }
+}
+
+/// One line of the plan.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Part {
+    pub name: &'static str,
+    pub bytes: u64,
+}
+
+/// The predicted peak and its parts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    pub params: usize,
+    /// Sequences per micro-batch the activations were sized for.
+    pub micro_batch: usize,
+    pub path: &'static str,
+    pub parts: Vec<Part>,
+    /// The training phase's peak.
+    pub training_bytes: u64,
+    /// The baseline phase's peak.
+    pub baseline_bytes: u64,
+    /// The predicted peak resident set (or device memory).
+    pub peak_bytes: u64,
+}
+
+/// The plan of `cfg` on `data`, for micro-batches of `micro_batch` sequences, on the CPU
+/// (`on_gpu` false) or a GPU.
+pub fn plan(cfg: &Config, data: &DataFacts, micro_batch: usize, on_gpu: bool) -> Plan {
+    let m = &cfg.model;
+    let p = param_count(m) as u64;
+    // The fused kernels are what `Kernels::Auto` runs for f32 on the CPU.
+    let fused = !on_gpu
+        && cfg.run.kernels == Kernels::Auto
+        && cfg.train.dtype == "f32"
+        && !std::env::var("LMTRAIN_COMPOSED").is_ok_and(|v| v == "1");
+    let n = (micro_batch * data.longest) as u64; // tokens of one micro-batch
+    let grads = gradient_bytes(cfg, p, n);
+    let acts = activation_bytes(cfg, micro_batch, data.longest, fused);
+    let (weights, moments, writer) = (4 * p, 8 * p, 4 * largest_tensor(m));
+    let in_memory = DATA_BYTES_PER_TOKEN * data.tokens;
+    let process = if on_gpu { 0 } else { PROCESS_BYTES };
+    let kn = baseline_bytes(cfg, data);
+    let part = |name, bytes| Part { name, bytes };
+    let parts = vec![
+        part("weights", weights),
+        part("gradients", grads),
+        part("AdamW moments", moments),
+        part("activations (one micro-batch)", acts),
+        part("checkpoint writer", writer),
+        part("data cache (mapped)", data.cache_bytes),
+        part("data in memory", in_memory),
+        part("Kneser-Ney baseline", kn),
+        part("process", process),
+    ];
+    // Weights, moments and activations live through the step; the writer's copy and the
+    // gradients never coexist with the activations' peak at full size, so the larger counts.
+    let fixed = process + data.cache_bytes + in_memory;
+    let training_bytes = fixed + weights + moments + acts + grads.max(writer);
+    let baseline_bytes = fixed + kn;
+    let retained = kn.min(weights + moments + writer);
+    Plan {
+        params: p as usize,
+        micro_batch,
+        path: if on_gpu {
+            "device"
+        } else if fused {
+            "fused CPU"
+        } else {
+            "composed"
+        },
+        parts,
+        training_bytes,
+        baseline_bytes,
+        peak_bytes: training_bytes.max(baseline_bytes) + retained,
+    }
+}
+
+/// Values in the model's largest tensor.
+fn largest_tensor(m: &crate::config::ModelConfig) -> u64 {
+    crate::model::weight_table(m)
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>() as u64)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Dense gradients of every parameter, but the lazily updated n-gram tables: rows only.
+fn gradient_bytes(cfg: &Config, p: u64, tokens: u64) -> u64 {
+    let m = &cfg.model;
+    let tables = (m.bigram_buckets + m.trigram_buckets) as u64 * m.d_model as u64;
+    let n_tables = (m.bigram_buckets > 0) as u64 + (m.trigram_buckets > 0) as u64;
+    match cfg.train.lazy_tables && tables > 0 {
+        true => 4 * (p - tables) + 4 * n_tables * tokens * m.d_model as u64,
+        false => 4 * p,
+    }
+}
+
+/// Activations of one micro-batch of `b` sequences of `t` tokens (see the module doc).
+fn activation_bytes(cfg: &Config, b: usize, t: usize, fused: bool) -> u64 {
+    let m = &cfg.model;
+    let (c, f, h, l, v) = (
+        m.d_model,
+        m.hidden_dim(),
+        m.n_heads,
+        m.n_layers,
+        m.vocab_size,
+    );
+    let f_tensors = match m.mlp {
+        Mlp::Gelu => 2,
+        Mlp::SwiGlu => 4,
+    };
+    let dropout_masks = if m.dropout > 0.0 { 3 * c } else { 0 };
+    let (prob_rows, logits) = if fused { (1, 0) } else { (5, 3 * v) };
+    let per_token_layer = 13 * c + f_tensors * f + prob_rows * h * t + dropout_masks;
+    let kept = l * per_token_layer + 4 * c + logits;
+    // The backward's gradients of one layer's activations, alive beside the kept ones.
+    let backward = per_token_layer;
+    4 * (b * t) as u64 * (kept + backward) as u64
+}
+
+fn baseline_bytes(cfg: &Config, data: &DataFacts) -> u64 {
+    let t = &cfg.train;
+    if t.baseline_order == 0 {
+        return 0;
+    }
+    let tokens = match t.baseline_max_tokens {
+        0 => data.train_tokens,
+        max => data.train_tokens.min(max),
+    };
+    let order = t.baseline_order as f64 / 5.0;
+    (KN_REF_BYTES * (tokens as f64 / KN_REF_TOKENS).powf(KN_GROWTH) * order) as u64
+}
+
+/// Megabytes, for messages.
+pub fn mb(bytes: u64) -> String {
+    format!("{:.0} MB", bytes as f64 / 1e6)
+}
+
+impl Plan {
+    /// The plan as lines of text.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "memory plan: {} parameters, micro-batch {} ({} path)\n",
+            self.params, self.micro_batch, self.path
+        );
+        for part in &self.parts {
+            s.push_str(&format!("  {:<32} {:>10}\n", part.name, mb(part.bytes)));
+        }
+        s.push_str(&format!(
+            "  predicted peak {} (training {}, baseline phase {}, and the baseline's memory the large tensors do not reuse)",
+            mb(self.peak_bytes),
+            mb(self.training_bytes),
+            mb(self.baseline_bytes)
+        ));
+        s
+    }
+
+    /// An error when the peak exceeds `limit` bytes (`what` names the limit), saying what to
+    /// change.
+    pub fn check(&self, limit: u64, what: &str) -> Result<()> {
+        if self.peak_bytes <= limit {
+            return Ok(());
+        }
+        let biggest = self
+            .parts
+            .iter()
+            .max_by_key(|p| p.bytes)
+            .map_or("", |p| p.name);
+        bail!(
+            "this run needs about {} but {what} is {}: it would not fit, so nothing was allocated. The largest part is {biggest}; shrink it (model.d_model, model.n_layers, model.bigram_buckets/trigram_buckets for the weights and moments; train.batch_size, with train.grad_accum to keep the step's batch, for the activations; train.baseline_max_tokens for the baseline)\n{}",
+            mb(self.peak_bytes),
+            mb(limit),
+            self.describe()
+        )
+    }
+}
+
+/// What a run may use, and what that limit is: `LMTRAIN_MEMORY_LIMIT_MB` (MiB) when set, else
+/// MemAvailable on the CPU; `None` on a GPU (candle has no query of free device memory).
+pub fn memory_limit(on_gpu: bool) -> Option<(u64, &'static str)> {
+    if let Some(mb) = std::env::var("LMTRAIN_MEMORY_LIMIT_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Some((mb << 20, "LMTRAIN_MEMORY_LIMIT_MB"));
+    }
+    match on_gpu {
+        false => mem_available().map(|b| (b, "MemAvailable")),
+        true => None,
+    }
+}
+
+/// The micro-batch `train.micro_batch` asks for: the whole batch, the given size, or (`auto`)
+/// the largest divisor of `train.batch_size` whose plan fits `limit` (1 when none does: the
+/// plan's check then says so).
+pub fn micro_batch(cfg: &Config, data: &DataFacts, on_gpu: bool, limit: Option<u64>) -> usize {
+    let b = cfg.train.batch_size;
+    match cfg.train.micro_batch {
+        MicroBatch::Whole => b,
+        MicroBatch::Rows(n) => n,
+        MicroBatch::Auto => (1..=b)
+            .rev()
+            .filter(|m| b.is_multiple_of(*m))
+            .find(|&m| limit.is_none_or(|l| plan(cfg, data, m, on_gpu).peak_bytes <= l))
+            .unwrap_or(1),
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (`None` where there is no such file).
+pub fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        let mut c = Config::default();
+        c.model.vocab_size = 5000;
+        c.train.baseline_order = 0;
+        c
+    }
+
+    const DATA: DataFacts = DataFacts {
+        tokens: 1_000_000,
+        train_tokens: 900_000,
+        cache_bytes: 4_000_000,
+        longest: 128,
+    };
+
+    /// The parts follow the formulas: 4 bytes per weight, 8 per moment pair; activations
+    /// scale with the micro-batch, and the composed path keeps more than the fused one.
+    #[test]
+    fn parts_follow_the_formulas() {
+        let c = cfg();
+        let p = plan(&c, &DATA, 16, false);
+        let part = |name: &str| p.parts.iter().find(|x| x.name == name).unwrap().bytes;
+        assert_eq!(part("weights"), 4 * p.params as u64);
+        assert_eq!(part("AdamW moments"), 8 * p.params as u64);
+        assert_eq!(part("Kneser-Ney baseline"), 0);
+        let half = plan(&c, &DATA, 8, false);
+        let acts = |p: &Plan| {
+            p.parts
+                .iter()
+                .find(|x| x.name.starts_with("activations"))
+                .unwrap()
+                .bytes
+        };
+        assert_eq!(acts(&p), 2 * acts(&half));
+        let mut composed = c.clone();
+        composed.run.kernels = Kernels::Composed;
+        assert!(acts(&plan(&composed, &DATA, 16, false)) > acts(&p));
+        assert!(p.check(p.peak_bytes, "the limit").is_ok());
+        let e = p
+            .check(p.peak_bytes - 1, "the limit")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("would not fit") && e.contains("the limit is"),
+            "{e}"
+        );
+    }
+
+    /// `auto` takes the largest divisor of the batch that fits, 1 when none does.
+    #[test]
+    fn auto_micro_batch_is_the_largest_fitting_divisor() {
+        let mut c = cfg();
+        c.train.batch_size = 12;
+        c.train.micro_batch = MicroBatch::Auto;
+        let peak = |m| plan(&c, &DATA, m, false).peak_bytes;
+        assert_eq!(micro_batch(&c, &DATA, false, None), 12);
+        assert_eq!(micro_batch(&c, &DATA, false, Some(peak(6))), 6);
+        assert_eq!(micro_batch(&c, &DATA, false, Some(peak(4) + 1)), 4);
+        assert_eq!(micro_batch(&c, &DATA, false, Some(0)), 1);
+    }
+}
