@@ -445,9 +445,10 @@ fn plan_cmd(a: PlanArgs, out: &mut String) -> anyhow::Result<()> {
     let mut cfg = lmtrain::config::Config::load(a.config.config.as_deref(), &a.config.overrides())?;
     let data = data::dataset::prepare(&cfg.data, &cfg.cache_root(), false)?;
     cfg.model.vocab_size = data.vocab.len();
-    let gpu = !lmtrain::device::select(&cfg.run.device)?.is_cpu();
+    let device = lmtrain::device::select(&cfg.run.device)?;
+    let gpu = !device.is_cpu();
     let facts = lmtrain::plan::DataFacts::of(&data, cfg.model.context);
-    let limit = lmtrain::plan::memory_limit(gpu);
+    let limit = lmtrain::plan::memory_limit(&device);
     let micro = lmtrain::plan::micro_batch(&cfg, &facts, gpu, limit.map(|l| l.0));
     let plan = lmtrain::plan::plan(&cfg, &facts, micro, gpu);
     if a.json {

@@ -250,18 +250,34 @@ impl Plan {
 }
 
 /// What a run may use, and what that limit is: `LMTRAIN_MEMORY_LIMIT_MB` (MiB) when set, else
-/// MemAvailable on the CPU; `None` on a GPU (candle has no query of free device memory).
-pub fn memory_limit(on_gpu: bool) -> Option<(u64, &'static str)> {
-    if let Some(mb) = std::env::var("LMTRAIN_MEMORY_LIMIT_MB")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
+/// MemAvailable on the CPU and the free memory `nvidia-smi` reports on a CUDA GPU; `None` where
+/// neither is known (Metal, or no nvidia-smi).
+pub fn memory_limit(device: &candle_core::Device) -> Option<(u64, &'static str)> {
+    let env = std::env::var("LMTRAIN_MEMORY_LIMIT_MB").ok();
+    if let Some(mb) = env.and_then(|v| v.trim().parse::<u64>().ok()) {
         return Some((mb << 20, "LMTRAIN_MEMORY_LIMIT_MB"));
     }
-    match on_gpu {
-        false => mem_available().map(|b| (b, "MemAvailable")),
-        true => None,
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => mem_available().map(|b| (b, "MemAvailable")),
+        candle_core::DeviceLocation::Cuda { gpu_id } => {
+            gpu_free(gpu_id).map(|b| (b, "the GPU's free memory"))
+        }
+        _ => None,
     }
+}
+
+/// Free memory of CUDA GPU `gpu_id` in bytes, from `nvidia-smi`.
+fn gpu_free(gpu_id: usize) -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=memory.free",
+            "--format=csv,noheader,nounits",
+            &format!("--id={gpu_id}"),
+        ])
+        .output()
+        .ok()?;
+    let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    out.status.success().then_some(mib << 20)
 }
 
 /// The micro-batch `train.micro_batch` asks for: the whole batch, the given size, or (`auto`)

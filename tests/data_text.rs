@@ -245,19 +245,7 @@ fn bad_documents_name_file_and_line_and_leave_no_cache() {
 /// the venv `.ci/run` makes (`~/.cache/lmtrain/venv`); `None` (the test says it skips) when
 /// neither can import it.
 fn python_with_tokenizers() -> Option<PathBuf> {
-    let candidates = std::env::var_os("LMTRAIN_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/lmtrain/venv/bin/python")),
-        );
-    candidates.into_iter().find(|py| {
-        std::process::Command::new(py)
-            .args(["-c", "import tokenizers"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
+    common::python_with("tokenizers")
 }
 
 /// Python's `tokenizers` (the real client) loads the tokenizer lmtrain trained and saved with

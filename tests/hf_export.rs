@@ -225,19 +225,7 @@ fn read_logits(path: &Path) -> Tensor {
 /// The Python with transformers and torch, or `None` with the reason printed (a failure when
 /// `LMTRAIN_REQUIRE_HF=1`).
 fn python_with_transformers() -> Option<PathBuf> {
-    let candidates = std::env::var_os("LMTRAIN_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/lmtrain/venv/bin/python")),
-        );
-    let found = candidates.into_iter().find(|py| {
-        std::process::Command::new(py)
-            .args(["-c", "import transformers, torch, safetensors"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    let found = common::python_with("transformers, torch, safetensors");
     if found.is_none() {
         let why = "no Python with transformers and torch (set LMTRAIN_PYTHON, or run scripts/install-python-venv.sh)";
         assert!(

@@ -222,12 +222,12 @@ fn prepare_data(config: &mut Config) -> Result<Prepared> {
 }
 
 /// The memory plan, printed, and the micro-batch it settles (`train.micro_batch`); an error
-/// before anything large is allocated when the plan exceeds what the machine has
-/// ([`crate::plan::memory_limit`]).
+/// before anything large is allocated when the plan exceeds what the device has
+/// ([`crate::plan::memory_limit`]; unchecked where that is unknown).
 fn plan_memory(config: &Config, data: &Prepared, device: &Device, quiet: bool) -> Result<usize> {
     let facts = crate::plan::DataFacts::of(data, config.model.context);
     let gpu = !device.is_cpu();
-    let limit = crate::plan::memory_limit(gpu);
+    let limit = crate::plan::memory_limit(device);
     let micro = crate::plan::micro_batch(config, &facts, gpu, limit.map(|l| l.0));
     let plan = crate::plan::plan(config, &facts, micro, gpu);
     if !quiet {

@@ -93,3 +93,22 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
     }
 }
+
+/// The first Python of `LMTRAIN_PYTHON`, then the venv `.ci/run` makes
+/// (`~/.cache/lmtrain/venv`, scripts/install-python-venv.sh), that runs `import {modules}`.
+pub fn python_with(modules: &str) -> Option<PathBuf> {
+    let candidates = std::env::var_os("LMTRAIN_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/lmtrain/venv/bin/python")),
+        );
+    let script = format!("import {modules}");
+    candidates.into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", &script])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
