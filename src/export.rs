@@ -5,8 +5,9 @@
 //! The folder is written into a temporary sibling and renamed into place, so `DIR` is either
 //! absent or complete.
 
-use crate::hf::{hf_config, tokenizer, weights, Layout};
+use crate::hf::{hf_config, pretty_json, tokenizer, weights, Layout};
 use crate::train::checkpoint::Pick;
+use crate::train::checkpoint::{replace_dir, write_synced};
 use crate::train::restore;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -51,18 +52,18 @@ pub fn run(opts: &ExportOptions) -> Result<ExportReport> {
     let mut texts: Vec<(&str, String)> = vec![
         (
             "config.json",
-            pretty(&hf_config::to_json(layout, cfg, &specials))?,
+            pretty_json(&hf_config::to_json(layout, cfg, &specials))?,
         ),
         (
             "generation_config.json",
-            pretty(&hf_config::generation_json(&specials))?,
+            pretty_json(&hf_config::generation_json(&specials))?,
         ),
     ];
     texts.extend(tokenizer::files(&loaded.vocab, cfg.context)?);
     let out = &opts.out;
     prepare_target(out, opts.overwrite)?;
     let tmp = sibling(out, &format!(".tmp-export-{}", std::process::id()));
-    let written = write_folder(&tmp, &theirs, &texts).and_then(|_| replace(&tmp, out));
+    let written = write_folder(&tmp, &theirs, &texts).and_then(|_| replace_dir(&tmp, out));
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -74,10 +75,6 @@ pub fn run(opts: &ExportOptions) -> Result<ExportReport> {
         out: out.clone(),
         tensors: theirs.len(),
     })
-}
-
-fn pretty(v: &serde_json::Value) -> Result<String> {
-    Ok(serde_json::to_string_pretty(v)? + "\n")
 }
 
 /// `out` must not exist, or be an empty folder, unless `overwrite`.
@@ -119,23 +116,7 @@ fn write_folder(
     safetensors::serialize_to_file(views, Some(metadata), &dir.join("model.safetensors"))
         .context("writing model.safetensors")?;
     for (name, text) in texts {
-        std::fs::write(dir.join(name), text).with_context(|| format!("writing {name}"))?;
-    }
-    Ok(())
-}
-
-/// Puts the complete folder `tmp` at `out`, replacing what is there.
-fn replace(tmp: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let old = sibling(out, &format!(".old-export-{}", std::process::id()));
-        std::fs::rename(out, &old)?;
-        std::fs::rename(tmp, out)?;
-        std::fs::remove_dir_all(&old)?;
-    } else {
-        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::rename(tmp, out)?;
+        write_synced(&dir.join(name), text.as_bytes())?;
     }
     Ok(())
 }

@@ -32,7 +32,7 @@
 use crate::config::{Config, MicroBatch, Mlp};
 use crate::data::dataset::Prepared;
 use crate::kernels::Kernels;
-use crate::model::param_count;
+use crate::model::weight_table;
 use anyhow::{bail, Result};
 
 /// Resident memory of the process before any model, data or baseline (see the module doc).
@@ -101,7 +101,7 @@ pub struct Plan {
 /// (`on_gpu` false) or a GPU.
 pub fn plan(cfg: &Config, data: &DataFacts, micro_batch: usize, on_gpu: bool) -> Plan {
     let m = &cfg.model;
-    let p = param_count(m) as u64;
+    let (p, largest) = tensor_sizes(m);
     // The fused kernels are what `Kernels::Auto` runs for f32 on the CPU.
     let fused = !on_gpu
         && cfg.run.kernels == Kernels::Auto
@@ -110,7 +110,7 @@ pub fn plan(cfg: &Config, data: &DataFacts, micro_batch: usize, on_gpu: bool) ->
     let n = (micro_batch * data.longest) as u64; // tokens of one micro-batch
     let grads = gradient_bytes(cfg, p, n);
     let acts = activation_bytes(cfg, micro_batch, data.longest, fused);
-    let (weights, moments, writer) = (4 * p, 8 * p, 4 * largest_tensor(m));
+    let (weights, moments, writer) = (4 * p, 8 * p, 4 * largest);
     let in_memory = DATA_BYTES_PER_TOKEN * data.tokens;
     let process = if on_gpu { 0 } else { PROCESS_BYTES };
     let kn = baseline_bytes(cfg, data);
@@ -149,13 +149,13 @@ pub fn plan(cfg: &Config, data: &DataFacts, micro_batch: usize, on_gpu: bool) ->
     }
 }
 
-/// Values in the model's largest tensor.
-fn largest_tensor(m: &crate::config::ModelConfig) -> u64 {
-    crate::model::weight_table(m)
+/// Parameters (as `param_count`) and the values of the largest tensor, in one pass over the
+/// weight table.
+fn tensor_sizes(m: &crate::config::ModelConfig) -> (u64, u64) {
+    weight_table(m)
         .iter()
         .map(|(_, shape)| shape.iter().product::<usize>() as u64)
-        .max()
-        .unwrap_or(0)
+        .fold((0, 0), |(sum, max), n| (sum + n, max.max(n)))
 }
 
 /// Dense gradients of every parameter, but the lazily updated n-gram tables: rows only.

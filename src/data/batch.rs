@@ -39,32 +39,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The batch as consecutive pieces of at most `rows` sequences each (`train.micro_batch`):
-    /// the same tokens, so the step's gradient over the pieces is the batch's.
-    pub fn split_rows(self, rows: usize) -> candle_core::Result<Vec<Batch>> {
-        let (b, t) = self.ids.dims2()?;
-        if rows == 0 || rows >= b {
-            return Ok(vec![self]);
-        }
-        (0..b)
-            .step_by(rows)
-            .map(|r0| {
-                let n = rows.min(b - r0);
-                let mask = self.mask.narrow(0, r0, n)?; // (n, T)
-                let real = mask.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-                Ok(Batch {
-                    ids: self.ids.narrow(0, r0, n)?,
-                    targets: self.targets.narrow(0, r0, n)?,
-                    key_mask: self.key_mask.as_ref().map(|k| k.narrow(0, r0, n)).transpose()?,
-                    mask,
-                    n_tokens: real.round() as usize,
-                    n_slots: n * t,
-                    host_ids: self.host_ids[r0 * t..(r0 + n) * t].to_vec(),
-                })
-            })
-            .collect()
-    }
-
     /// The host ids as `B` rows of `T`.
     pub fn host_rows(&self) -> Vec<Vec<u32>> {
         let t = self.ids.dims().get(1).copied().unwrap_or(1).max(1);

@@ -14,3 +14,8 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use layout::Layout;
+
+/// `v` as the pretty, newline-terminated JSON text of the files an HF folder holds.
+pub fn pretty_json(v: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(v)? + "\n")
+}

@@ -35,13 +35,9 @@ pub fn files(vocab: &Vocab, context: usize) -> Result<Vec<(&'static str, String)
     config["clean_up_tokenization_spaces"] = json!(false);
     Ok(vec![
         ("tokenizer.json", tokenizer),
-        ("tokenizer_config.json", pretty(&config)?),
-        ("special_tokens_map.json", pretty(&map)?),
+        ("tokenizer_config.json", super::pretty_json(&config)?),
+        ("special_tokens_map.json", super::pretty_json(&map)?),
     ])
-}
-
-fn pretty(v: &Value) -> Result<String> {
-    Ok(serde_json::to_string_pretty(v)? + "\n")
 }
 
 /// `tokenizer.json`: the run's tokenizer with the plain-text pipeline above, checked by loading

@@ -258,6 +258,19 @@ mod tests {
             .collect()
     }
 
+    /// The HF tensors of `ours`, by name.
+    fn hf_map(
+        layout: Layout,
+        cfg: &ModelConfig,
+        ours: &HashMap<String, Tensor>,
+    ) -> HashMap<String, Tensor> {
+        to_hf(layout, cfg, ours).unwrap().into_iter().collect()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
     fn configs() -> Vec<ModelConfig> {
         let base = ModelConfig {
             vocab_size: 11,
@@ -293,7 +306,7 @@ mod tests {
         for cfg in configs() {
             let layout = Layout::of(&cfg).unwrap();
             let ours = weights(&cfg);
-            let hf: HashMap<_, _> = to_hf(layout, &cfg, &ours).unwrap().into_iter().collect();
+            let hf = hf_map(layout, &cfg, &ours);
             let import_cfg = match layout {
                 Layout::Gpt2 => ModelConfig {
                     bias: true,
@@ -303,13 +316,9 @@ mod tests {
             };
             let back = from_hf(layout, &import_cfg, hf, "test").unwrap();
             for (name, w) in &back {
-                let a: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+                let a = values(w);
                 match ours.get(name) {
-                    Some(o) => assert_eq!(
-                        a,
-                        o.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                        "{name}"
-                    ),
+                    Some(o) => assert_eq!(a, values(o), "{name}"),
                     None => assert!(a.iter().all(|&x| x == 0.0), "{name} should be a zero bias"),
                 }
             }
@@ -321,10 +330,7 @@ mod tests {
     fn conv1d_weights_are_transposed_and_llama_qkv_split_by_rows() {
         let cfg = &configs()[0];
         let ours = weights(cfg);
-        let hf: HashMap<_, _> = to_hf(Layout::Gpt2, cfg, &ours)
-            .unwrap()
-            .into_iter()
-            .collect();
+        let hf = hf_map(Layout::Gpt2, cfg, &ours);
         let c_attn = &hf["transformer.h.0.attn.c_attn.weight"]; // (C, 3C)
         assert_eq!(c_attn.dims(), &[8, 24]);
         let qkv = &ours["blocks.0.attn.qkv.weight"]; // (3C, C)
@@ -335,30 +341,17 @@ mod tests {
         assert_eq!(a, b);
         let cfg = &configs()[4];
         let ours = weights(cfg);
-        let hf: HashMap<_, _> = to_hf(Layout::Llama, cfg, &ours)
-            .unwrap()
-            .into_iter()
-            .collect();
+        let hf = hf_map(Layout::Llama, cfg, &ours);
         let k = &hf["model.layers.1.self_attn.k_proj.weight"]; // (C, C)
         let qkv = &ours["blocks.1.attn.qkv.weight"];
-        let want: Vec<f32> = qkv
-            .narrow(0, 8, 8)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(k.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+        assert_eq!(values(k), values(&qkv.narrow(0, 8, 8).unwrap()));
     }
 
     #[test]
     fn import_refuses_missing_misshapen_and_unknown_tensors() {
         let cfg = &configs()[4];
         let ours = weights(cfg);
-        let hf: HashMap<_, _> = to_hf(Layout::Llama, cfg, &ours)
-            .unwrap()
-            .into_iter()
-            .collect();
+        let hf = hf_map(Layout::Llama, cfg, &ours);
         let mut missing = hf.clone();
         missing.remove("model.norm.weight");
         let e = from_hf(Layout::Llama, cfg, missing, "dir")

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Renames `from` to `to`; an existing `to` (a checkpoint of the same step written before a
 /// resume) is moved aside first and deleted only after the new one is in place.
-pub(super) fn replace_dir(from: &Path, to: &Path) -> Result<()> {
+pub fn replace_dir(from: &Path, to: &Path) -> Result<()> {
     if !to.exists() {
         return Ok(fs::rename(from, to)?);
     }

@@ -67,9 +67,7 @@ pub fn acquire(run_dir: &Path) -> Result<RunLock> {
     let holder = Holder {
         pid: std::process::id(),
         host: hostname(),
-        started_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        started_unix: unix_now(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     file.set_len(0)?;
@@ -83,9 +81,7 @@ fn describe(holder: Option<Holder>) -> String {
     let Some(h) = holder else {
         return "a process that has not yet written its name".into();
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = unix_now();
     format!(
         "pid {} on {}, started {} s ago (unix time {}), command `{}`",
         h.pid,
@@ -94,6 +90,12 @@ fn describe(holder: Option<Holder>) -> String {
         h.started_unix,
         h.command
     )
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn hostname() -> String {

@@ -204,8 +204,10 @@ impl Trainer {
             let Some(idx) = self.cursor.next(&s.train_batcher, t.max_epochs) else {
                 break;
             };
-            let batch = s.train_batcher.make_batch(&s.data.train, &idx, pad, &s.device)?;
-            micro.extend(batch.split_rows(s.micro_batch)?);
+            // `train.micro_batch`: the batch's sequences in pieces, each padded to its own longest.
+            for piece in idx.chunks(s.micro_batch.max(1)) {
+                micro.push(s.train_batcher.make_batch(&s.data.train, piece, pad, &s.device)?);
+            }
         }
         Ok((!micro.is_empty()).then_some(micro))
     }
