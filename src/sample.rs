@@ -167,7 +167,10 @@ pub fn run(opts: &SampleOptions) -> Result<Sample> {
 pub fn prompt_ids(prompt: &str, vocab: &Vocab) -> Result<Vec<u32>> {
     if vocab.is_word_level() {
         let words = !vocab.is_char_level();
-        return Ok(prompt_tokens(prompt, words).iter().map(|t| vocab.id(t)).collect());
+        return Ok(prompt_tokens(prompt, words)
+            .iter()
+            .map(|t| vocab.id(t))
+            .collect());
     }
     let mut ids = vec![vocab.bos_id()];
     ids.extend(vocab.encode_text(prompt)?);
@@ -181,10 +184,19 @@ mod tests {
     #[test]
     fn prompt_forms() {
         assert_eq!(prompt_tokens("党中", false), vec!["<BOS>", "党", "中"]);
-        assert_eq!(prompt_tokens("<BOS>  党  中", false), vec!["<BOS>", "党", "中"]);
-        assert_eq!(prompt_tokens("the  cat", false), vec!["<BOS>", "the", "cat"]);
+        assert_eq!(
+            prompt_tokens("<BOS>  党  中", false),
+            vec!["<BOS>", "党", "中"]
+        );
+        assert_eq!(
+            prompt_tokens("the  cat", false),
+            vec!["<BOS>", "the", "cat"]
+        );
         assert_eq!(prompt_tokens("the cat", true), vec!["<BOS>", "the", "cat"]);
-        assert_eq!(prompt_tokens("the cat", false), vec!["<BOS>", "t", "h", "e", "c", "a", "t"]);
+        assert_eq!(
+            prompt_tokens("the cat", false),
+            vec!["<BOS>", "t", "h", "e", "c", "a", "t"]
+        );
     }
 
     #[test]

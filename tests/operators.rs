@@ -200,13 +200,36 @@ fn a_run_that_cannot_fit_is_refused_with_the_plan() {
     let work = temp_dir("plan-refuse");
     let cfg = write_config(&work, &common::tiny_config(&work, 2));
     let cfg = cfg.to_str().unwrap();
-    for set in ["model.bigram_buckets=100000000000", "model.d_model=1000000", "model.n_layers=100000"] {
+    for set in [
+        "model.bigram_buckets=100000000000",
+        "model.d_model=1000000",
+        "model.n_layers=100000",
+    ] {
         let out = lmtrain(&["train", "-c", cfg, "--set", set]);
-        common::assert_fails_with(&out, &["would not fit, so nothing was allocated", "MemAvailable", "predicted peak"]);
+        common::assert_fails_with(
+            &out,
+            &[
+                "would not fit, so nothing was allocated",
+                "MemAvailable",
+                "predicted peak",
+            ],
+        );
     }
-    let out = lmtrain(&["plan", "-c", cfg, "--set", "model.bigram_buckets=100000000000"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("does not fit"), "{out:?}");
-    assert!(!work.join("t").join("config.toml").exists(), "a refused run wrote its folder");
+    let out = lmtrain(&[
+        "plan",
+        "-c",
+        cfg,
+        "--set",
+        "model.bigram_buckets=100000000000",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("does not fit"),
+        "{out:?}"
+    );
+    assert!(
+        !work.join("t").join("config.toml").exists(),
+        "a refused run wrote its folder"
+    );
 }
 
 /// `train.micro_batch = N` trains like the whole batch (float rounding only), and `auto` picks
@@ -221,7 +244,10 @@ fn micro_batches_train_like_the_whole_batch() {
         .replace("batch_size = 4", "batch_size = 8")
         .replace("d_model = 32", "d_model = 64")
         .replace("context = 32", "context = 64");
-    let cfg = write_config(&work, &text.replace("[data]", "[data]\nbucket_by_length = false"));
+    let cfg = write_config(
+        &work,
+        &text.replace("[data]", "[data]\nbucket_by_length = false"),
+    );
     let run = |name: &str, extra: &[&str], envs: &[(&str, &str)]| -> (Vec<f64>, String) {
         let mut args = vec!["train", "-c", cfg.to_str().unwrap(), "--set"];
         let name_set = format!("run.name={name}");
@@ -229,7 +255,11 @@ fn micro_batches_train_like_the_whole_batch() {
         for e in extra {
             args.extend(["--set", e]);
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_lmtrain")).args(&args).envs(envs.iter().copied()).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+            .args(&args)
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{err}");
         let metrics = std::fs::read_to_string(work.join(name).join("metrics.jsonl")).unwrap();
@@ -243,7 +273,10 @@ fn micro_batches_train_like_the_whole_batch() {
     };
     let (whole, _) = run("whole", &[], &[]);
     let (pieces, err) = run("pieces", &["train.micro_batch=2"], &[]);
-    assert!(err.contains("micro-batch: 2 sequences at a time, 4 pieces"), "{err}");
+    assert!(
+        err.contains("micro-batch: 2 sequences at a time, 4 pieces"),
+        "{err}"
+    );
     assert_eq!(whole.len(), 4);
     for (x, y) in whole.iter().zip(&pieces) {
         // Summation order only (as gradient accumulation, tests/train_resume.rs).
@@ -257,10 +290,22 @@ fn micro_batches_train_like_the_whole_batch() {
     let facts = lmtrain::plan::DataFacts::of(&data, config.model.context);
     let peak = |m: usize| lmtrain::plan::plan(&config, &facts, m, false).peak_bytes;
     let limit_mb = ((peak(4) + peak(8)) / 2) >> 20;
-    assert!(peak(4) < limit_mb << 20 && limit_mb << 20 < peak(8), "{} {} {limit_mb}", peak(4), peak(8));
+    assert!(
+        peak(4) < limit_mb << 20 && limit_mb << 20 < peak(8),
+        "{} {} {limit_mb}",
+        peak(4),
+        peak(8)
+    );
     let limit = limit_mb.to_string();
-    let (auto, err) = run("auto", &["train.micro_batch=auto"], &[("LMTRAIN_MEMORY_LIMIT_MB", &limit)]);
-    assert!(err.contains("micro-batch: 4 sequences at a time, 2 pieces"), "{err}");
+    let (auto, err) = run(
+        "auto",
+        &["train.micro_batch=auto"],
+        &[("LMTRAIN_MEMORY_LIMIT_MB", &limit)],
+    );
+    assert!(
+        err.contains("micro-batch: 4 sequences at a time, 2 pieces"),
+        "{err}"
+    );
     for (x, y) in whole.iter().zip(&auto) {
         assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} vs {y}");
     }

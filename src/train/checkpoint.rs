@@ -18,8 +18,8 @@
 //! verifies every file against it (see `manifest`).
 
 use super::faults::{self, Faults};
-pub use super::files::{replace_dir, write_synced};
 use super::files::sync_dir;
+pub use super::files::{replace_dir, write_synced};
 use super::optim::StateTensor;
 use crate::config::Config;
 use crate::data::vocab::Vocab;

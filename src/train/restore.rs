@@ -32,7 +32,11 @@ pub fn load_weights(varmap: &VarMap, ckpt: &Path, device: &Device) -> Result<()>
 
 /// Copies `tensors` into the model's variables (cast to their dtype and device); every
 /// variable must be present with its exact shape (`origin` names the source in errors).
-pub fn set_weights(varmap: &VarMap, mut tensors: HashMap<String, Tensor>, origin: &str) -> Result<()> {
+pub fn set_weights(
+    varmap: &VarMap,
+    mut tensors: HashMap<String, Tensor>,
+    origin: &str,
+) -> Result<()> {
     let map = varmap
         .data()
         .lock()
@@ -45,7 +49,10 @@ pub fn set_weights(varmap: &VarMap, mut tensors: HashMap<String, Tensor>, origin
             t.dtype(),
             DType::F32 | DType::F16 | DType::BF16 | DType::F64
         ) {
-            bail!("{origin}: `{name}` has dtype {:?}, expected a float type", t.dtype());
+            bail!(
+                "{origin}: `{name}` has dtype {:?}, expected a float type",
+                t.dtype()
+            );
         }
         if t.dims() != var.as_tensor().dims() {
             bail!(

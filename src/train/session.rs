@@ -6,9 +6,9 @@ use super::faults::Faults;
 use super::optim::Optimizer;
 use crate::baseline::{self, BaselineReport};
 use crate::config::{Config, ModelConfig, TrainConfig};
-use crate::hf::folder::HfFolder;
 use crate::data::batch::{make_eval_windows, make_windows, Batcher, WindowStats};
 use crate::data::dataset::{self, Prepared};
+use crate::hf::folder::HfFolder;
 use crate::model::{self, Gpt};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Var};
@@ -269,7 +269,10 @@ fn apply_init_from(config: &mut Config, quiet: bool) -> Result<Option<HfFolder>>
     };
     if !quiet {
         for (key, from, to) in differences(&config.model, &model) {
-            eprintln!("note: model.{key} = {to} from {} (the config said {from})", dir.display());
+            eprintln!(
+                "note: model.{key} = {to} from {} (the config said {from})",
+                dir.display()
+            );
         }
     }
     config.model = model;

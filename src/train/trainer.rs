@@ -147,8 +147,10 @@ impl Trainer {
                 self.log_window(&report)?;
             }
             self.progress.bar.set_position(self.state.step);
-            let eval_due = (t.eval_every > 0 && self.state.step.is_multiple_of(t.eval_every)) || last;
-            let periodic = t.checkpoint_every > 0 && self.state.step.is_multiple_of(t.checkpoint_every);
+            let eval_due =
+                (t.eval_every > 0 && self.state.step.is_multiple_of(t.eval_every)) || last;
+            let periodic =
+                t.checkpoint_every > 0 && self.state.step.is_multiple_of(t.checkpoint_every);
             if eval_due || periodic {
                 // Both read every table row: the lazily updated ones must be current.
                 self.opt.flush()?;
@@ -181,10 +183,9 @@ impl Trainer {
         ));
         self.opt.flush()?;
         self.state.elapsed_s = self.elapsed();
-        let checkpoint = self
-            .s
-            .save_checkpoint(&self.state, &self.opt)
-            .context("the checkpoint on stopping could not be written; the earlier checkpoints are intact")?;
+        let checkpoint = self.s.save_checkpoint(&self.state, &self.opt).context(
+            "the checkpoint on stopping could not be written; the earlier checkpoints are intact",
+        )?;
         self.progress.bar.finish_and_clear();
         Ok(Interrupted {
             signal,
@@ -206,7 +207,10 @@ impl Trainer {
             };
             // `train.micro_batch`: the batch's sequences in pieces, each padded to its own longest.
             for piece in idx.chunks(s.micro_batch.max(1)) {
-                micro.push(s.train_batcher.make_batch(&s.data.train, piece, pad, &s.device)?);
+                micro.push(
+                    s.train_batcher
+                        .make_batch(&s.data.train, piece, pad, &s.device)?,
+                );
             }
         }
         Ok((!micro.is_empty()).then_some(micro))
