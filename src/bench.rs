@@ -10,10 +10,11 @@
 
 use crate::config::{Mlp, ModelConfig, Norm, Positions, TrainConfig};
 use crate::data::batch::Batch;
+use crate::dist::World;
 use crate::kernels::Kernels;
 use crate::model::{self, Gpt};
 use crate::train::optim::Optimizer;
-use crate::train::step::{self, Phases};
+use crate::train::step::{self, Phases, StepWork};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
@@ -123,15 +124,14 @@ pub fn load_reference_data(
 
 /// The reference's `make_batch`: random tokens in `1..vocab` (`T = ctx`), or random corpus lines
 /// cut to `ctx + 1` tokens and right-padded to the longest.
-fn make_batch(
+fn make_rows(
     rng: &mut RefRng,
     o: &BenchOptions,
     vocab: usize,
     seqs: Option<&[Vec<u32>]>,
-    device: &Device,
-) -> Result<Batch> {
+) -> Vec<Vec<u32>> {
     let (b, t) = (o.batch, o.ctx);
-    let rows: Vec<Vec<u32>> = match seqs {
+    match seqs {
         None => (0..b)
             .map(|_| (0..=t).map(|_| 1 + rng.below(vocab - 1) as u32).collect())
             .collect(),
@@ -141,11 +141,22 @@ fn make_batch(
                 s[..s.len().min(t + 1)].to_vec()
             })
             .collect(),
-    };
-    let len = rows.iter().map(Vec::len).max().unwrap_or(2) - 1; // L ≤ ctx
+    }
+}
+
+/// Targets of `rows` the loss counts: every one but a pad id (the reference's ignore_index).
+fn row_targets(rows: &[Vec<u32>]) -> usize {
+    rows.iter()
+        .map(|r| r[1..].iter().filter(|&&x| x != PAD).count())
+        .sum()
+}
+
+/// `rows` right-padded to the longest of `pad_to` into a `(B, T)` batch.
+fn pack(rows: &[Vec<u32>], pad_to: &[Vec<u32>], device: &Device) -> Result<Batch> {
+    let b = rows.len();
+    let len = pad_to.iter().map(Vec::len).max().unwrap_or(2) - 1; // L ≤ ctx
     let (mut ids, mut targets, mut mask) =
         (vec![PAD; b * len], vec![PAD; b * len], vec![0f32; b * len]);
-    let mut n_tokens = 0;
     for (r, row) in rows.iter().enumerate() {
         let n = row.len() - 1;
         ids[r * len..r * len + n].copy_from_slice(&row[..n]);
@@ -154,14 +165,13 @@ fn make_batch(
             // A pad id inside a line is not a target, as with the reference's ignore_index.
             *m = if row[k + 1] == PAD { 0.0 } else { 1.0 };
         }
-        n_tokens += row[1..].iter().filter(|&&x| x != PAD).count();
     }
     Ok(Batch {
         ids: Tensor::from_vec(ids.clone(), (b, len), device)?,
         targets: Tensor::from_vec(targets, (b, len), device)?,
         mask: Tensor::from_vec(mask, (b, len), device)?,
         key_mask: None,
-        n_tokens,
+        n_tokens: row_targets(rows),
         n_slots: b * len,
         host_ids: ids,
     })
@@ -231,10 +241,18 @@ fn median(xs: &[f64]) -> f64 {
 /// Runs the benchmark and returns its JSON line (progress per step goes to stderr, as the
 /// reference's does).
 pub fn run(o: &BenchOptions) -> Result<Value> {
-    crate::device::on_cpu_pool(|| run_inner(o))
+    let report = run_in(o, World::single())?;
+    report.ok_or_else(|| anyhow::anyhow!("a world of one reports"))
 }
 
-fn run_inner(o: &BenchOptions) -> Result<Value> {
+/// The benchmark as one rank of `world` (under `mpirun`): the ranks split each batch's rows
+/// (`--batch` is the global batch) and sum their gradients, as `train` does; rank 0 returns
+/// the report (tokens/s of the whole job), the others `None`.
+pub fn run_in(o: &BenchOptions, world: World) -> Result<Option<Value>> {
+    crate::device::on_cpu_pool(|| run_inner(o, world))
+}
+
+fn run_inner(o: &BenchOptions, mut world: World) -> Result<Option<Value>> {
     if o.batch == 0
         || o.ctx == 0
         || o.steps == 0
@@ -243,7 +261,10 @@ fn run_inner(o: &BenchOptions) -> Result<Value> {
     {
         bail!("bench: --batch, --ctx, --steps must be > 0 and --heads must divide --d-model");
     }
-    let device = crate::device::select(&o.device)?;
+    crate::dist::shard::check_divides(o.batch, 1, world.size())
+        .map_err(|e| anyhow::anyhow!("bench --batch: {e}"))?;
+    let device = crate::device::select_for_rank(&o.device, world.local_rank(), world.local_size())?;
+    world.attach_device(&device)?;
     let (seqs, vocab) = match &o.data {
         Some(path) => {
             let (s, v) = load_reference_data(path, o.vocab)?;
@@ -259,11 +280,20 @@ fn run_inner(o: &BenchOptions) -> Result<Value> {
     let mut rng = RefRng(crate::rng::Rng::new(o.seed));
     let mut timing = Timing::default();
     for i in 0..o.warmup_steps + o.steps {
-        let batch = make_batch(&mut rng, o, vocab, seqs.as_deref(), &device)?;
+        // Every rank draws the whole batch (the same stream) and computes its rows.
+        let rows = make_rows(&mut rng, o, vocab, seqs.as_deref());
+        let mine = &rows[crate::dist::shard::share(rows.len(), world.rank(), world.size())];
+        let work = StepWork {
+            pieces: vec![pack(mine, &rows, &device)?],
+            index: vec![world.rank()],
+            total_pieces: world.size(),
+            step_tokens: row_targets(&rows),
+        };
         let timed = i >= o.warmup_steps;
-        timing.step(&model, &mut opt, &batch, (o, i, timed), &device)?;
+        timing.step(&model, &mut opt, &work, (o, i, timed), (&device, &world))?;
     }
-    Ok(report(o, &cfg, vocab, &device, &timing))
+    let quiet = !world.is_root();
+    Ok((!quiet).then(|| report(o, &cfg, vocab, &device, &timing, world.size())))
 }
 
 /// The reference model at `cfg`'s sizes and its optimizer.
@@ -299,22 +329,23 @@ impl Timing {
         &mut self,
         model: &Gpt,
         opt: &mut Optimizer,
-        batch: &Batch,
+        work: &StepWork,
         (o, i, timed): (&BenchOptions, usize, bool),
-        device: &Device,
+        (device, world): (&Device, &World),
     ) -> Result<()> {
         let mut ph = Phases::default();
         device.synchronize()?;
         let (c0, t0) = (cpu_seconds(), Instant::now());
-        let micro = std::slice::from_ref(batch);
-        let (nll, grads) = step::gradients(
+        let (mut per_piece, grads) = step::gradients(
             model,
             opt,
-            micro,
-            o.seed,
-            i as u64,
+            work,
+            (o.seed, i as u64),
+            world,
             o.profile.then_some(&mut ph),
         )?;
+        world.sum_f64("the step's losses", &mut per_piece)?;
+        let nll = step::total_nll(&per_piece);
         let norm = step::grad_norm(opt, &grads, device, o.profile.then_some(&mut ph))?;
         step::update(
             opt,
@@ -326,26 +357,32 @@ impl Timing {
         )?;
         device.synchronize()?;
         let (dt, dc) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
-        let loss = nll / batch.n_tokens.max(1) as f64;
+        let tokens = work.step_tokens;
+        let loss = nll / tokens.max(1) as f64;
         self.losses.push(loss);
         if timed {
             self.timed_s += dt;
             self.cpu_s += dc;
-            self.tokens += batch.n_tokens;
+            self.tokens += tokens;
             self.step_ms.push(dt * 1e3);
             self.phases.push(ph);
         }
-        eprintln!(
-            "step {i} loss {loss:.4} ntok {} ms {:.1}",
-            batch.n_tokens,
-            dt * 1e3
-        );
+        if world.is_root() {
+            eprintln!("step {i} loss {loss:.4} ntok {tokens} ms {:.1}", dt * 1e3);
+        }
         Ok(())
     }
 }
 
 /// The JSON line, with the reference's keys.
-fn report(o: &BenchOptions, cfg: &ModelConfig, vocab: usize, device: &Device, m: &Timing) -> Value {
+fn report(
+    o: &BenchOptions,
+    cfg: &ModelConfig,
+    vocab: usize,
+    device: &Device,
+    m: &Timing,
+    ranks: usize,
+) -> Value {
     let per = |x: f64, s: f64| if s > 0.0 { x / s } else { 0.0 };
     let tokens_per_s = per(m.tokens as f64, m.timed_s);
     let mut out = json!({
@@ -354,6 +391,7 @@ fn report(o: &BenchOptions, cfg: &ModelConfig, vocab: usize, device: &Device, m:
         "dtype": o.dtype,
         "kernels": o.kernels,
         "threads": candle_core::utils::get_num_threads(),
+        "ranks": ranks,
         "tokens_per_s": tokens_per_s,
         "step_ms_median": median(&m.step_ms),
         "cpu_util": per(m.cpu_s, m.timed_s),

@@ -49,6 +49,9 @@ pub struct RunConfig {
     /// to check it on the CPU), `composed` (the readable specification everywhere, to rule the
     /// kernels out). The environment variable `LMTRAIN_COMPOSED=1` forces `composed`.
     pub kernels: crate::kernels::Kernels,
+    /// Data parallel (`mpirun`/`srun`): seconds a rank waits in a training step's collective
+    /// for the others before it reports a dead or hung rank and exits (0 = wait forever).
+    pub collective_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,6 +352,7 @@ impl Default for RunConfig {
             device: "auto".into(),
             seed: 1337,
             kernels: crate::kernels::Kernels::Auto,
+            collective_timeout_s: 600,
         }
     }
 }

@@ -25,6 +25,24 @@ pub fn select(spec: &str) -> Result<Device> {
     }
 }
 
+/// The device of rank `local_rank` among `local_ranks` processes on this node: each takes the
+/// GPU of its local rank (`auto` and `cuda`), or the CPU; an explicit `cuda:N` would put every
+/// rank on one GPU, so it is refused.
+pub fn select_for_rank(spec: &str, local_rank: usize, local_ranks: usize) -> Result<Device> {
+    if local_ranks <= 1 {
+        return select(spec);
+    }
+    let spec = spec.trim().to_ascii_lowercase();
+    match spec.as_str() {
+        "auto" if candle_core::utils::cuda_is_available() => open_cuda(local_rank),
+        "cuda" => open_cuda(local_rank),
+        s if s.starts_with("cuda:") => bail!(
+            "run.device = {s:?} with {local_ranks} ranks on this node: each rank takes the GPU of its local rank, so set run.device = \"cuda\" (or \"auto\"), and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        ),
+        other => select(other),
+    }
+}
+
 fn auto() -> Device {
     if candle_core::utils::cuda_is_available() {
         match Device::new_cuda(0) {

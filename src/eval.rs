@@ -53,6 +53,42 @@ pub fn evaluate(
     device: &Device,
     max_batches: usize,
 ) -> Result<EvalResult> {
+    Ok(evaluate_share(model, split, device, max_batches, (0, 1))?.result())
+}
+
+/// Per-batch sums of an evaluation, of which one rank computed its share.
+pub struct EvalShare {
+    /// `(Σ NLL, real targets)` of each evaluated batch, flattened, in plan order; 0 for the
+    /// batches of other ranks, so summing the ranks' vectors completes it.
+    pub sums: Vec<f64>,
+    pub seconds: f64,
+}
+
+impl EvalShare {
+    /// The mean loss, the batches added in plan order (the same additions whatever the number
+    /// of ranks that computed them).
+    pub fn result(&self) -> EvalResult {
+        let (mut nll, mut tokens) = (0.0f64, 0u64);
+        for pair in self.sums.chunks(2) {
+            nll += pair[0];
+            tokens += pair[1] as u64;
+        }
+        EvalResult {
+            loss: nll / tokens.max(1) as f64,
+            tokens,
+            seconds: self.seconds,
+        }
+    }
+}
+
+/// The batches `rank, rank + size, …` of the evaluation [`evaluate`] computes.
+pub fn evaluate_share(
+    model: &Gpt,
+    split: Split,
+    device: &Device,
+    max_batches: usize,
+    (rank, size): (usize, usize),
+) -> Result<EvalShare> {
     let Split {
         seqs,
         batcher,
@@ -65,16 +101,20 @@ pub fn evaluate(
     } else {
         max_batches.min(plan.len())
     };
-    let (mut nll, mut tokens) = (0.0f64, 0u64);
-    for idx in &plan[..take] {
+    let mut sums = vec![0.0f64; 2 * take];
+    for (i, idx) in plan[..take]
+        .iter()
+        .enumerate()
+        .skip(rank)
+        .step_by(size.max(1))
+    {
         let batch = batcher.make_batch(seqs, idx, pad, device)?;
-        nll += crate::loss::batch_nll_sum(model, &batch, &Mode::Eval, false)?.to_scalar::<f32>()?
-            as f64;
-        tokens += batch.n_tokens as u64;
+        let nll = crate::loss::batch_nll_sum(model, &batch, &Mode::Eval, false)?;
+        sums[2 * i] = nll.to_scalar::<f32>()? as f64;
+        sums[2 * i + 1] = batch.n_tokens as f64;
     }
-    Ok(EvalResult {
-        loss: nll / tokens.max(1) as f64,
-        tokens,
+    Ok(EvalShare {
+        sums,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

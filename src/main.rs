@@ -112,6 +112,10 @@ struct TrainArgs {
     /// (sets model.init_from).
     #[arg(long, value_name = "DIR")]
     init_from: Option<PathBuf>,
+    /// CPU threads for matmuls and kernels (0 = the machine's cores; under mpirun/srun, this
+    /// rank's share of its node's cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -292,14 +296,21 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let tag = lmtrain::dist::process_tag();
             if let Some(stop) = e.downcast_ref::<train::signals::Interrupted>() {
-                eprintln!("{stop}");
+                if lmtrain::dist::is_root_process() {
+                    eprintln!("{stop}"); // once per job: rank 0 wrote the checkpoint
+                }
                 return ExitCode::from(stop.signal.exit_code());
             }
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  Caused by: {cause}");
+            if e.downcast_ref::<lmtrain::dist::Reported>().is_some() {
+                return ExitCode::FAILURE; // every rank printed it already
             }
+            let mut text = format!("{tag}error: {e}");
+            for cause in e.chain().skip(1) {
+                text.push_str(&format!("\n  Caused by: {cause}"));
+            }
+            lmtrain::dist::say_once(&text);
             ExitCode::FAILURE
         }
     }
@@ -307,6 +318,14 @@ fn main() -> ExitCode {
 
 /// Runs one command; what it prints on stdout goes to `out`.
 fn run(cli: Cli, out: &mut String) -> anyhow::Result<()> {
+    let parallel = matches!(cli.command, Command::Train(_) | Command::Bench(_));
+    if let Some(launch) = lmtrain::dist::detect_launch().filter(|l| l.size > 1 && !parallel) {
+        anyhow::bail!(
+            "{} started {} processes, but only `lmtrain train` and `lmtrain bench` run data-parallel: run this command as one process",
+            launch.launcher,
+            launch.size
+        );
+    }
     match cli.command {
         Command::Prepare(a) => prepare(a, out),
         Command::Train(a) => train_cmd(a, out),
@@ -339,6 +358,8 @@ fn prepare(a: PrepareArgs, out: &mut String) -> anyhow::Result<()> {
 }
 
 fn train_cmd(a: TrainArgs, out: &mut String) -> anyhow::Result<()> {
+    let world = lmtrain::dist::World::from_launcher()?;
+    lmtrain::device::set_cpu_threads(rank_threads(a.threads, &world))?;
     let mut overrides = a.config.overrides();
     if let Some(dir) = &a.init_from {
         overrides.push(format!("model.init_from={}", dir.display()));
@@ -350,7 +371,11 @@ fn train_cmd(a: TrainArgs, out: &mut String) -> anyhow::Result<()> {
         overwrite: a.overwrite,
         ..Default::default()
     };
-    let s = train::run(&opts)?;
+    let root = world.is_root();
+    let s = train::run_in(&opts, world)?;
+    if !root {
+        return Ok(()); // rank 0 reports the run
+    }
     let val = s
         .last_eval
         .as_ref()
@@ -549,8 +574,18 @@ fn runs(a: RunsArgs, out: &mut String) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CPU threads of this process: `asked`, or (0) a share of the node's cores per local rank.
+fn rank_threads(asked: usize, world: &lmtrain::dist::World) -> usize {
+    if asked > 0 || world.local_size() == 1 {
+        return asked;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / world.local_size()).max(1)
+}
+
 fn bench(a: BenchArgs, out: &mut String) -> anyhow::Result<()> {
-    lmtrain::device::set_cpu_threads(a.threads)?;
+    let world = lmtrain::dist::World::from_launcher()?;
+    lmtrain::device::set_cpu_threads(rank_threads(a.threads, &world))?;
     let kernels = serde_json::from_value(serde_json::Value::String(a.kernels))?;
     let opts = lmtrain::bench::BenchOptions {
         vocab: a.vocab,
@@ -568,7 +603,10 @@ fn bench(a: BenchArgs, out: &mut String) -> anyhow::Result<()> {
         dtype: a.dtype,
         kernels,
     };
-    say!(out, "{}", lmtrain::bench::run(&opts)?);
+    let report = lmtrain::bench::run_in(&opts, world)?;
+    if let Some(report) = report {
+        say!(out, "{report}");
+    }
     Ok(())
 }
 

@@ -290,6 +290,15 @@ impl Batcher {
         })
     }
 
+    /// The targets the loss counts in the batch of windows `idx` (what [`Batcher::make_batch`]
+    /// gives as `n_tokens`), without making it; indices out of range count nothing.
+    pub fn real_targets(&self, idx: &[usize]) -> usize {
+        idx.iter()
+            .filter_map(|&i| self.windows.get(i))
+            .map(|w| (w.len - 1).saturating_sub(w.scored_from))
+            .sum()
+    }
+
     /// Padding slots / all slots over the batches of `plan` (0 for an empty plan).
     pub fn padding_fraction(&self, plan: &[Vec<usize>]) -> f64 {
         let (mut real, mut slots) = (0usize, 0usize);

@@ -50,3 +50,18 @@ pub fn checkpoint_pause() {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
+
+/// Whether rank `rank` of a data-parallel job is to fail its setup as on a bad input
+/// (`LMTRAIN_TEST_BAD_INPUT_RANK`), read only in builds with `fault-injection`.
+pub fn bad_input_on_rank(rank: usize) -> bool {
+    #[cfg(feature = "fault-injection")]
+    return std::env::var("LMTRAIN_TEST_BAD_INPUT_RANK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        == Some(rank);
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = rank;
+        false
+    }
+}

@@ -97,7 +97,8 @@ pub fn finite(x: f64) -> Option<f64> {
 
 pub struct MetricsLog {
     path: PathBuf,
-    file: File,
+    /// `None`: records are dropped (the workers of a data-parallel run).
+    file: Option<File>,
 }
 
 impl MetricsLog {
@@ -126,12 +127,26 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { path, file })
+        Ok(Self {
+            path,
+            file: Some(file),
+        })
+    }
+
+    /// A log that writes nothing.
+    pub fn discard() -> Self {
+        Self {
+            path: PathBuf::new(),
+            file: None,
+        }
     }
 
     pub fn write(&mut self, record: &Record) -> Result<()> {
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
         let line = serde_json::to_string(record)?;
-        writeln!(self.file, "{line}").with_context(|| format!("writing {}", self.path.display()))
+        writeln!(file, "{line}").with_context(|| format!("writing {}", self.path.display()))
     }
 }
 

@@ -31,5 +31,10 @@ pub use trainer::TrainSummary;
 
 /// Sets up a run and trains it to its end.
 pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
-    crate::device::on_cpu_pool(|| trainer::train(Session::open(opts)?))
+    run_in(opts, crate::dist::World::single())
+}
+
+/// Trains as one rank of `world` (a data-parallel job started by `mpirun` or `srun`).
+pub fn run_in(opts: &TrainOptions, world: crate::dist::World) -> anyhow::Result<TrainSummary> {
+    crate::device::on_cpu_pool(|| trainer::train_in(Session::open_in(opts, &world)?, world))
 }

@@ -8,6 +8,7 @@ use crate::baseline::{self, BaselineReport};
 use crate::config::{Config, ModelConfig, TrainConfig};
 use crate::data::batch::{make_eval_windows, make_windows, Batcher, WindowStats};
 use crate::data::dataset::{self, Prepared};
+use crate::dist::World;
 use crate::hf::folder::HfFolder;
 use crate::model::{self, Gpt};
 use anyhow::{bail, Context, Result};
@@ -54,43 +55,89 @@ pub struct Session {
     /// Sequences per forward/backward pass: `train.batch_size`, or less (`train.micro_batch`).
     pub micro_batch: usize,
     /// This process's exclusive hold on the run folder, for as long as the session lives.
-    _lock: super::lock::RunLock,
+    /// Rank 0's only: the workers of a data-parallel run write nothing there.
+    _lock: Option<super::lock::RunLock>,
 }
 
 impl Session {
+    /// A single process's session.
     pub fn open(opts: &TrainOptions) -> Result<Self> {
+        Self::open_in(opts, &World::single())
+    }
+
+    /// This rank's session. Rank 0 opens first — it takes the lock, prepares the data cache,
+    /// makes the run folder and computes the baseline — and the others then read what it made;
+    /// a failure on any rank fails every rank with that rank's message.
+    pub fn open_in(opts: &TrainOptions, world: &World) -> Result<Self> {
+        if world.size() == 1 {
+            return Self::open_rank(opts, world);
+        }
+        let first = world.agree(if world.is_root() {
+            Self::open_rank(opts, world).map(Some)
+        } else {
+            Ok(None)
+        })?;
+        let session = match first {
+            Some(s) => Ok(s),
+            None => Self::open_rank(opts, world),
+        };
+        world.agree(session)
+    }
+
+    fn open_rank(opts: &TrainOptions, world: &World) -> Result<Self> {
+        let (root, quiet) = (world.is_root(), opts.quiet || !world.is_root());
         let resume_from = opts
             .resume
             .as_deref()
             .map(|p| checkpoint::resolve(p, Pick::Latest))
             .transpose()?;
         let mut config = resolve_config(opts, resume_from.as_deref())?;
+        check_parallel(&config, world)?;
         // Before anything is read or written: a second trainer of this run stops here.
-        let lock = super::lock::acquire(&match &resume_from {
-            Some(ckpt) => ckpt.parent().map(Path::to_path_buf).unwrap_or_default(),
-            None => config.run.out_dir.join(&config.run.name),
-        })?;
+        let lock = root
+            .then(|| lock_run(&config, resume_from.as_deref()))
+            .transpose()?;
         let hf = match resume_from {
-            None => apply_init_from(&mut config, opts.quiet)?,
+            None => apply_init_from(&mut config, quiet)?,
             Some(_) => None, // the checkpoint's weights, of the architecture it recorded
         };
-        let device = crate::device::select(&config.run.device)?;
+        let device = crate::device::select_for_rank(
+            &config.run.device,
+            world.local_rank(),
+            world.local_size(),
+        )?;
+        if super::faults::bad_input_on_rank(world.rank()) {
+            bail!(
+                "{}: bad input (injected on rank {} by LMTRAIN_TEST_BAD_INPUT_RANK)",
+                config.data.train_file.display(),
+                world.rank()
+            );
+        }
         let data = prepare_data(&mut config)?;
         let data_key = data.key();
         let (train_batcher, val_batcher, windows) = batchers(&config, &data)?;
-        let micro_batch = plan_memory(&config, &data, &device, opts.quiet)?;
-        let (varmap, model) = build_model(&config, &device, opts.quiet)?;
+        let micro_batch = plan_memory(&config, &data, &device, quiet, world.size())?;
+        let (varmap, model) = build_model(&config, &device, quiet)?;
         if let Some(hf) = hf {
             let origin = config.model.init_from.display().to_string();
             super::restore::set_weights(&varmap, hf.weights, &origin)?;
         }
         let run_dir = match &resume_from {
             Some(ckpt) => restore_into(&varmap, ckpt, &data_key, &device)?,
-            None => new_run_dir(&config, opts.overwrite)?,
+            None if root => new_run_dir(&config, opts.overwrite)?,
+            None => config.run.out_dir.join(&config.run.name), // rank 0 made it
         };
-        checkpoint::recover(&run_dir)?;
-        checkpoint::write_synced(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
-        let baseline = ensure_baseline(&run_dir, &data, &config.train);
+        let baseline = match root {
+            true => {
+                checkpoint::recover(&run_dir)?;
+                checkpoint::write_synced(
+                    &run_dir.join("config.toml"),
+                    config.to_toml().as_bytes(),
+                )?;
+                ensure_baseline(&run_dir, &data, &config.train)
+            }
+            false => None, // computed once, by rank 0, which alone reports it
+        };
         let session = Self {
             config,
             device,
@@ -102,22 +149,33 @@ impl Session {
             model,
             run_dir,
             resume_from,
-            quiet: opts.quiet,
+            quiet,
             faults: opts.faults.clone(),
             baseline,
             micro_batch,
             _lock: lock,
         };
-        if !opts.quiet {
-            session.print_banner(&windows);
+        if !quiet {
+            session.print_banner(&windows, world);
         }
         Ok(session)
     }
 
     /// What the run is about to do, on stderr.
-    fn print_banner(&self, windows: &WindowStats) {
+    fn print_banner(&self, windows: &WindowStats, world: &World) {
         let (config, data) = (&self.config, &self.data);
         eprintln!("device: {}", crate::device::describe(&self.device));
+        if world.size() > 1 {
+            let t = &config.train;
+            eprintln!(
+                "data parallel: {} ranks ({} on this node), each {} of every batch's {} sequences; global step {} sequences",
+                world.size(),
+                world.local_size(),
+                t.batch_size / world.size(),
+                t.batch_size,
+                t.batch_size * t.grad_accum
+            );
+        }
         eprintln!("run folder: {}", self.run_dir.display());
         if let Some(c) = &self.resume_from {
             eprintln!("resuming from {}", c.display());
@@ -205,6 +263,28 @@ impl Session {
     }
 }
 
+/// The hold on the run's folder (the checkpoint's, or the config's new one).
+fn lock_run(config: &Config, resume_from: Option<&Path>) -> Result<super::lock::RunLock> {
+    super::lock::acquire(&match resume_from {
+        Some(ckpt) => ckpt.parent().map(Path::to_path_buf).unwrap_or_default(),
+        None => config.run.out_dir.join(&config.run.name),
+    })
+}
+
+/// What a data-parallel run needs of its config: a batch that divides among the ranks, and no
+/// lazily updated tables (their row gradients are sparse, and the all-reduce sums dense ones).
+fn check_parallel(config: &Config, world: &World) -> Result<()> {
+    let t = &config.train;
+    crate::dist::shard::check_divides(t.batch_size, t.grad_accum, world.size())?;
+    if world.size() > 1 && t.lazy_tables && !crate::model::ngram::tables(&config.model).is_empty() {
+        bail!(
+            "train.lazy_tables = true with n-gram tables (model.bigram_buckets / model.trigram_buckets) is not supported across {} ranks: their row gradients are sparse and the ranks sum dense gradients; set train.lazy_tables = false (dense updates, same model), or run one process",
+            world.size()
+        );
+    }
+    Ok(())
+}
+
 /// Prepares (or reuses) the corpus' token-id cache and takes the vocabulary size from it.
 fn prepare_data(config: &mut Config) -> Result<Prepared> {
     let cache_root = config.cache_root();
@@ -224,7 +304,17 @@ fn prepare_data(config: &mut Config) -> Result<Prepared> {
 /// The memory plan, printed, and the micro-batch it settles (`train.micro_batch`); an error
 /// before anything large is allocated when the plan exceeds what the device has
 /// ([`crate::plan::memory_limit`]; unchecked where that is unknown).
-fn plan_memory(config: &Config, data: &Prepared, device: &Device, quiet: bool) -> Result<usize> {
+fn plan_memory(
+    config: &Config,
+    data: &Prepared,
+    device: &Device,
+    quiet: bool,
+    ranks: usize,
+) -> Result<usize> {
+    // A rank holds its share of each batch.
+    let mut config = config.clone();
+    config.train.batch_size /= ranks.max(1);
+    let config = &config;
     let facts = crate::plan::DataFacts::of(data, config.model.context);
     let gpu = !device.is_cpu();
     let limit = crate::plan::memory_limit(device);

@@ -3,9 +3,10 @@
 
 use super::optim::{clip_factor, Gradients, Optimizer};
 use crate::data::batch::Batch;
+use crate::dist::World;
 use crate::model::{Gpt, Mode};
 use crate::rng::Rng;
-use candle_core::{Device, Result};
+use candle_core::{Device, Result, Tensor};
 use std::time::Instant;
 
 /// Milliseconds spent in each phase of one step (filled only when asked for: timing a phase
@@ -56,40 +57,72 @@ pub fn dropout_seed(seed: u64, step: u64, k: usize) -> u64 {
     Rng::derive(seed, &format!("dropout/{step}/{k}")).next_u64()
 }
 
-/// Forward and backward over one step's micro-batches: returns Σ NLL over their real target
-/// tokens and the gradient of the step's mean loss (Σ NLL / all real tokens of the step), so
-/// accumulation averages over tokens, not over micro-batches.
+/// One rank's part of an optimizer step: its pieces (forward/backward passes) and the step's
+/// totals over every rank (a world of one computes the whole step).
+pub struct StepWork {
+    pub pieces: Vec<Batch>,
+    /// Each piece's number among all the ranks' pieces of the step: its dropout seed, and its
+    /// slot in the per-piece loss vector (see [`crate::dist::shard::pieces`]).
+    pub index: Vec<usize>,
+    /// All the ranks' pieces of the step.
+    pub total_pieces: usize,
+    /// Real target tokens of the whole step, every rank's pieces included.
+    pub step_tokens: usize,
+}
+
+/// Σ NLL of a step from its per-piece sums, added in piece order: the same additions in the
+/// same order whatever the number of ranks, so the step loss does not depend on it.
+pub fn total_nll(per_piece: &[f64]) -> f64 {
+    per_piece.iter().fold(0.0, |acc, x| acc + x)
+}
+
+/// Forward and backward over this rank's pieces of a step, and the gradients summed over the
+/// ranks (one flattened all-reduce; nothing in a world of one). Returns Σ NLL over each
+/// piece's real target tokens, in the piece's slot of a vector of all the step's pieces (0 in
+/// other ranks' slots: the caller sums it over the ranks, then [`total_nll`]), and the gradient of the step's mean loss (Σ NLL / all real tokens of the
+/// step, every rank's), so accumulation and ranks average over tokens, not over pieces.
 pub fn gradients(
     model: &Gpt,
     opt: &mut Optimizer,
-    micro: &[Batch],
-    seed: u64,
-    step: u64,
+    work: &StepWork,
+    (seed, step): (u64, u64),
+    world: &World,
     phases: Option<&mut Phases>,
-) -> Result<(f64, Gradients)> {
-    let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
-    opt.prepare_step(micro)?;
+) -> Result<(Vec<f64>, Gradients)> {
+    opt.prepare_step(&work.pieces)?;
     let mut dense = Vec::new();
-    let mut nll_total = 0.0f64;
+    let mut per_piece = vec![0.0f64; work.total_pieces];
     let device = model.device();
     let mut clock = PhaseClock::new(&device, phases.is_some())?;
     let (mut fwd, mut bwd) = (0.0, 0.0);
-    for (k, batch) in micro.iter().enumerate() {
+    for (batch, &k) in work.pieces.iter().zip(&work.index) {
         let mode = Mode::Train {
             dropout_seed: dropout_seed(seed, step, k),
         };
         let nll = crate::loss::batch_nll_sum(model, batch, &mode, true)?; // scalar: Σ real targets
         fwd += clock.lap()?;
-        let scaled = (&nll / step_tokens.max(1) as f64)?;
+        let scaled = (&nll / work.step_tokens.max(1) as f64)?;
         opt.accumulate(&mut dense, &scaled.backward()?)?;
-        nll_total += nll.to_scalar::<f32>()? as f64;
+        per_piece[k] = nll.to_scalar::<f32>()? as f64;
+        bwd += clock.lap()?;
+    }
+    if world.size() > 1 {
+        let like: Vec<Tensor> = opt
+            .params()
+            .iter()
+            .map(|p| p.var.as_tensor().clone())
+            .collect();
+        dense.resize(like.len(), None);
+        world
+            .sum_gradients(&mut dense, &like)
+            .map_err(candle_core::Error::wrap)?;
         bwd += clock.lap()?;
     }
     if let Some(p) = phases {
         p.forward_ms = fwd;
         p.backward_ms = bwd;
     }
-    Ok((nll_total, opt.gradients(dense)?))
+    Ok((per_piece, opt.gradients(dense)?))
 }
 
 /// The global gradient norm (clip phase), timed into `phases` when given.

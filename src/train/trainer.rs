@@ -17,9 +17,9 @@ use super::restore;
 use super::schedule::lr_at;
 use super::session::Session;
 use super::signals::{Handlers, Interrupted, Signal};
-use super::step;
+use super::step::{self, StepWork};
 use crate::config::TrainConfig;
-use crate::data::batch::Batch;
+use crate::dist::{shard, World};
 use crate::eval::{self, EvalResult};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -43,7 +43,12 @@ pub struct TrainSummary {
 }
 
 pub fn train(s: Session) -> Result<TrainSummary> {
-    Trainer::new(s)?.run()
+    train_in(s, World::single())
+}
+
+/// Trains as one rank of `world` (the session opened with [`Session::open_in`]).
+pub fn train_in(s: Session, world: World) -> Result<TrainSummary> {
+    Trainer::new(s, world)?.run()
 }
 
 /// The loss of the steps since the last metrics line.
@@ -63,6 +68,7 @@ struct StepReport {
 
 struct Trainer {
     s: Session,
+    world: World,
     opt: Optimizer,
     state: TrainState,
     log: MetricsLog,
@@ -83,7 +89,7 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(mut s: Session) -> Result<Self> {
+    fn new(mut s: Session, mut world: World) -> Result<Self> {
         let mut opt = Optimizer::from_config(s.varmap_params(), &mut s.model, &s.config.train)?;
         let state = match s.resume_from.clone() {
             Some(dir) => {
@@ -96,7 +102,14 @@ impl Trainer {
             }
             None => TrainState::fresh(s.config.run.seed, &s.data_key),
         };
-        let log = MetricsLog::open(&s.run_dir, s.resume_from.as_ref().map(|_| state.step))?;
+        let log = match world.is_root() {
+            true => MetricsLog::open(&s.run_dir, s.resume_from.as_ref().map(|_| state.step))?,
+            false => MetricsLog::discard(), // rank 0 alone writes the run's files
+        };
+        let timeout = s.config.run.collective_timeout_s;
+        world.set_timeout((timeout > 0).then(|| std::time::Duration::from_secs(timeout)));
+        world.attach_device(&s.device)?;
+        check_same_weights(&world, &s, state.step)?;
         let total_steps = s.total_steps();
         let t = &s.config.train;
         let decay_steps = if t.decay_steps > 0 {
@@ -110,6 +123,7 @@ impl Trainer {
         };
         let peak = mfu_banner(&s);
         Ok(Self {
+            world,
             progress: Progress::new(total_steps, state.step, s.quiet),
             cursor: Cursor::new(&s.train_batcher, state.epoch, state.batch_in_epoch),
             val_plan: s.val_plan(),
@@ -137,10 +151,10 @@ impl Trainer {
             if t.max_steps > 0 && self.state.step >= t.max_steps {
                 break false;
             }
-            let Some(micro) = self.next_micro_batches()? else {
+            let Some(work) = self.next_step()? else {
                 break false;
             };
-            let report = self.step(&micro)?;
+            let report = self.step(&work)?;
             let last = (t.max_steps > 0 && self.state.step >= t.max_steps)
                 || self.cursor.exhausted(t.max_epochs);
             if (self.state.step.is_multiple_of(t.log_every) || last) && self.window.steps > 0 {
@@ -167,7 +181,7 @@ impl Trainer {
             if early_stop {
                 break true;
             }
-            if let Some(signal) = signals.pending().filter(|_| !last) {
+            if let Some(signal) = self.agree_signal(signals.pending())?.filter(|_| !last) {
                 return Err(self.stop(signal)?.into());
             }
         };
@@ -183,7 +197,7 @@ impl Trainer {
         ));
         self.opt.flush()?;
         self.state.elapsed_s = self.elapsed();
-        let checkpoint = self.s.save_checkpoint(&self.state, &self.opt).context(
+        let checkpoint = self.save_checkpoint().context(
             "the checkpoint on stopping could not be written; the earlier checkpoints are intact",
         )?;
         self.progress.bar.finish_and_clear();
@@ -195,40 +209,80 @@ impl Trainer {
         })
     }
 
-    /// The next step's micro-batches (`train.grad_accum` of them, fewer at the end of the last
-    /// epoch), or `None` when the epochs are used up.
-    fn next_micro_batches(&mut self) -> Result<Option<Vec<Batch>>> {
+    /// This rank's part of the next step (`train.grad_accum` batches, fewer at the end of the
+    /// last epoch; its share of each, in pieces of `train.micro_batch`), or `None` when the
+    /// epochs are used up.
+    fn next_step(&mut self) -> Result<Option<StepWork>> {
         let (t, s) = (&self.s.config.train, &self.s);
-        let pad = s.data.vocab.pad_id();
-        let mut micro = Vec::with_capacity(t.grad_accum);
+        let mut batches = Vec::with_capacity(t.grad_accum);
         for _ in 0..t.grad_accum {
             let Some(idx) = self.cursor.next(&s.train_batcher, t.max_epochs) else {
                 break;
             };
-            // `train.micro_batch`: the batch's sequences in pieces, each padded to its own longest.
-            for piece in idx.chunks(s.micro_batch.max(1)) {
-                micro.push(
-                    s.train_batcher
-                        .make_batch(&s.data.train, piece, pad, &s.device)?,
-                );
-            }
+            batches.push(idx);
         }
-        Ok((!micro.is_empty()).then_some(micro))
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        let (rank, size) = (self.world.rank(), self.world.size());
+        let micro = s.micro_batch.max(1);
+        let pad = s.data.vocab.pad_id();
+        let (mut pieces, mut index) = (Vec::new(), Vec::new());
+        // Each piece padded to its own longest window.
+        for piece in shard::pieces(&batches, rank, size, micro) {
+            pieces.push(s.train_batcher.make_batch(
+                &s.data.train,
+                &piece.windows,
+                pad,
+                &s.device,
+            )?);
+            index.push(piece.index);
+        }
+        Ok(Some(StepWork {
+            pieces,
+            index,
+            total_pieces: shard::piece_count(&batches, size, micro),
+            step_tokens: batches
+                .iter()
+                .map(|b| s.train_batcher.real_targets(b))
+                .sum(),
+        }))
+    }
+
+    /// The step's Σ NLL from this rank's per-piece sums: summed over the ranks (a world of
+    /// one: as they are), then added in piece order.
+    fn step_nll(&self, mut per_piece: Vec<f64>) -> Result<f64> {
+        self.world.sum_f64("the step's losses", &mut per_piece)?;
+        Ok(step::total_nll(&per_piece))
+    }
+
+    /// The stop signal any rank received, the same on every rank (the lowest rank's), so all
+    /// stop after the same step.
+    fn agree_signal(&self, mine: Option<Signal>) -> Result<Option<Signal>> {
+        if self.world.size() == 1 {
+            return Ok(mine);
+        }
+        let mut slots = vec![0.0f64; self.world.size()];
+        slots[self.world.rank()] = mine.map_or(0.0, |s| s.0 as f64);
+        self.world.sum_f64("the stop-signal check", &mut slots)?;
+        Ok(slots.iter().find(|&&v| v > 0.0).map(|&v| Signal(v as i32)))
     }
 
     /// One optimizer step: gradients over the micro-batches, the guard's verdict, the update,
     /// and the run's position.
-    fn step(&mut self, micro: &[Batch]) -> Result<StepReport> {
+    fn step(&mut self, work: &StepWork) -> Result<StepReport> {
         let s = &self.s;
-        let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
-        let (mut nll, grads) = step::gradients(
+        let step_tokens = work.step_tokens;
+        let (per_piece, grads) = step::gradients(
             &s.model,
             &mut self.opt,
-            micro,
-            s.config.run.seed,
-            self.state.step,
+            work,
+            (s.config.run.seed, self.state.step),
+            &self.world,
             None,
         )?;
+        let mut nll = self.step_nll(per_piece)?;
+        let s = &self.s;
         if s.faults.nan_loss(self.state.step + 1) {
             nll = f64::NAN;
         }
@@ -354,7 +408,13 @@ impl Trainer {
             plan: &self.val_plan,
             pad: s.data.vocab.pad_id(),
         };
-        let r = eval::evaluate(&s.model, split, &s.device, t.eval_batches)?;
+        // The ranks take every N-th batch; the sums come back in plan order, so the loss is
+        // the single process's whatever N is.
+        let share = (self.world.rank(), self.world.size());
+        let mut part = eval::evaluate_share(&s.model, split, &s.device, t.eval_batches, share)?;
+        self.world
+            .sum_f64("the evaluation's sums", &mut part.sums)?;
+        let r = part.result();
         let improved = record_eval(&mut self.state, &r);
         let early_stop =
             t.early_stop_patience > 0 && self.state.evals_since_best >= t.early_stop_patience;
@@ -382,7 +442,9 @@ impl Trainer {
         ));
         self.last_eval = Some(r);
         // The picture is a convenience: a failure to draw it never stops training.
-        if let Err(e) = crate::report::render_run(&s.run_dir) {
+        if !self.world.is_root() {
+            // rank 0 alone writes the run's files
+        } else if let Err(e) = crate::report::render_run(&s.run_dir) {
             self.progress
                 .say(format!("warning: loss.svg not updated: {e:#}"));
         }
@@ -393,7 +455,7 @@ impl Trainer {
     /// disk, say) costs one interval at most: it is reported and training goes on.
     fn checkpoint(&mut self, final_one: bool) -> Result<()> {
         self.state.elapsed_s = self.elapsed();
-        let Err(e) = self.s.save_checkpoint(&self.state, &self.opt) else {
+        let Err(e) = self.save_checkpoint() else {
             return Ok(());
         };
         if final_one {
@@ -409,6 +471,20 @@ impl Trainer {
                 step: self.state.step,
                 error: format!("{e:#}"),
             }))
+    }
+
+    /// Rank 0 writes the checkpoint (the others hold the same weights: checked first); its
+    /// outcome is every rank's, so a failed final checkpoint fails the whole job.
+    fn save_checkpoint(&self) -> Result<PathBuf> {
+        check_same_weights(&self.world, &self.s, self.state.step)?;
+        let written = match self.world.is_root() {
+            true => self.s.save_checkpoint(&self.state, &self.opt),
+            false => Ok(self
+                .s
+                .run_dir
+                .join(checkpoint::step_dir_name(self.state.step))),
+        };
+        self.world.agree_quietly(written)
     }
 
     /// Training wall time of the run so far, resumes included.
@@ -451,6 +527,21 @@ fn mfu_banner(s: &Session) -> Option<Peak> {
         }
     }
     peak
+}
+
+/// Stops with an error when the ranks' weights differ (they must take identical updates).
+fn check_same_weights(world: &World, s: &Session, step: u64) -> Result<()> {
+    if world.size() == 1 {
+        return Ok(());
+    }
+    let mut named = s.varmap_params();
+    named.sort_by(|a, b| a.0.cmp(&b.0)); // the map's order differs between processes
+    let weights: Vec<candle_core::Tensor> =
+        named.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+    world.check_same(
+        &format!("weights at step {step}"),
+        crate::dist::fingerprint(&weights)?,
+    )
 }
 
 /// Updates the best/patience bookkeeping; true when this evaluation is a new best.
