@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{temp_dir, write_config};
+use common::{complete_checkpoints, temp_dir, write_config};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -404,19 +404,6 @@ fn ranks_of(mpirun: u32) -> Vec<(usize, i32)> {
         .collect();
     ranks.sort();
     ranks
-}
-
-fn complete_checkpoints(run: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(run)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("step-") && run.join(n).join("manifest.json").is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// Starts a long N = 2 run and waits for its first checkpoint; returns mpirun and the ranks.

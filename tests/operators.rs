@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{lmtrain, temp_dir, write_config};
+use common::{complete_checkpoints as checkpoints, lmtrain, temp_dir, write_config};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,19 +39,6 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn checkpoints(run: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(run)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("step-") && run.join(n).join("manifest.json").is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 fn signal(child: &Child, sig: libc::c_int) {

@@ -195,7 +195,7 @@ impl World {
         match &self.backend {
             Backend::Single => Ok(()),
             #[cfg(feature = "mpi")]
-            Backend::Mpi(m) => m.sum_f64(buf),
+            Backend::Mpi(m) => m.sum(buf),
         }
     }
 
@@ -206,7 +206,7 @@ impl World {
         match &self.backend {
             Backend::Single => Ok(()),
             #[cfg(feature = "mpi")]
-            Backend::Mpi(m) => m.sum_f32(buf),
+            Backend::Mpi(m) => m.sum(buf),
         }
     }
 

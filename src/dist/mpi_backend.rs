@@ -54,16 +54,8 @@ impl Mpi {
         )
     }
 
-    pub fn sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        for part in buf.chunks_mut(MAX_COUNT) {
-            let send = part.to_vec();
-            self.world
-                .all_reduce_into(&send[..], part, SystemOperation::sum());
-        }
-        Ok(())
-    }
-
-    pub fn sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+    /// Sums `buf` element-wise over all ranks, in place (f32 gradients, f64 losses and counts).
+    pub fn sum<T: Equivalence + Copy>(&self, buf: &mut [T]) -> Result<()> {
         for part in buf.chunks_mut(MAX_COUNT) {
             let send = part.to_vec();
             self.world

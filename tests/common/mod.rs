@@ -112,3 +112,17 @@ pub fn python_with(modules: &str) -> Option<PathBuf> {
             .is_ok_and(|o| o.status.success())
     })
 }
+
+/// The names of a run's checkpoint folders that are complete (have a manifest), oldest first.
+pub fn complete_checkpoints(run: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(run)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("step-") && run.join(n).join("manifest.json").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
