@@ -292,8 +292,9 @@ fn run_inner(o: &BenchOptions, mut world: World) -> Result<Option<Value>> {
         let timed = i >= o.warmup_steps;
         timing.step(&model, &mut opt, &work, (o, i, timed), (&device, &world))?;
     }
-    let quiet = !world.is_root();
-    Ok((!quiet).then(|| report(o, &cfg, vocab, &device, &timing, world.size())))
+    Ok(world
+        .is_root()
+        .then(|| report(o, &cfg, vocab, &device, &timing, world.size())))
 }
 
 /// The reference model at `cfg`'s sizes and its optimizer.
@@ -336,7 +337,7 @@ impl Timing {
         let mut ph = Phases::default();
         device.synchronize()?;
         let (c0, t0) = (cpu_seconds(), Instant::now());
-        let (mut per_piece, grads) = step::gradients(
+        let (nll, grads) = step::gradients(
             model,
             opt,
             work,
@@ -344,8 +345,6 @@ impl Timing {
             world,
             o.profile.then_some(&mut ph),
         )?;
-        world.sum_f64("the step's losses", &mut per_piece)?;
-        let nll = step::total_nll(&per_piece);
         let norm = step::grad_norm(opt, &grads, device, o.profile.then_some(&mut ph))?;
         step::update(
             opt,

@@ -179,6 +179,21 @@ fn run(bin: &Path, n: usize, args: &[&str], envs: &[(&str, &str)]) -> Output {
     wait_output(child, Duration::from_secs(300))
 }
 
+/// Sends `signal` to rank 1 (`pid`) and waits for mpirun's end: its output and how long after
+/// the signal it came.
+fn signal_rank_1(child: Child, pid: i32, signal: i32, what: &str) -> (Output, Duration) {
+    let sent = Instant::now();
+    // SAFETY: signals a process this test started (through mpirun).
+    unsafe { libc::kill(pid, signal) };
+    let out = wait_output(child, Duration::from_secs(120));
+    let took = sent.elapsed();
+    eprintln!(
+        "rank 1 {what}: mpirun exited {:?} after {took:?}",
+        out.status
+    );
+    (out, took)
+}
+
 fn wait_output(mut child: Child, limit: Duration) -> Output {
     let start = Instant::now();
     while child.try_wait().expect("wait").is_none() {
@@ -432,16 +447,8 @@ fn a_killed_rank_ends_the_job_and_leaves_complete_checkpoints() {
     let cfg = config(&work, "");
     let run_dir = work.join("runs/dp");
     let (child, ranks) = long_run(&bin, &cfg, &run_dir);
-    let killed = Instant::now();
-    // SAFETY: signals a process this test started (through mpirun).
-    unsafe { libc::kill(ranks[1].1, libc::SIGKILL) };
-    let out = wait_output(child, Duration::from_secs(120));
-    let took = killed.elapsed();
+    let (out, took) = signal_rank_1(child, ranks[1].1, libc::SIGKILL, "killed");
     let err = String::from_utf8_lossy(&out.stderr);
-    eprintln!(
-        "rank 1 killed: mpirun exited {:?} after {took:?}",
-        out.status
-    );
     assert!(!out.status.success());
     assert!(err.contains("exited on signal 9"), "{err}");
     assert!(took < Duration::from_secs(60), "took {took:?}");
@@ -501,16 +508,8 @@ fn a_hung_rank_ends_the_job_after_the_collective_timeout() {
         .replace("seed = 11", "seed = 11\ncollective_timeout_s = 2");
     std::fs::write(&cfg, text).unwrap();
     let (child, ranks) = long_run(&bin, &cfg, &work.join("runs/dp"));
-    let stopped = Instant::now();
-    // SAFETY: signals a process this test started (through mpirun).
-    unsafe { libc::kill(ranks[1].1, libc::SIGSTOP) };
-    let out = wait_output(child, Duration::from_secs(120));
-    let took = stopped.elapsed();
+    let (out, took) = signal_rank_1(child, ranks[1].1, libc::SIGSTOP, "stopped");
     let err = String::from_utf8_lossy(&out.stderr);
-    eprintln!(
-        "rank 1 stopped: mpirun exited {:?} after {took:?}",
-        out.status
-    );
     assert!(!out.status.success());
     // Whichever collective of the step rank 0 was waiting in.
     let said = err.lines().any(|l| {

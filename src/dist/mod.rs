@@ -34,9 +34,15 @@ pub fn is_root_process() -> bool {
 
 /// "rank R of N: " for messages of a process in a data-parallel job; "" otherwise.
 pub fn process_tag() -> String {
-    match PLACE.get() {
-        Some(&(rank, size)) if size > 1 => format!("rank {rank} of {size}: "),
-        _ => String::new(),
+    PLACE
+        .get()
+        .map_or_else(String::new, |&(rank, size)| rank_tag(rank, size))
+}
+
+fn rank_tag(rank: usize, size: usize) -> String {
+    match size {
+        1 => String::new(),
+        n => format!("rank {rank} of {n}: "),
     }
 }
 
@@ -172,10 +178,7 @@ impl World {
 
     /// "rank R of N: " before a message, or nothing in a world of one.
     pub fn tag(&self) -> String {
-        match self.size {
-            1 => String::new(),
-            n => format!("rank {} of {n}: ", self.rank),
-        }
+        rank_tag(self.rank, self.size)
     }
 
     /// Bounds each training collective (`run.collective_timeout_s`; `None` = wait forever):
@@ -370,19 +373,17 @@ fn unflatten(flat: Vec<f32>, grads: &mut [Option<Tensor>], like: &[Tensor]) -> R
 /// A fingerprint of tensors' bytes (FNV-1a over their f32 values, in order): equal weights give
 /// equal fingerprints, so ranks can check they still hold the same model.
 pub fn fingerprint(tensors: &[Tensor]) -> Result<u64> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = crate::rng::Fnv1a::new();
     for t in tensors {
         let v = t
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         for x in v {
-            for b in x.to_bits().to_le_bytes() {
-                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
+            h.update(&x.to_le_bytes());
         }
     }
-    Ok(h)
+    Ok(h.finish())
 }
 
 #[cfg(test)]

@@ -127,16 +127,12 @@ impl Session {
             None if root => new_run_dir(&config, opts.overwrite)?,
             None => config.run.out_dir.join(&config.run.name), // rank 0 made it
         };
-        let baseline = match root {
-            true => {
-                checkpoint::recover(&run_dir)?;
-                checkpoint::write_synced(
-                    &run_dir.join("config.toml"),
-                    config.to_toml().as_bytes(),
-                )?;
-                ensure_baseline(&run_dir, &data, &config.train)
-            }
-            false => None, // computed once, by rank 0, which alone reports it
+        let baseline = if root {
+            checkpoint::recover(&run_dir)?;
+            checkpoint::write_synced(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+            ensure_baseline(&run_dir, &data, &config.train)
+        } else {
+            None // computed once, by rank 0, which alone reports it
         };
         let session = Self {
             config,

@@ -70,17 +70,11 @@ pub struct StepWork {
     pub step_tokens: usize,
 }
 
-/// Σ NLL of a step from its per-piece sums, added in piece order: the same additions in the
-/// same order whatever the number of ranks, so the step loss does not depend on it.
-pub fn total_nll(per_piece: &[f64]) -> f64 {
-    per_piece.iter().fold(0.0, |acc, x| acc + x)
-}
-
 /// Forward and backward over this rank's pieces of a step, and the gradients summed over the
-/// ranks (one flattened all-reduce; nothing in a world of one). Returns Σ NLL over each
-/// piece's real target tokens, in the piece's slot of a vector of all the step's pieces (0 in
-/// other ranks' slots: the caller sums it over the ranks, then [`total_nll`]), and the gradient of the step's mean loss (Σ NLL / all real tokens of the
-/// step, every rank's), so accumulation and ranks average over tokens, not over pieces.
+/// ranks (one flattened all-reduce; nothing in a world of one). Returns the step's Σ NLL over
+/// the real target tokens of every rank's pieces, and the gradient of the step's mean loss
+/// (Σ NLL / all real tokens of the step), so accumulation and ranks average over tokens, not
+/// over pieces.
 pub fn gradients(
     model: &Gpt,
     opt: &mut Optimizer,
@@ -88,9 +82,10 @@ pub fn gradients(
     (seed, step): (u64, u64),
     world: &World,
     phases: Option<&mut Phases>,
-) -> Result<(Vec<f64>, Gradients)> {
+) -> Result<(f64, Gradients)> {
     opt.prepare_step(&work.pieces)?;
     let mut dense = Vec::new();
+    // Σ NLL of each piece of the step, in its slot; other ranks' slots stay 0 until summed.
     let mut per_piece = vec![0.0f64; work.total_pieces];
     let device = model.device();
     let mut clock = PhaseClock::new(&device, phases.is_some())?;
@@ -122,7 +117,12 @@ pub fn gradients(
         p.forward_ms = fwd;
         p.backward_ms = bwd;
     }
-    Ok((per_piece, opt.gradients(dense)?))
+    world
+        .sum_f64("the step's losses", &mut per_piece)
+        .map_err(candle_core::Error::wrap)?;
+    // Added in piece order: the same additions whatever the number of ranks.
+    let nll = per_piece.iter().fold(0.0, |acc, x| acc + x);
+    Ok((nll, opt.gradients(dense)?))
 }
 
 /// The global gradient norm (clip phase), timed into `phases` when given.

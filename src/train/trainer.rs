@@ -102,9 +102,10 @@ impl Trainer {
             }
             None => TrainState::fresh(s.config.run.seed, &s.data_key),
         };
-        let log = match world.is_root() {
-            true => MetricsLog::open(&s.run_dir, s.resume_from.as_ref().map(|_| state.step))?,
-            false => MetricsLog::discard(), // rank 0 alone writes the run's files
+        let log = if world.is_root() {
+            MetricsLog::open(&s.run_dir, s.resume_from.as_ref().map(|_| state.step))?
+        } else {
+            MetricsLog::discard() // rank 0 alone writes the run's files
         };
         let timeout = s.config.run.collective_timeout_s;
         world.set_timeout((timeout > 0).then(|| std::time::Duration::from_secs(timeout)));
@@ -249,13 +250,6 @@ impl Trainer {
         }))
     }
 
-    /// The step's Σ NLL from this rank's per-piece sums: summed over the ranks (a world of
-    /// one: as they are), then added in piece order.
-    fn step_nll(&self, mut per_piece: Vec<f64>) -> Result<f64> {
-        self.world.sum_f64("the step's losses", &mut per_piece)?;
-        Ok(step::total_nll(&per_piece))
-    }
-
     /// The stop signal any rank received, the same on every rank (the lowest rank's), so all
     /// stop after the same step.
     fn agree_signal(&self, mine: Option<Signal>) -> Result<Option<Signal>> {
@@ -273,7 +267,7 @@ impl Trainer {
     fn step(&mut self, work: &StepWork) -> Result<StepReport> {
         let s = &self.s;
         let step_tokens = work.step_tokens;
-        let (per_piece, grads) = step::gradients(
+        let (mut nll, grads) = step::gradients(
             &s.model,
             &mut self.opt,
             work,
@@ -281,8 +275,6 @@ impl Trainer {
             &self.world,
             None,
         )?;
-        let mut nll = self.step_nll(per_piece)?;
-        let s = &self.s;
         if s.faults.nan_loss(self.state.step + 1) {
             nll = f64::NAN;
         }
@@ -442,11 +434,12 @@ impl Trainer {
         ));
         self.last_eval = Some(r);
         // The picture is a convenience: a failure to draw it never stops training.
-        if !self.world.is_root() {
-            // rank 0 alone writes the run's files
-        } else if let Err(e) = crate::report::render_run(&s.run_dir) {
-            self.progress
-                .say(format!("warning: loss.svg not updated: {e:#}"));
+        // Rank 0 alone writes the run's files.
+        if self.world.is_root() {
+            if let Err(e) = crate::report::render_run(&s.run_dir) {
+                self.progress
+                    .say(format!("warning: loss.svg not updated: {e:#}"));
+            }
         }
         Ok((improved, early_stop))
     }
@@ -477,12 +470,11 @@ impl Trainer {
     /// outcome is every rank's, so a failed final checkpoint fails the whole job.
     fn save_checkpoint(&self) -> Result<PathBuf> {
         check_same_weights(&self.world, &self.s, self.state.step)?;
-        let written = match self.world.is_root() {
-            true => self.s.save_checkpoint(&self.state, &self.opt),
-            false => Ok(self
-                .s
-                .run_dir
-                .join(checkpoint::step_dir_name(self.state.step))),
+        let written = if self.world.is_root() {
+            self.s.save_checkpoint(&self.state, &self.opt)
+        } else {
+            let dir = checkpoint::step_dir_name(self.state.step);
+            Ok(self.s.run_dir.join(dir))
         };
         self.world.agree_quietly(written)
     }
