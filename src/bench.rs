@@ -367,7 +367,7 @@ impl Timing {
             self.phases.push(ph);
         }
         if world.is_root() {
-            eprintln!("step {i} loss {loss:.4} ntok {tokens} ms {:.1}", dt * 1e3);
+            crate::note!("step {i} loss {loss:.4} ntok {tokens} ms {:.1}", dt * 1e3);
         }
         Ok(())
     }

@@ -47,13 +47,13 @@ fn auto() -> Device {
     if candle_core::utils::cuda_is_available() {
         match Device::new_cuda(0) {
             Ok(d) => return d,
-            Err(e) => eprintln!("note: CUDA is compiled in but unusable ({e}); using the CPU"),
+            Err(e) => crate::note!("note: CUDA is compiled in but unusable ({e}); using the CPU"),
         }
     }
     if candle_core::utils::metal_is_available() {
         match Device::new_metal(0) {
             Ok(d) => return d,
-            Err(e) => eprintln!("note: Metal is compiled in but unusable ({e}); using the CPU"),
+            Err(e) => crate::note!("note: Metal is compiled in but unusable ({e}); using the CPU"),
         }
     }
     Device::Cpu

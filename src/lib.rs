@@ -17,6 +17,7 @@ pub mod hf;
 pub mod kernels;
 pub mod loss;
 pub mod model;
+pub mod output;
 pub mod plan;
 pub mod report;
 pub mod rng;

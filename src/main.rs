@@ -5,8 +5,7 @@
 //! after writing its checkpoint.
 
 use clap::{Args, Parser, Subcommand};
-use lmtrain::{baseline, data, eval, export, report, sample, train};
-use std::io::Write;
+use lmtrain::{baseline, data, eval, export, output, report, sample, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -280,40 +279,34 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut out = String::new();
     let result = run(cli, &mut out);
-    // Output is written once, at the end: a reader that closed the pipe early (`lmtrain runs |
-    // head -1`) is not an error.
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(out.as_bytes())
-        .and_then(|_| stdout.flush())
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            eprintln!("error: writing to stdout: {e}");
-            return ExitCode::FAILURE;
+    // Output is written once, at the end, through the one writer: a reader that closed the pipe
+    // early (`lmtrain runs | head -1`) is not an error, and a run's summary reaches its log.
+    output::out_raw(&out);
+    let code = exit_code(result);
+    output::detach_log();
+    code
+}
+
+/// Prints a failed command's error (once per job) and maps the outcome to the exit status.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    let Err(e) = result else {
+        return ExitCode::SUCCESS;
+    };
+    if let Some(stop) = e.downcast_ref::<train::signals::Interrupted>() {
+        if lmtrain::dist::is_root_process() {
+            output::err(&stop.to_string()); // once per job: rank 0 wrote the checkpoint
         }
-        _ => {}
+        return ExitCode::from(stop.signal.exit_code());
     }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let tag = lmtrain::dist::process_tag();
-            if let Some(stop) = e.downcast_ref::<train::signals::Interrupted>() {
-                if lmtrain::dist::is_root_process() {
-                    eprintln!("{stop}"); // once per job: rank 0 wrote the checkpoint
-                }
-                return ExitCode::from(stop.signal.exit_code());
-            }
-            if e.downcast_ref::<lmtrain::dist::Reported>().is_some() {
-                return ExitCode::FAILURE; // every rank printed it already
-            }
-            let mut text = format!("{tag}error: {e}");
-            for cause in e.chain().skip(1) {
-                text.push_str(&format!("\n  Caused by: {cause}"));
-            }
-            lmtrain::dist::say_once(&text);
-            ExitCode::FAILURE
-        }
+    if e.downcast_ref::<lmtrain::dist::Reported>().is_some() {
+        return ExitCode::FAILURE; // every rank printed it already
     }
+    let mut text = format!("{}error: {e}", lmtrain::dist::process_tag());
+    for cause in e.chain().skip(1) {
+        text.push_str(&format!("\n  Caused by: {cause}"));
+    }
+    output::err(&text);
+    ExitCode::FAILURE
 }
 
 /// Runs one command; what it prints on stdout goes to `out`.
@@ -372,6 +365,9 @@ fn train_cmd(a: TrainArgs, out: &mut String) -> anyhow::Result<()> {
         ..Default::default()
     };
     let root = world.is_root();
+    if root {
+        output::capture(); // into the run folder's train.log once it is known
+    }
     let s = train::run_in(&opts, world)?;
     if !root {
         return Ok(()); // rank 0 reports the run
@@ -387,11 +383,16 @@ fn train_cmd(a: TrainArgs, out: &mut String) -> anyhow::Result<()> {
             )
         })
         .unwrap_or_default();
+    // After a resume, the speed is this invocation's: its tokens over its time.
+    let since = match s.start_step {
+        0 => String::new(),
+        from => format!(" since the resume at step {from}"),
+    };
     say!(
         out,
-        "done: {} steps, {} tokens in {:.1} s ({:.0} tokens/s), train loss {:.4}{val}",
+        "done: step {}, {} tokens in {:.1} s{since} ({:.0} tokens/s), train loss {:.4}{val}",
         s.steps,
-        s.tokens_seen,
+        s.tokens_this_run,
         s.wall_s,
         s.tokens_per_s,
         s.final_train_loss
@@ -461,7 +462,7 @@ fn sample_cmd(a: SampleArgs, out: &mut String) -> anyhow::Result<()> {
     })?;
     say!(out, "{}", s.text);
     if s.context_full {
-        eprintln!("note: stopped at the end of the model's context window");
+        output::err("note: stopped at the end of the model's context window");
     }
     Ok(())
 }

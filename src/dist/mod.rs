@@ -244,7 +244,7 @@ impl World {
             Err(e) if self.size > 1 => format!("{e:#}"),
             other => return other,
         };
-        say_once(&format!("{}error: {text}", self.tag()));
+        crate::output::err(&format!("{}error: {text}", self.tag()));
         self.gather_u64(0)?; // everyone has printed
         Err(Reported(text).into())
     }
@@ -316,17 +316,10 @@ impl World {
             return Ok(());
         }
         if self.is_root() {
-            eprintln!("note: built without the `nccl` feature: the gradients are summed through the host over MPI (slower); rebuild with `--features cuda,nccl`");
+            crate::note!("note: built without the `nccl` feature: the gradients are summed through the host over MPI (slower); rebuild with `--features cuda,nccl`");
         }
         Ok(())
     }
-}
-
-/// `line` on stderr in one write: the ranks share the launcher's stderr, and a line written in
-/// pieces (as `eprintln!` with arguments does) would interleave with another rank's.
-pub fn say_once(line: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// An error every rank of a job has already printed ([`World::agree`]): the command line exits

@@ -53,7 +53,7 @@ impl Watchdog {
                 .filter(|(_, since)| since.elapsed() >= timeout)
                 .map(|(what, _)| what.clone());
             if let Some(what) = overdue {
-                super::say_once(&format!(
+                crate::output::err(&format!(
                     "error: {tag}{what} waited {:.0} s for the other ranks (run.collective_timeout_s): a rank has died or hangs, so this one stops; the newest complete checkpoint is intact",
                     timeout.as_secs_f64()
                 ));

@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn auto_takes_the_cpu_kernels_for_f32_only() {
         if composed_forced() {
-            eprintln!("LMTRAIN_COMPOSED=1 is set: every choice is composed");
+            crate::note!("LMTRAIN_COMPOSED=1 is set: every choice is composed");
             return;
         }
         let f32 = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();

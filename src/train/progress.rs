@@ -1,5 +1,6 @@
 //! Progress output: an indicatif bar on a terminal, plain lines on stderr otherwise (CI, log
-//! files), nothing when quiet (tests).
+//! files), nothing when quiet (tests). Every line also reaches the run's `train.log` through
+//! [`crate::output`], which also makes a closed stderr harmless.
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -30,9 +31,10 @@ impl Progress {
 
     /// A line above the bar (or a plain line).
     pub fn say(&self, line: String) {
-        if self.plain {
-            eprintln!("{line}");
+        if self.plain || !crate::output::stderr_open() {
+            crate::output::err(&line);
         } else {
+            crate::output::log_only(&line);
             self.bar.println(line);
         }
     }
