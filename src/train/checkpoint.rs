@@ -211,18 +211,19 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// Which checkpoint of a run folder a command means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pick {
-    /// The newest (resume).
+    /// The newest that verifies (resume).
     Latest,
-    /// The best by val loss, else the newest (eval, sample).
+    /// The one with the lowest val loss among those that verify, else the newest (eval,
+    /// sample, export).
     Best,
 }
 
 /// The checkpoint `path` means, verified against its manifest. `path` is a checkpoint folder
-/// (it must verify) or a run folder: there the newest checkpoint that verifies is used (and for
-/// `Best`, the best one it names, when that verifies too); each skipped checkpoint is reported
-/// on stderr with the reason.
+/// (it must verify) or a run folder: there the newest checkpoint that verifies is used, or for
+/// `Best` the best one that verifies (see [`best_verified`]); each skipped checkpoint is
+/// reported on stderr with the reason.
 pub fn resolve(path: &Path, pick: Pick) -> Result<PathBuf> {
-    if path.join(super::manifest::MANIFEST).is_file() || path.join("state.json").is_file() {
+    if is_checkpoint_dir(path) {
         super::manifest::verify(path)
             .with_context(|| format!("checkpoint {} fails verification", path.display()))?;
         return Ok(path.to_path_buf());
@@ -234,36 +235,97 @@ pub fn resolve(path: &Path, pick: Pick) -> Result<PathBuf> {
         );
     }
     let all = list(path)?;
-    let mut newest = None;
-    for (_, dir) in all.iter().rev() {
-        match super::manifest::verify(dir).and_then(|_| load_state(dir)) {
-            Ok(state) => {
-                newest = Some((dir.clone(), state));
-                break;
-            }
-            Err(e) => eprintln!("warning: skipping checkpoint {}: {e:#}", dir.display()),
-        }
-    }
-    let Some((latest, state)) = newest else {
+    let Some((latest, state)) = newest_verified(&all) else {
         bail!(
             "{} holds no usable checkpoint ({} found, none verifies): train anew, or restore a copy",
             path.display(),
             all.len()
         );
     };
-    if pick == Pick::Best {
-        if let Some((_, best)) = all.iter().find(|(s, _)| Some(*s) == state.best_step) {
-            match super::manifest::verify(best) {
-                Ok(()) => return Ok(best.clone()),
-                Err(e) => eprintln!(
-                    "warning: best checkpoint {} fails verification ({e:#}); using {}",
-                    best.display(),
-                    latest.display()
-                ),
+    match pick {
+        Pick::Latest => Ok(latest),
+        Pick::Best => Ok(best_verified(path, &all, &state).unwrap_or(latest)),
+    }
+}
+
+/// True when `path` is one checkpoint (a `step-…` folder), not a run folder.
+pub fn is_checkpoint_dir(path: &Path) -> bool {
+    path.join(super::manifest::MANIFEST).is_file() || path.join("state.json").is_file()
+}
+
+/// The newest of `all` that verifies and whose state reads, each skipped one reported.
+fn newest_verified(all: &[(u64, PathBuf)]) -> Option<(PathBuf, TrainState)> {
+    for (_, dir) in all.iter().rev() {
+        match super::manifest::verify(dir).and_then(|_| load_state(dir)) {
+            Ok(state) => return Some((dir.clone(), state)),
+            Err(e) => crate::note!("warning: skipping checkpoint {}: {e:#}", dir.display()),
+        }
+    }
+    None
+}
+
+/// The checkpoint of lowest val loss that verifies: the run's best (`state.best_step`, from the
+/// newest checkpoint) when it does, else the next best by the evaluations in `metrics.jsonl`
+/// (and the best step each checkpoint recorded); `None` when no evaluated checkpoint verifies.
+fn best_verified(run_dir: &Path, all: &[(u64, PathBuf)], state: &TrainState) -> Option<PathBuf> {
+    let losses = val_losses(run_dir, all);
+    let mut ranked: Vec<(f64, u64, &PathBuf)> = all
+        .iter()
+        .filter_map(|(step, dir)| losses.get(step).map(|l| (*l, *step, dir)))
+        .collect();
+    // The recorded best first, then ascending val loss (ties: the newer step).
+    ranked.sort_by(|a, b| {
+        let first = |s: u64| Some(s) != state.best_step;
+        (first(a.1), a.0, std::cmp::Reverse(a.1))
+            .partial_cmp(&(first(b.1), b.0, std::cmp::Reverse(b.1)))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let mut skipped = Vec::new();
+    for (loss, step, dir) in ranked {
+        match super::manifest::verify(dir) {
+            Ok(()) if skipped.is_empty() => return Some(dir.clone()),
+            Ok(()) => {
+                crate::note!(
+                    "warning: using {} (val loss {loss:.4} at step {step}), the best checkpoint that verifies; skipped: {}",
+                    dir.display(),
+                    skipped.join("; ")
+                );
+                return Some(dir.clone());
+            }
+            Err(e) => skipped.push(format!("{} (val loss {loss:.4}): {e:#}", dir.display())),
+        }
+    }
+    if !skipped.is_empty() {
+        crate::note!(
+            "warning: no evaluated checkpoint verifies ({}); using the newest that does",
+            skipped.join("; ")
+        );
+    }
+    None
+}
+
+/// Val loss by step for the checkpoints `all`: the run's eval records, and each checkpoint's
+/// own record of a best at its step (a metrics file lost or cut short still leaves those).
+fn val_losses(run_dir: &Path, all: &[(u64, PathBuf)]) -> HashMap<u64, f64> {
+    let text = fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
+    let mut by_step: HashMap<u64, f64> = HashMap::new();
+    for r in super::metrics::parse_records(&text) {
+        if let super::metrics::Record::Eval(e) = r {
+            if let Some(l) = e.val_loss.filter(|l| l.is_finite()) {
+                by_step.insert(e.step, l); // a resumed run's re-evaluation: the last one
             }
         }
     }
-    Ok(latest)
+    for (step, dir) in all {
+        if let Ok(st) = load_state(dir) {
+            if let (Some(b), true) = (st.best_val_loss, st.best_step == Some(*step)) {
+                by_step.entry(*step).or_insert(b);
+            }
+        }
+    }
+    let steps: std::collections::HashSet<u64> = all.iter().map(|(s, _)| *s).collect();
+    by_step.retain(|s, _| steps.contains(s));
+    by_step
 }
 
 pub fn load_state(dir: &Path) -> Result<TrainState> {

@@ -8,10 +8,12 @@
 //! trainer per run folder) and `signals` (stopping on SIGINT/SIGTERM/SIGUSR1 with a checkpoint).
 
 pub mod checkpoint;
+pub mod continuity;
 mod cursor;
 pub mod faults;
 mod files;
 pub mod guard;
+pub mod init;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;

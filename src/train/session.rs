@@ -5,11 +5,10 @@ use super::checkpoint::{self, Pick, TrainState};
 use super::faults::Faults;
 use super::optim::Optimizer;
 use crate::baseline::{self, BaselineReport};
-use crate::config::{Config, ModelConfig, TrainConfig};
+use crate::config::{Config, TrainConfig};
 use crate::data::batch::{make_eval_windows, make_windows, Batcher, WindowStats};
 use crate::data::dataset::{self, Prepared};
 use crate::dist::World;
-use crate::hf::folder::HfFolder;
 use crate::model::{self, Gpt};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Var};
@@ -84,21 +83,21 @@ impl Session {
         world.agree(session)
     }
 
+    /// The phases of a rank's setup, in order: lock → config → data → plan → model → restore →
+    /// run folder → baseline. Rank 0 decides what the others then read: it holds the lock,
+    /// prepares the data cache, makes the run folder and computes the baseline.
     fn open_rank(opts: &TrainOptions, world: &World) -> Result<Self> {
         let (root, quiet) = (world.is_root(), opts.quiet || !world.is_root());
-        let resume_from = opts
-            .resume
-            .as_deref()
-            .map(|p| checkpoint::resolve(p, Pick::Latest))
-            .transpose()?;
-        let mut config = resolve_config(opts, resume_from.as_deref())?;
-        check_parallel(&config, world)?;
-        // Before anything is read or written: a second trainer of this run stops here.
+        let target = RunTarget::of(opts)?;
+        // Before anything of the run is read: a second trainer of this run stops here.
         let lock = root
-            .then(|| lock_run(&config, resume_from.as_deref()))
+            .then(|| super::lock::acquire(&target.run_dir))
             .transpose()?;
-        let hf = match resume_from {
-            None => apply_init_from(&mut config, quiet)?,
+        let resume_from = target.checkpoint()?;
+        let (mut config, resume_notes) = resolve_config(opts, resume_from.as_deref())?;
+        check_parallel(&config, world)?;
+        let init = match resume_from {
+            None => super::init::apply(&mut config, quiet)?,
             Some(_) => None, // the checkpoint's weights, of the architecture it recorded
         };
         let device = crate::device::select_for_rank(
@@ -106,30 +105,24 @@ impl Session {
             world.local_rank(),
             world.local_size(),
         )?;
-        if super::faults::bad_input_on_rank(world.rank()) {
-            bail!(
-                "{}: bad input (injected on rank {} by LMTRAIN_TEST_BAD_INPUT_RANK)",
-                config.data.train_file.display(),
-                world.rank()
-            );
-        }
+        injected_bad_input(world.rank(), &config)?;
         let data = prepare_data(&mut config)?;
         let data_key = data.key();
         let (train_batcher, val_batcher, windows) = batchers(&config, &data)?;
-        let micro_batch = plan_memory(&config, &data, &device, quiet, world.size())?;
+        let micro_batch = plan_memory(&mut config, &data, &device, quiet, world.size())?;
         let (varmap, model) = build_model(&config, &device, quiet)?;
-        if let Some(hf) = hf {
-            let origin = config.model.init_from.display().to_string();
-            super::restore::set_weights(&varmap, hf.weights, &origin)?;
+        if let Some(init) = init {
+            init.apply(&varmap, &data)?;
         }
-        let run_dir = match &resume_from {
-            Some(ckpt) => restore_into(&varmap, ckpt, &data_key, &device)?,
-            None if root => new_run_dir(&config, opts.overwrite)?,
-            None => config.run.out_dir.join(&config.run.name), // rank 0 made it
+        if let Some(ckpt) = &resume_from {
+            restore_into(&varmap, ckpt, &data_key, &device)?;
+        }
+        let run_dir = match (&resume_from, root) {
+            (Some(_), _) | (None, false) => target.run_dir.clone(), // rank 0 made it
+            (None, true) => new_run_dir(&target.run_dir, opts.overwrite)?,
         };
         let baseline = if root {
-            checkpoint::recover(&run_dir)?;
-            checkpoint::write_synced(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+            open_run_folder(&run_dir, &config, resume_from.is_some())?;
             ensure_baseline(&run_dir, &data, &config.train)
         } else {
             None // computed once, by rank 0, which alone reports it
@@ -152,18 +145,18 @@ impl Session {
             _lock: lock,
         };
         if !quiet {
-            session.print_banner(&windows, world);
+            session.print_banner(&windows, world, &resume_notes);
         }
         Ok(session)
     }
 
     /// What the run is about to do, on stderr.
-    fn print_banner(&self, windows: &WindowStats, world: &World) {
+    fn print_banner(&self, windows: &WindowStats, world: &World, resume_notes: &[String]) {
         let (config, data) = (&self.config, &self.data);
-        eprintln!("device: {}", crate::device::describe(&self.device));
+        crate::note!("device: {}", crate::device::describe(&self.device));
         if world.size() > 1 {
             let t = &config.train;
-            eprintln!(
+            crate::note!(
                 "data parallel: {} ranks ({} on this node), each {} of every batch's {} sequences; global step {} sequences",
                 world.size(),
                 world.local_size(),
@@ -172,26 +165,29 @@ impl Session {
                 t.batch_size * t.grad_accum
             );
         }
-        eprintln!("run folder: {}", self.run_dir.display());
+        crate::note!("run folder: {}", self.run_dir.display());
         if let Some(c) = &self.resume_from {
-            eprintln!("resuming from {}", c.display());
+            crate::note!("resuming from {}", c.display());
         }
-        eprintln!(
+        for n in resume_notes {
+            crate::note!("{n}");
+        }
+        crate::note!(
             "data: {} (cache {}{})",
             config.data.train_file.display(),
             data.dir.display(),
             if data.reused { ", reused" } else { "" }
         );
-        eprintln!("{}", data.stats.summary());
+        crate::note!("{}", data.stats.summary());
         let padding = self
             .train_batcher
             .padding_fraction(&self.train_batcher.epoch_plan(0));
-        eprintln!(
+        crate::note!(
             "windows: {} train ({} long sequences, {} extra windows, {} targets dropped), padding {:.1}% of slots",
             windows.windows, windows.long_sequences, windows.extra_windows,
             windows.dropped_targets, 100.0 * padding
         );
-        eprintln!("model: {} parameters", model::param_count(&config.model));
+        crate::note!("model: {} parameters", model::param_count(&config.model));
         if let Some(b) = &self.baseline {
             let sampled = if b.train_tokens < b.train_tokens_available {
                 format!(
@@ -201,14 +197,14 @@ impl Session {
             } else {
                 String::new()
             };
-            eprintln!(
+            crate::note!(
                 "baseline: Kneser-Ney order {} on the same split: {:.4} bits/token ({:.3} nats){sampled}",
                 b.order,
                 b.val_bits_per_token,
                 b.val_bits_per_token * std::f64::consts::LN_2
             );
         }
-        eprintln!("resolved config:\n{}", config.to_toml());
+        crate::note!("resolved config:\n{}", config.to_toml());
     }
 
     pub fn varmap_params(&self) -> Vec<(String, Var)> {
@@ -259,12 +255,91 @@ impl Session {
     }
 }
 
-/// The hold on the run's folder (the checkpoint's, or the config's new one).
-fn lock_run(config: &Config, resume_from: Option<&Path>) -> Result<super::lock::RunLock> {
-    super::lock::acquire(&match resume_from {
-        Some(ckpt) => ckpt.parent().map(Path::to_path_buf).unwrap_or_default(),
-        None => config.run.out_dir.join(&config.run.name),
-    })
+/// Which run folder a `train` command means, and how it continues: known before anything of
+/// the run is read, so that the lock is taken first.
+struct RunTarget {
+    run_dir: PathBuf,
+    resume: Resume,
+}
+
+enum Resume {
+    /// A new run.
+    Fresh,
+    /// `--resume PATH`: a run folder (its newest verified checkpoint) or one checkpoint.
+    From(PathBuf),
+    /// `--resume auto`: the run folder's newest verified checkpoint when there is one, else fresh.
+    Auto,
+}
+
+impl RunTarget {
+    fn of(opts: &TrainOptions) -> Result<Self> {
+        let from_config = || -> Result<PathBuf> {
+            let c = Config::load(opts.config.as_deref(), &opts.overrides)?;
+            Ok(c.run.out_dir.join(&c.run.name))
+        };
+        Ok(match opts.resume.as_deref() {
+            None => Self {
+                run_dir: from_config()?,
+                resume: Resume::Fresh,
+            },
+            Some(p) if p == Path::new("auto") && !p.exists() => Self {
+                run_dir: from_config()?,
+                resume: Resume::Auto,
+            },
+            Some(p) => {
+                let run_dir = match checkpoint::is_checkpoint_dir(p) {
+                    true => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    false => p.to_path_buf(),
+                };
+                Self {
+                    run_dir,
+                    resume: Resume::From(p.to_path_buf()),
+                }
+            }
+        })
+    }
+
+    /// The verified checkpoint to continue from (`None`: a new run).
+    fn checkpoint(&self) -> Result<Option<PathBuf>> {
+        match &self.resume {
+            Resume::Fresh => Ok(None),
+            Resume::From(p) => checkpoint::resolve(p, Pick::Latest).map(Some),
+            Resume::Auto => {
+                let any = self.run_dir.is_dir() && !checkpoint::list(&self.run_dir)?.is_empty();
+                if !any {
+                    crate::note!(
+                        "--resume auto: {} has no checkpoint yet; starting the run fresh",
+                        self.run_dir.display()
+                    );
+                    return Ok(None);
+                }
+                checkpoint::resolve(&self.run_dir, Pick::Latest).map(Some)
+            }
+        }
+    }
+}
+
+/// A setup failure on one rank only (tests: `LMTRAIN_TEST_BAD_INPUT_RANK`).
+fn injected_bad_input(rank: usize, config: &Config) -> Result<()> {
+    if super::faults::bad_input_on_rank(rank) {
+        bail!(
+            "{}: bad input (injected on rank {rank} by LMTRAIN_TEST_BAD_INPUT_RANK)",
+            config.data.train_file.display()
+        );
+    }
+    Ok(())
+}
+
+/// Rank 0's part of the run folder: a crash's leftovers repaired, the log opened (a line marks
+/// this start), the resolved config written.
+fn open_run_folder(run_dir: &Path, config: &Config, resumed: bool) -> Result<()> {
+    checkpoint::recover(run_dir)?;
+    let what = if resumed { "resume" } else { "start" };
+    crate::output::attach_log(
+        run_dir,
+        &crate::output::start_header(&format!("lmtrain train: {what}")),
+    );
+    checkpoint::write_synced(&run_dir.join("config.toml"), config.to_toml().as_bytes())
 }
 
 /// What a data-parallel run needs of its config: a batch that divides among the ranks, and no
@@ -301,14 +376,14 @@ fn prepare_data(config: &mut Config) -> Result<Prepared> {
 /// before anything large is allocated when the plan exceeds what the device has
 /// ([`crate::plan::memory_limit`]; unchecked where that is unknown).
 fn plan_memory(
-    config: &Config,
+    run_config: &mut Config,
     data: &Prepared,
     device: &Device,
     quiet: bool,
     ranks: usize,
 ) -> Result<usize> {
     // A rank holds its share of each batch.
-    let mut config = config.clone();
+    let mut config = run_config.clone();
     config.train.batch_size /= ranks.max(1);
     let config = &config;
     let facts = crate::plan::DataFacts::of(data, config.model.context);
@@ -317,67 +392,23 @@ fn plan_memory(
     let micro = crate::plan::micro_batch(config, &facts, gpu, limit.map(|l| l.0));
     let plan = crate::plan::plan(config, &facts, micro, gpu);
     if !quiet {
-        eprintln!("{}", plan.describe());
+        crate::note!("{}", plan.describe());
         if micro < config.train.batch_size {
-            eprintln!(
+            crate::note!(
                 "micro-batch: {micro} sequences at a time, {} pieces per batch of {} (train.micro_batch)",
                 config.train.batch_size / micro,
                 config.train.batch_size
             );
         }
     }
-    match limit {
-        Some((bytes, what)) => plan.check(bytes, what).map(|_| micro),
-        None => Ok(micro),
+    if let Some((bytes, what)) = limit {
+        plan.check(bytes, what)?;
     }
-}
-
-/// `model.init_from`: reads the Hugging Face folder and makes the run its architecture (the
-/// config's `dropout` kept) and its tokenizer; returns the folder's weights for the model.
-fn apply_init_from(config: &mut Config, quiet: bool) -> Result<Option<HfFolder>> {
-    let dir = config.model.init_from.clone();
-    if dir.as_os_str().is_empty() {
-        return Ok(None);
+    // Resolved once: the saved config holds the number, which every resume reuses.
+    if run_config.train.micro_batch == crate::config::MicroBatch::Auto {
+        run_config.train.micro_batch = crate::config::MicroBatch::Rows(micro);
     }
-    let hf = crate::hf::folder::read(&dir)?;
-    let tokenizer = hf.tokenizer.display().to_string();
-    if !config.data.tokenizer.is_empty() && config.data.tokenizer != tokenizer {
-        bail!(
-            "data.tokenizer = {:?}, but model.init_from = {} brings its own vocabulary ({tokenizer}): leave data.tokenizer empty",
-            config.data.tokenizer,
-            dir.display()
-        );
-    }
-    let model = ModelConfig {
-        dropout: config.model.dropout,
-        init_from: dir.clone(),
-        ..hf.model.clone()
-    };
-    if !quiet {
-        for (key, from, to) in differences(&config.model, &model) {
-            eprintln!(
-                "note: model.{key} = {to} from {} (the config said {from})",
-                dir.display()
-            );
-        }
-    }
-    config.model = model;
-    config.data.tokenizer = tokenizer;
-    config.validate()?;
-    Ok(Some(hf))
-}
-
-/// The fields (TOML key, value in `a`, value in `b`) in which two model configs differ.
-fn differences(a: &ModelConfig, b: &ModelConfig) -> Vec<(String, String, String)> {
-    let (Ok(a), Ok(b)) = (toml::Table::try_from(a), toml::Table::try_from(b)) else {
-        return Vec::new();
-    };
-    a.iter()
-        .filter_map(|(k, v)| {
-            let w = b.get(k)?;
-            (v != w).then(|| (k.clone(), v.to_string(), w.to_string()))
-        })
-        .collect()
+    Ok(micro)
 }
 
 /// The train and val batchers over the splits' windows, and the train windows' statistics.
@@ -402,7 +433,7 @@ fn build_model(config: &Config, device: &Device, quiet: bool) -> Result<(VarMap,
     let (varmap, model) = model::init_model(&config.model, config.run.seed, device)?;
     let compute = crate::device::compute_dtype(&config.train.dtype)?;
     if compute == candle_core::DType::BF16 && device.is_cpu() && !quiet {
-        eprintln!("note: train.dtype = bf16 on the CPU: candle widens each bf16 matmul to f32, so this is slower than f32; it is meant for checking mixed precision, train in f32 on the CPU");
+        crate::note!("note: train.dtype = bf16 on the CPU: candle widens each bf16 matmul to f32, so this is slower than f32; it is meant for checking mixed precision, train in f32 on the CPU");
     }
     let model = model
         .with_compute_dtype(compute)
@@ -410,9 +441,8 @@ fn build_model(config: &Config, device: &Device, quiet: bool) -> Result<(VarMap,
     Ok((varmap, model))
 }
 
-/// Loads checkpoint `ckpt`'s weights into `varmap` after checking it trained on the same data;
-/// returns its run folder.
-fn restore_into(varmap: &VarMap, ckpt: &Path, data_key: &str, device: &Device) -> Result<PathBuf> {
+/// Loads checkpoint `ckpt`'s weights into `varmap` after checking it trained on the same data.
+fn restore_into(varmap: &VarMap, ckpt: &Path, data_key: &str, device: &Device) -> Result<()> {
     let state = checkpoint::load_state(ckpt)?;
     if state.data_key != data_key {
         bail!(
@@ -420,8 +450,7 @@ fn restore_into(varmap: &VarMap, ckpt: &Path, data_key: &str, device: &Device) -
             ckpt.display(), data_key, state.data_key
         );
     }
-    super::restore::load_weights(varmap, ckpt, device)?;
-    Ok(ckpt.parent().map(Path::to_path_buf).unwrap_or_default())
+    super::restore::load_weights(varmap, ckpt, device)
 }
 
 /// The run's baseline report: reused when it matches the data, order and sample bound,
@@ -442,17 +471,22 @@ fn ensure_baseline(run_dir: &Path, data: &Prepared, t: &TrainConfig) -> Option<B
     match report {
         Ok(r) => Some(r),
         Err(e) => {
-            eprintln!("warning: no n-gram baseline for this run: {e:#}");
+            crate::note!("warning: no n-gram baseline for this run: {e:#}");
             None
         }
     }
 }
 
 /// Fresh run: the config file (or defaults) + overrides. Resume: the checkpoint's config, or the
-/// given file, + overrides; the architecture must stay the checkpoint's.
-fn resolve_config(opts: &TrainOptions, ckpt: Option<&Path>) -> Result<Config> {
+/// given file, + overrides; the architecture must stay the checkpoint's, and so must every
+/// setting that fixes the data order or the arithmetic ([`super::continuity`]). Returns the
+/// config and the lines describing the changes a resume may make.
+fn resolve_config(opts: &TrainOptions, ckpt: Option<&Path>) -> Result<(Config, Vec<String>)> {
     let Some(ckpt) = ckpt else {
-        return Ok(Config::load(opts.config.as_deref(), &opts.overrides)?);
+        return Ok((
+            Config::load(opts.config.as_deref(), &opts.overrides)?,
+            Vec::new(),
+        ));
     };
     let saved = checkpoint::load_config(ckpt)?;
     let file = opts
@@ -465,12 +499,28 @@ fn resolve_config(opts: &TrainOptions, ckpt: Option<&Path>) -> Result<Config> {
     }
     if let Some(field) = first_difference(&cfg.model, &saved.model) {
         bail!(
-            "cannot resume {}: model.{field} differs from the checkpoint's; the architecture comes from the checkpoint (drop the override or start a new run)",
+            "cannot resume {}: model.{field} differs from the checkpoint's; the architecture comes from the checkpoint (drop the override, or start a new run from its weights with `--init-from {}`)",
+            ckpt.display(),
             ckpt.display()
         );
     }
-    cfg.run.name = saved.run.name;
-    Ok(cfg)
+    cfg.run.name = saved.run.name.clone();
+    let origin = |key: &str| value_origin(key, &opts.overrides, &file);
+    let state = checkpoint::load_state(ckpt)?;
+    let notes = super::continuity::check(&saved, &mut cfg, ckpt, state.step, &origin)?;
+    Ok((cfg, notes))
+}
+
+/// Where the value of `key` came from: a `--set` (or flag) on the command line, else `file`.
+pub fn value_origin(key: &str, overrides: &[String], file: &Path) -> String {
+    let set = overrides
+        .iter()
+        .rev()
+        .find(|o| o.split('=').next().map(str::trim) == Some(key));
+    match set {
+        Some(o) => format!("from the command line, `--set {o}`"),
+        None => format!("from {}", file.display()),
+    }
 }
 
 /// The first field (by TOML key) in which two serialisable values differ.
@@ -483,8 +533,8 @@ pub fn first_difference<T: serde::Serialize>(a: &T, b: &T) -> Option<String> {
         .or_else(|| b.keys().find(|k| !a.contains_key(*k)).cloned())
 }
 
-fn new_run_dir(config: &Config, overwrite: bool) -> Result<PathBuf> {
-    let dir = config.run.out_dir.join(&config.run.name);
+fn new_run_dir(dir: &Path, overwrite: bool) -> Result<PathBuf> {
+    let dir = dir.to_path_buf();
     if dir.exists() && !checkpoint::list(&dir)?.is_empty() {
         if !overwrite {
             bail!(

@@ -38,6 +38,10 @@ pub struct TrainSummary {
     pub best_step: Option<u64>,
     /// Real target tokens per second over this invocation's steps.
     pub tokens_per_s: f64,
+    /// The step this invocation started from (0, or the resumed checkpoint's).
+    pub start_step: u64,
+    /// Real target tokens trained on by this invocation (since the resume).
+    pub tokens_this_run: u64,
     pub wall_s: f64,
     pub stopped_early: bool,
 }
@@ -84,6 +88,7 @@ struct Trainer {
     started: Instant,
     elapsed_before: f64,
     start_tokens: u64,
+    start_step: u64,
     final_train_loss: f64,
     last_eval: Option<EvalResult>,
 }
@@ -130,6 +135,7 @@ impl Trainer {
             val_plan: s.val_plan(),
             elapsed_before: state.elapsed_s,
             start_tokens: state.tokens_seen,
+            start_step: state.step,
             s,
             opt,
             state,
@@ -496,6 +502,8 @@ impl Trainer {
             best_val_loss: self.state.best_val_loss,
             best_step: self.state.best_step,
             tokens_per_s: (self.state.tokens_seen - self.start_tokens) as f64 / wall_s.max(1e-9),
+            start_step: self.start_step,
+            tokens_this_run: self.state.tokens_seen - self.start_tokens,
             wall_s,
             stopped_early,
         }
@@ -508,11 +516,12 @@ fn mfu_banner(s: &Session) -> Option<Peak> {
     let peak = mfu::device_peak(&s.device);
     if s.device.is_cuda() && !s.quiet {
         match &peak {
-            Some(p) => eprintln!(
+            Some(p) => crate::note!(
                 "mfu: against the {} peak of {} TFLOP/s (dense bf16)",
-                p.gpu, p.tflops
+                p.gpu,
+                p.tflops
             ),
-            None => eprintln!(
+            None => crate::note!(
                 "mfu: unknown peak for {} (not in the table of src/train/mfu.rs); tokens/s only",
                 mfu::gpu_name(&s.device).unwrap_or_else(|| "this GPU".into())
             ),
