@@ -24,6 +24,102 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+impl ConfigError {
+    /// An invalid value's error, saying where the value came from: a `--set` of the command
+    /// line, else the config file `origin` (or the defaults).
+    fn from_where(self, origin: &str, overrides: &[String]) -> Self {
+        let ConfigError::Invalid { key, message } = self else {
+            return self;
+        };
+        let set = overrides
+            .iter()
+            .rev()
+            .find(|o| o.split('=').next().map(str::trim) == Some(key));
+        let from = match set {
+            Some(o) => format!("set on the command line by `--set {o}`"),
+            None if origin == "<defaults>" => "lmtrain's default".to_string(),
+            None => format!("from {origin}"),
+        };
+        ConfigError::Invalid {
+            key,
+            message: format!("{message} ({from})"),
+        }
+    }
+}
+
+/// The names other trainers give lmtrain's keys (nanoGPT's train.py, Hugging Face configs and
+/// `TrainingArguments`), for "did you mean".
+const OTHER_NAMES: [(&str, &str); 40] = [
+    ("learning_rate", "train.lr"),
+    ("lr", "train.lr"),
+    ("min_lr", "train.min_lr"),
+    ("n_embd", "model.d_model"),
+    ("hidden_size", "model.d_model"),
+    ("d_model", "model.d_model"),
+    ("block_size", "model.context"),
+    ("n_positions", "model.context"),
+    ("max_position_embeddings", "model.context"),
+    ("context_length", "model.context"),
+    ("n_layer", "model.n_layers"),
+    ("num_hidden_layers", "model.n_layers"),
+    ("n_head", "model.n_heads"),
+    ("num_attention_heads", "model.n_heads"),
+    ("n_inner", "model.d_ff"),
+    ("intermediate_size", "model.d_ff"),
+    ("dropout", "model.dropout"),
+    ("bias", "model.bias"),
+    ("vocab_size", "model.vocab_size"),
+    ("tie_word_embeddings", "model.tie_embeddings"),
+    ("rope_theta", "model.rope_theta"),
+    ("layer_norm_epsilon", "model.norm_eps"),
+    ("rms_norm_eps", "model.norm_eps"),
+    ("gradient_accumulation_steps", "train.grad_accum"),
+    ("batch_size", "train.batch_size"),
+    ("per_device_train_batch_size", "train.batch_size"),
+    ("max_iters", "train.max_steps"),
+    ("max_steps", "train.max_steps"),
+    ("num_train_epochs", "train.max_epochs"),
+    ("warmup_iters", "train.warmup_steps"),
+    ("lr_decay_iters", "train.decay_steps"),
+    ("weight_decay", "train.weight_decay"),
+    ("grad_clip", "train.grad_clip"),
+    ("max_grad_norm", "train.grad_clip"),
+    ("eval_interval", "train.eval_every"),
+    ("eval_iters", "train.eval_batches"),
+    ("log_interval", "train.log_every"),
+    ("save_steps", "train.checkpoint_every"),
+    ("seed", "run.seed"),
+    ("out_dir", "run.out_dir"),
+];
+
+/// `" (did you mean `train.lr`?)"` for a name another trainer uses, else `""`.
+fn did_you_mean(name: &str) -> String {
+    let bare = name.rsplit('.').next().unwrap_or(name);
+    OTHER_NAMES
+        .iter()
+        .find(|(other, _)| *other == bare)
+        .map(|(_, ours)| format!(" (did you mean `{ours}`?)"))
+        .unwrap_or_default()
+}
+
+/// A TOML parse error with "did you mean" added to an unknown field's message.
+fn with_hint(message: String) -> String {
+    let field = message
+        .split("unknown field `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next());
+    match field.map(did_you_mean).filter(|h| !h.is_empty()) {
+        Some(hint) => format!("{}{hint}", message.trim_end()),
+        None => message,
+    }
+}
+
+/// `["a.txt", "b.txt"]` from the command line as a TOML array.
+fn parse_array(value: &str) -> Result<toml::Value, String> {
+    let mut t: toml::Table = toml::from_str(&format!("v = {value}")).map_err(|e| e.to_string())?;
+    t.remove("v").ok_or_else(|| "no value".to_string())
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -468,11 +564,13 @@ impl Config {
         // Parse the file alone first so its errors carry the file's own line numbers.
         let parse_err = |e: toml::de::Error| ConfigError::Parse {
             path: origin.to_string(),
-            message: e.to_string(),
+            message: with_hint(e.to_string()),
         };
         let file_cfg: Config = toml::from_str(text).map_err(parse_err)?;
         if overrides.is_empty() {
-            file_cfg.validate()?;
+            file_cfg
+                .validate()
+                .map_err(|e| e.from_where(origin, overrides))?;
             return Ok(file_cfg);
         }
         let mut doc: toml::Table = toml::from_str(text).map_err(parse_err)?;
@@ -488,7 +586,8 @@ impl Config {
                 path: format!("{origin} after --set overrides"),
                 message: e.to_string(),
             })?;
-        cfg.validate()?;
+        cfg.validate()
+            .map_err(|e| e.from_where(origin, overrides))?;
         Ok(cfg)
     }
 
@@ -744,7 +843,8 @@ fn apply_override(
         .ok_or_else(|| err("expected section.key=value".into()))?;
     let (section, field) = key.trim().split_once('.').ok_or_else(|| {
         err(format!(
-            "`{key}` has no section; expected section.key=value"
+            "`{key}` has no section; expected section.key=value{}",
+            did_you_mean(key.trim())
         ))
     })?;
     let section_schema = schema
@@ -760,7 +860,8 @@ fn apply_override(
     let example = section_schema.get(field).ok_or_else(|| {
         let names: Vec<_> = section_schema.keys().map(String::as_str).collect();
         err(format!(
-            "unknown key `{section}.{field}`; known keys of [{section}]: {}",
+            "unknown key `{section}.{field}`{}; known keys of [{section}]: {}",
+            did_you_mean(field),
             names.join(", ")
         ))
     })?;
@@ -790,6 +891,8 @@ fn apply_override(
                     ))
                 })?
         }
+        _ if value.starts_with('[') => parse_array(value)
+            .map_err(|m| err(format!("`{section}.{field}` takes a TOML array here: {m}")))?,
         _ => toml::Value::String(value.trim_matches('"').to_string()),
     };
     let table = doc
@@ -822,6 +925,44 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.train.lr, 0.01);
         assert_eq!(cfg.model.norm, Norm::RmsNorm);
+    }
+
+    #[test]
+    fn other_trainers_names_get_a_did_you_mean() {
+        let e = Config::from_toml_str("[train]\nlearning_rate = 1.0\n", "x.toml", &[]).unwrap_err();
+        assert!(e.to_string().contains("did you mean `train.lr`?"), "{e}");
+        for (raw, ours) in [
+            ("n_embd=64", "model.d_model"),
+            ("model.n_layer=2", "model.n_layers"),
+            ("train.gradient_accumulation_steps=2", "train.grad_accum"),
+            ("train.block_size=64", "model.context"),
+        ] {
+            let e = Config::from_toml_str("", "t", &[raw.into()]).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("did you mean `{ours}`?")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn set_takes_toml_arrays() {
+        let cfg = Config::from_toml_str("", "t", &[r#"data.train_file=["a.txt", "b.txt"]"#.into()])
+            .unwrap();
+        assert_eq!(
+            cfg.data.train_file.0,
+            vec![PathBuf::from("a.txt"), "b.txt".into()]
+        );
+        let e = Config::from_toml_str("", "t", &["data.train_file=[\"a.txt\"".into()]);
+        assert!(e.unwrap_err().to_string().contains("TOML array"));
+    }
+
+    #[test]
+    fn an_invalid_value_says_where_it_came_from() {
+        let e = Config::from_toml_str("", "t", &["train.batch_size=0".into()]).unwrap_err();
+        assert!(e.to_string().contains("`--set train.batch_size=0`"), "{e}");
+        let e = Config::from_toml_str("[train]\nbatch_size = 0\n", "x.toml", &[]).unwrap_err();
+        assert!(e.to_string().contains("from x.toml"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! downstream reaches back upstream (docs/architecture.md).
 
 pub mod baseline;
+pub mod baseline_run;
 pub mod bench;
 pub mod config;
 pub mod data;
@@ -13,6 +14,7 @@ pub mod device;
 pub mod dist;
 pub mod eval;
 pub mod export;
+pub mod files;
 pub mod hf;
 pub mod kernels;
 pub mod loss;

@@ -5,7 +5,7 @@
 //! after writing its checkpoint.
 
 use clap::{Args, Parser, Subcommand};
-use lmtrain::{baseline, data, eval, export, output, report, sample, train};
+use lmtrain::{baseline_run, data, eval, export, output, report, sample, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -517,7 +517,7 @@ fn export_cmd(a: ExportArgs, out: &mut String) -> anyhow::Result<()> {
 }
 
 fn baseline_cmd(a: BaselineArgs, out: &mut String) -> anyhow::Result<()> {
-    let r = baseline::run(&baseline::BaselineOptions {
+    let (r, file) = baseline_run::run(&baseline_run::BaselineOptions {
         run: a.run,
         order: a.order,
         data: a.data,
@@ -547,6 +547,11 @@ fn baseline_cmd(a: BaselineArgs, out: &mut String) -> anyhow::Result<()> {
     if let Some((path, bits, tokens)) = &r.data {
         say!(out, "{path}: {bits:.4} bits/token over {tokens} tokens");
     }
+    say!(
+        out,
+        "saved to {} (the run's training-time baseline.json is unchanged)",
+        file.display()
+    );
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 
 mod common;
 
-use lmtrain::baseline::{self, BaselineOptions};
+use lmtrain::baseline;
+use lmtrain::baseline_run::{self, BaselineOptions};
 use lmtrain::train::{self, TrainOptions};
 use std::path::{Path, PathBuf};
 
@@ -31,11 +32,12 @@ fn opts(run: &Path, order: usize, data: Option<PathBuf>) -> BaselineOptions {
 #[test]
 fn run_scores_the_val_split_and_saves_the_report() {
     let run_dir = tiny_run("baseline-run");
-    // Training already wrote the default order-5 baseline; an explicit run replaces it.
+    // Training already wrote the default order-5 baseline; an explicit run writes beside it
+    // (before: over it, and `runs` and `eval` then reported KN-3 as the run's baseline).
     let at_start = baseline::load_report(&run_dir).unwrap().unwrap();
     assert_eq!(at_start.order, 5);
     let data = Some(common::sample_corpus());
-    let report = baseline::run(&opts(&run_dir, 3, data)).unwrap();
+    let (report, file) = baseline_run::run(&opts(&run_dir, 3, data)).unwrap();
     assert_eq!(report.order, 3);
     assert!(report.val_tokens > 0 && report.train_tokens > 0);
     assert!(report.val_bits_per_token.is_finite() && report.val_bits_per_token > 0.0);
@@ -45,9 +47,14 @@ fn run_scores_the_val_split_and_saves_the_report() {
     let (path, bpt, tokens) = report.data.clone().unwrap();
     assert!(path.ends_with("sample.txt") && bpt > 0.0 && tokens > report.val_tokens);
 
-    let saved = baseline::load_report(&run_dir).unwrap().unwrap();
+    assert_eq!(file, run_dir.join("baseline-kn3.json"));
+    let saved: baseline::BaselineReport =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(saved.val_bits_per_token, report.val_bits_per_token);
     assert_eq!(saved.data_key, report.data_key);
+    let still = baseline::load_report(&run_dir).unwrap().unwrap();
+    assert_eq!(still.order, 5);
+    assert_eq!(still.val_bits_per_token, at_start.val_bits_per_token);
     // Atomic write: no temporary file is left behind.
     let names: Vec<String> = std::fs::read_dir(&run_dir)
         .unwrap()
@@ -61,12 +68,13 @@ fn a_step_folder_reports_into_its_run_folder() {
     let run_dir = tiny_run("baseline-step");
     let step =
         lmtrain::train::checkpoint::resolve(&run_dir, train::checkpoint::Pick::Latest).unwrap();
-    let from_step = baseline::run(&opts(&step, 2, None)).unwrap();
+    let (from_step, file) = baseline_run::run(&opts(&step, 2, None)).unwrap();
     assert!(from_step.data.is_none());
-    assert!(run_dir.join(baseline::REPORT_FILE).is_file());
-    assert!(!step.join(baseline::REPORT_FILE).exists());
+    assert_eq!(file, run_dir.join("baseline-kn2.json"));
+    assert!(file.is_file());
+    assert!(!step.join("baseline-kn2.json").exists());
     // The same split either way.
-    let from_run = baseline::run(&opts(&run_dir, 2, None)).unwrap();
+    let (from_run, _) = baseline_run::run(&opts(&run_dir, 2, None)).unwrap();
     assert_eq!(from_run.val_bits_per_token, from_step.val_bits_per_token);
     assert_eq!(from_run.val_tokens, from_step.val_tokens);
 }
@@ -74,7 +82,7 @@ fn a_step_folder_reports_into_its_run_folder() {
 #[test]
 fn errors_name_the_problem() {
     let dir = common::temp_dir("baseline-errors");
-    let err = format!("{:#}", baseline::run(&opts(&dir, 5, None)).unwrap_err());
+    let err = format!("{:#}", baseline_run::run(&opts(&dir, 5, None)).unwrap_err());
     assert!(err.contains("neither a run folder"), "{err}");
 
     std::fs::write(dir.join(baseline::REPORT_FILE), "{ not json").unwrap();
@@ -85,7 +93,10 @@ fn errors_name_the_problem() {
     );
 
     let run_dir = tiny_run("baseline-order");
-    let err = format!("{:#}", baseline::run(&opts(&run_dir, 0, None)).unwrap_err());
+    let err = format!(
+        "{:#}",
+        baseline_run::run(&opts(&run_dir, 0, None)).unwrap_err()
+    );
     assert!(err.contains("order 0"), "{err}");
 }
 
@@ -96,19 +107,21 @@ fn errors_name_the_problem() {
 #[test]
 fn a_bounded_baseline_trains_on_a_sample_and_scores_all_of_val() {
     let run_dir = tiny_run("baseline-bounded");
-    let full = baseline::run(&BaselineOptions {
+    let full = baseline_run::run(&BaselineOptions {
         max_tokens: Some(0),
         ..opts(&run_dir, 3, None)
     })
-    .unwrap();
+    .unwrap()
+    .0;
     assert_eq!(full.train_tokens, full.train_tokens_available);
     let bound = full.train_tokens / 2;
     let run = || {
-        baseline::run(&BaselineOptions {
+        baseline_run::run(&BaselineOptions {
             max_tokens: Some(bound),
             ..opts(&run_dir, 3, None)
         })
         .unwrap()
+        .0
     };
     let (a, b) = (run(), run());
     assert_eq!(a.train_tokens_available, full.train_tokens);

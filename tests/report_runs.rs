@@ -3,7 +3,8 @@
 
 mod common;
 
-use lmtrain::baseline::{self, BaselineOptions};
+use lmtrain::baseline;
+use lmtrain::baseline_run::{self, BaselineOptions};
 use lmtrain::config::Config;
 use lmtrain::model::param_count;
 use lmtrain::report::{runs_json, runs_table};
@@ -117,13 +118,15 @@ fn two_runs_get_a_row_each_and_their_config_difference() {
 fn a_run_without_checkpoints_shows_dashes_and_its_baseline() {
     let parent = common::temp_dir("report-runs-new");
     let (run, _) = run_folder(&parent, "fresh", 32);
-    baseline::run(&BaselineOptions {
-        run,
+    let (_, file) = baseline_run::run(&BaselineOptions {
+        run: run.clone(),
         order: 3,
         data: None,
         max_tokens: None,
     })
     .unwrap();
+    // As the trainer writes its own: the run's baseline.json (the command writes beside it).
+    std::fs::rename(file, run.join(baseline::REPORT_FILE)).unwrap();
     let table = runs_table(&parent).unwrap();
     let row = table.lines().find(|l| l.starts_with("fresh")).unwrap();
     let cells: Vec<&str> = row.split_whitespace().collect();

@@ -9,30 +9,15 @@ mod ngrams;
 
 pub use kn::{KneserNey, Score};
 
-use crate::config::{Config, DataConfig};
+use crate::config::DataConfig;
 use crate::data::dataset::{self, Prepared, TokenSeqs};
-use crate::train::checkpoint;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// The report file inside a run folder.
 pub const REPORT_FILE: &str = "baseline.json";
-
-/// How `lmtrain baseline` was invoked.
-#[derive(Debug, Clone)]
-pub struct BaselineOptions {
-    /// A run folder (`checkpoints/<run>`) or one of its `step-…` folders.
-    pub run: PathBuf,
-    /// The n-gram order N (5 is the usual choice).
-    pub order: usize,
-    /// An extra corpus file to score, encoded with the run's vocabulary.
-    pub data: Option<PathBuf>,
-    /// Train on at most this many tokens (a sample of whole sequences); `None` = the run's
-    /// `train.baseline_max_tokens`, `Some(0)` = all.
-    pub max_tokens: Option<u64>,
-}
 
 /// What `lmtrain baseline` measured; saved as `<run>/baseline.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,28 +42,6 @@ pub struct BaselineReport {
     pub seconds: f64,
     /// The prepared data's cache key: the same key means the same split and vocabulary.
     pub data_key: String,
-}
-
-/// Re-creates the run's train/val split and vocabulary, trains KN on train, scores val (and
-/// `data` if given) and writes the report into the run folder atomically.
-pub fn run(opts: &BaselineOptions) -> Result<BaselineReport> {
-    let start = Instant::now();
-    let (config, run_dir) = resolve_run(&opts.run)?;
-    let prepared =
-        dataset::prepare(&config.data, &config.cache_root(), false).with_context(|| {
-            format!(
-                "re-creating the run's split from {}",
-                config.data.train_file.display()
-            )
-        })?;
-    let data_key = prepared.key();
-    check_data_key(&run_dir, &data_key, &config)?;
-    let max_tokens = opts.max_tokens.unwrap_or(config.train.baseline_max_tokens);
-    let data = opts.data.as_deref().map(|p| (p, &config.data));
-    let mut report = compute(&prepared, opts.order, data, max_tokens)?;
-    report.seconds = start.elapsed().as_secs_f64();
-    write_report(&run_dir, &report)?;
-    Ok(report)
 }
 
 /// Trains KN of `order` on a prepared train split (a sample of it of about `max_tokens`
@@ -161,51 +124,24 @@ pub fn load_report(run_dir: &Path) -> Result<Option<BaselineReport>> {
     Ok(Some(report))
 }
 
-/// The run's config and its run folder, from a `step-…` folder or a run folder.
-fn resolve_run(path: &Path) -> Result<(Config, PathBuf)> {
-    if path.join("state.json").is_file() {
-        let config = checkpoint::load_config(path)?;
-        let run_dir = path
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        return Ok((config, run_dir));
-    }
-    let file = path.join("config.toml");
-    if file.is_file() {
-        let config = Config::load(Some(&file), &[])
-            .with_context(|| format!("loading the run's config {}", file.display()))?;
-        return Ok((config, path.to_path_buf()));
-    }
-    anyhow::bail!(
-        "{} is neither a run folder (with config.toml) nor a checkpoint (with state.json): pass checkpoints/<run> or one of its step-… folders",
-        path.display()
-    )
-}
-
-/// A run whose corpus changed since training has another split: refuse rather than report a
-/// baseline for data the run never saw. Runs without checkpoints have nothing to compare.
-fn check_data_key(run_dir: &Path, key: &str, config: &Config) -> Result<()> {
-    let Some((_, latest)) = checkpoint::list(run_dir)?.pop() else {
-        return Ok(());
-    };
-    let state = checkpoint::load_state(&latest)?;
-    if state.data_key != key {
-        anyhow::bail!(
-            "{} changed since the run trained on it (data key {key} vs {}): its split is no longer the run's",
-            config.data.train_file.display(),
-            state.data_key
-        );
-    }
-    Ok(())
-}
-
 /// Writes the report to a temporary file, then renames it into place, so a reader never sees
 /// half a report.
 pub fn write_report(run_dir: &Path, report: &BaselineReport) -> Result<()> {
-    let path = run_dir.join(REPORT_FILE);
-    let tmp = run_dir.join(format!(".{REPORT_FILE}.tmp-{}", std::process::id()));
+    write_report_as(run_dir, REPORT_FILE, report)
+}
+
+/// The file `lmtrain baseline --order N` writes: beside the training-time report, never over
+/// it (the run's evaluations compare against the order it trained with).
+pub fn command_report_file(order: usize) -> String {
+    format!("baseline-kn{order}.json")
+}
+
+/// [`write_report`] under another file name of the run folder.
+pub fn write_report_as(run_dir: &Path, name: &str, report: &BaselineReport) -> Result<()> {
+    let path = run_dir.join(name);
+    let tmp = run_dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let json = serde_json::to_string_pretty(report)?;
-    checkpoint::write_synced(&tmp, json.as_bytes())?;
+    crate::files::write_synced(&tmp, json.as_bytes())?;
     std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
 }

@@ -60,6 +60,15 @@ pub fn render_comparison(runs: &[PathBuf], out: &Path) -> Result<()> {
     if runs.is_empty() {
         anyhow::bail!("no runs to plot: pass one or more run folders (checkpoints/<run>)");
     }
+    let svg_name = out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    if !svg_name {
+        anyhow::bail!(
+            "--out {}: lmtrain plot writes SVG only; name the file …/NAME.svg (to get a PNG, convert it, e.g. `rsvg-convert NAME.svg -o NAME.png`)",
+            out.display()
+        );
+    }
     let runs = runs
         .iter()
         .map(|dir| {

@@ -18,11 +18,11 @@
 //! verifies every file against it (see `manifest`).
 
 use super::faults::{self, Faults};
-use super::files::sync_dir;
-pub use super::files::{replace_dir, write_synced};
 use super::optim::StateTensor;
 use crate::config::Config;
 use crate::data::vocab::Vocab;
+use crate::files::sync_dir;
+pub use crate::files::{replace_dir, write_synced};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

@@ -58,7 +58,7 @@ pub fn write(dir: &Path, files: &[&str]) -> Result<()> {
         .map(|f| Ok((f.to_string(), digest_file(&dir.join(f))?)))
         .collect::<Result<BTreeMap<_, _>>>()?;
     let text = serde_json::to_string_pretty(&Manifest { files })?;
-    super::files::write_synced(&dir.join(MANIFEST), text.as_bytes())
+    crate::files::write_synced(&dir.join(MANIFEST), text.as_bytes())
 }
 
 /// Checks every file the manifest lists; the error names the first file that differs.

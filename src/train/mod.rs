@@ -11,7 +11,6 @@ pub mod checkpoint;
 pub mod continuity;
 mod cursor;
 pub mod faults;
-mod files;
 pub mod guard;
 pub mod init;
 pub mod lock;

@@ -1,4 +1,5 @@
-//! Durable file operations for checkpoints: whole files fsynced, folders renamed into place.
+//! Durable file operations: whole files fsynced, folders renamed into place. Below every room
+//! that writes what must survive a crash (checkpoints, the baseline report, exports).
 
 use anyhow::{Context, Result};
 use std::fs;
