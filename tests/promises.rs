@@ -323,3 +323,120 @@ fn a_corrupted_best_falls_back_to_the_best_that_verifies() {
         "{said}"
     );
 }
+
+/// `lmtrain runs` names each row by its folder and says how the run ended: finished, stopped
+/// (a signal), failed (an error), crashed (its process gone, with or without a checkpoint), or
+/// running.
+#[test]
+fn runs_names_folders_and_shows_each_status() {
+    let work = temp_dir("status");
+    let run_with = |name: &str, steps: u64, extra: &str| {
+        let dir = work.join(format!("cfg-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = std::fs::read_to_string(tiny_run(&dir, steps, extra))
+            .unwrap()
+            .replace("name = \"t\"", &format!("name = \"{name}\""))
+            .replace(
+                &format!("out_dir = \"{}\"", dir.display()),
+                &format!("out_dir = \"{}\"", work.join("runs").display()),
+            );
+        write_config(&dir, &text)
+    };
+    lmtrain_ok(&["train", "-c", run_with("done", 5, "").to_str().unwrap()]);
+    // Renamed after training: the row is named by the folder, not by run.name.
+    std::fs::rename(work.join("runs/done"), work.join("runs/renamed")).unwrap();
+    let long = |name: &str| run_with(name, 1_000_000, "early_stop_patience = 0");
+    let mut stopped = spawn(&["train", "-c", long("stopped").to_str().unwrap()]);
+    let mut crashed = spawn(&["train", "-c", long("crashed").to_str().unwrap()]);
+    let mut running = spawn(&["train", "-c", long("running").to_str().unwrap()]);
+    for (child, name) in [
+        (&mut stopped, "stopped"),
+        (&mut crashed, "crashed"),
+        (&mut running, "running"),
+    ] {
+        drop(child.stderr.take());
+        let run = work.join("runs").join(name);
+        let start = Instant::now();
+        while complete_checkpoints(&run).is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{name}: no checkpoint"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // SAFETY: signals child processes this test started.
+    unsafe {
+        libc::kill(stopped.id() as libc::pid_t, libc::SIGINT);
+        libc::kill(crashed.id() as libc::pid_t, libc::SIGKILL);
+    }
+    assert_eq!(wait(stopped), 130);
+    wait(crashed);
+    // Failed: an error after the run started (every step's loss NaN, so it gives up).
+    let failed_cfg = run_with("failed", 50, "max_bad_steps = 2");
+    let opts = lmtrain::train::TrainOptions {
+        config: Some(failed_cfg),
+        quiet: true,
+        faults: lmtrain::train::Faults {
+            nan_loss_at: (1..=50).collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(lmtrain::train::run(&opts).is_err());
+    // Crashed before its first checkpoint: recorded as running by a process that is gone.
+    let early = work.join("runs/early");
+    std::fs::create_dir_all(&early).unwrap();
+    std::fs::copy(
+        work.join("runs/renamed/config.toml"),
+        early.join("config.toml"),
+    )
+    .unwrap();
+    let gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    wait(gone);
+    let status = read(&work.join("runs/crashed/status.json")).replace(
+        &format!("\"pid\": {}", crashed_pid_of(&work)),
+        &format!("\"pid\": {gone_pid}"),
+    );
+    std::fs::write(early.join("status.json"), status).unwrap();
+
+    let out = lmtrain_ok(&["runs", work.join("runs").to_str().unwrap(), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status_of = |name: &str| {
+        json["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no row {name}: {json}"))["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status_of("renamed"), "finished");
+    assert_eq!(status_of("stopped"), "stopped");
+    assert_eq!(status_of("crashed"), "crashed");
+    assert_eq!(status_of("running"), "running");
+    assert_eq!(status_of("failed"), "failed");
+    assert_eq!(status_of("early"), "crashed, no checkpoint");
+    let table =
+        String::from_utf8(lmtrain_ok(&["runs", work.join("runs").to_str().unwrap()]).stdout)
+            .unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("renamed") && l.contains("finished")),
+        "{table}"
+    );
+    // SAFETY: signals a child process this test started.
+    unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGKILL) };
+    wait(running);
+}
+
+/// The pid recorded in the crashed run's status file.
+fn crashed_pid_of(work: &Path) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&read(&work.join("runs/crashed/status.json"))).unwrap();
+    v["pid"].as_u64().unwrap()
+}

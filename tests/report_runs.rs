@@ -130,8 +130,10 @@ fn a_run_without_checkpoints_shows_dashes_and_its_baseline() {
     let table = runs_table(&parent).unwrap();
     let row = table.lines().find(|l| l.starts_with("fresh")).unwrap();
     let cells: Vec<&str> = row.split_whitespace().collect();
-    // name, params, then steps, tokens, time, best val, bits/token: not there yet.
-    assert_eq!(cells[2..7], ["-"; 5], "{table}");
+    // name, status (no status file: never trained), params, then steps, tokens, time, best
+    // val, bits/token: not there yet.
+    assert_eq!(cells[1], "-", "{table}");
+    assert_eq!(cells[3..8], ["-"; 5], "{table}");
     assert!(row.ends_with("(KN-3)"), "{row}");
     // One run: nothing to compare, and the prepared-data cache is not a run.
     assert!(!table.contains("config differences"), "{table}");

@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 /// What the table says about one run; every figure is None until the run has produced it.
 #[derive(Debug, Clone)]
 struct RunRow {
+    /// The run folder's path relative to the listed folder (run.name may differ from it).
     name: String,
+    /// Running, finished, stopped, crashed, failed (see `train::status`).
+    status: &'static str,
     path: PathBuf,
     params: usize,
     steps: Option<u64>,
@@ -55,6 +58,7 @@ pub fn runs_table(dir: &Path) -> Result<String> {
     }
     let header = [
         "run",
+        "status",
         "params",
         "steps",
         "tokens",
@@ -67,6 +71,7 @@ pub fn runs_table(dir: &Path) -> Result<String> {
     for r in &rows {
         lines.push(vec![
             r.name.clone(),
+            r.status.to_string(),
             grouped(r.params),
             opt(r.steps, |s| s.to_string()),
             opt(r.tokens_seen, |t| human(t as f64)),
@@ -118,6 +123,7 @@ pub fn runs_json(dir: &Path) -> Result<Value> {
         .map(|r| {
             json!({
                 "name": r.name,
+                "status": r.status,
                 "path": r.path.display().to_string(),
                 "params": r.params,
                 "steps": r.steps,
@@ -205,8 +211,10 @@ fn load_row(path: &Path) -> Result<RunRow> {
         (a, b) => a.or(b),
     };
     let baseline = baseline::load_report(path)?.map(|b| (b.order, b.val_bits_per_token));
+    let folder = path.file_name().unwrap_or_default().to_string_lossy();
     Ok(RunRow {
-        name: config.run.name.clone(),
+        name: folder.into_owned(),
+        status: crate::train::status::observe(path).label(),
         path: path.to_path_buf(),
         params: param_count(&config.model),
         steps,
@@ -245,7 +253,7 @@ fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
 }
 
 /// The keys whose values differ between runs, each with its value per run (`-` where a run's
-/// config lacks the key). `run.name` is left out: the names head the columns already.
+/// config lacks the key). `run.name` is left out: the folder names head the columns already.
 fn differences(rows: &[RunRow]) -> Vec<(String, Vec<String>)> {
     let keys: std::collections::BTreeSet<&String> =
         rows.iter().flat_map(|r| r.config.keys()).collect();

@@ -23,6 +23,7 @@ pub mod restore;
 pub mod schedule;
 pub mod session;
 pub mod signals;
+pub mod status;
 pub mod step;
 pub mod trainer;
 

@@ -17,6 +17,7 @@ use super::restore;
 use super::schedule::lr_at;
 use super::session::Session;
 use super::signals::{Handlers, Interrupted, Signal};
+use super::status::{self, Recorded};
 use super::step::{self, StepWork};
 use crate::config::TrainConfig;
 use crate::dist::{shard, World};
@@ -50,9 +51,29 @@ pub fn train(s: Session) -> Result<TrainSummary> {
     train_in(s, World::single())
 }
 
-/// Trains as one rank of `world` (the session opened with [`Session::open_in`]).
+/// Trains as one rank of `world` (the session opened with [`Session::open_in`]); rank 0
+/// records the run's status (running, then finished, stopped or failed) in its folder.
 pub fn train_in(s: Session, world: World) -> Result<TrainSummary> {
-    Trainer::new(s, world)?.run()
+    let (run_dir, root) = (s.run_dir.clone(), world.is_root());
+    let record = |state, step, message| {
+        if root {
+            status::record(&run_dir, state, step, message);
+        }
+    };
+    let start = match &s.resume_from {
+        Some(dir) => checkpoint::load_state(dir).ok().map(|st| st.step),
+        None => Some(0),
+    };
+    record(Recorded::Running, start, None);
+    let result = Trainer::new(s, world).and_then(Trainer::run);
+    match &result {
+        Ok(summary) => record(Recorded::Finished, Some(summary.steps), None),
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            Some(stop) => record(Recorded::Stopped, Some(stop.step), Some(stop.to_string())),
+            None => record(Recorded::Failed, None, Some(format!("{e:#}"))),
+        },
+    }
+    result
 }
 
 /// The loss of the steps since the last metrics line.
