@@ -63,7 +63,15 @@ pub fn run(opts: &ExportOptions) -> Result<ExportReport> {
     let out = &opts.out;
     prepare_target(out, opts.overwrite)?;
     let tmp = sibling(out, &format!(".tmp-export-{}", std::process::id()));
-    let written = write_folder(&tmp, &theirs, &texts).and_then(|_| replace_dir(&tmp, out));
+    let written = write_folder(&tmp, &theirs, &texts)
+        .and_then(|_| replace_dir(&tmp, out))
+        .and_then(|_| {
+            crate::files::sync_dir(
+                out.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            )
+        });
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -115,8 +123,13 @@ fn write_folder(
     let views = tensors.iter().map(|(n, t)| (n.as_str(), t));
     safetensors::serialize_to_file(views, Some(metadata), &dir.join("model.safetensors"))
         .context("writing model.safetensors")?;
+    // Durable before the rename makes it visible: a crash never leaves a complete-looking
+    // folder with a truncated model.safetensors.
+    std::fs::File::open(dir.join("model.safetensors"))
+        .and_then(|f| f.sync_all())
+        .context("syncing model.safetensors")?;
     for (name, text) in texts {
         write_synced(&dir.join(name), text.as_bytes())?;
     }
-    Ok(())
+    crate::files::sync_dir(dir)
 }

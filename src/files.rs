@@ -33,7 +33,7 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     // Directories can be opened and fsynced on Unix; elsewhere this is best effort.
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();

@@ -483,10 +483,11 @@ fn plan_cmd(a: PlanArgs, out: &mut String) -> anyhow::Result<()> {
     }
     say!(out, "{}", plan.describe());
     match limit {
-        Some((bytes, what)) => match plan.check(bytes, what) {
-            Ok(()) => say!(out, "fits: {what} is {}", lmtrain::plan::mb(bytes)),
-            Err(e) => say!(out, "does not fit: {e}"),
-        },
+        // The table once, on stdout; the verdict of a run that does not fit is the error.
+        Some((bytes, what)) => {
+            plan.check(bytes, what)?;
+            say!(out, "fits: {what} is {}", lmtrain::plan::mb(bytes));
+        }
         None => say!(out, "free memory unknown on this device: not checked"),
     }
     Ok(())

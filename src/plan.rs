@@ -241,10 +241,9 @@ impl Plan {
             .max_by_key(|p| p.bytes)
             .map_or("", |p| p.name);
         bail!(
-            "this run needs about {} but {what} is {}: it would not fit, so nothing was allocated. The largest part is {biggest}; shrink it (model.d_model, model.n_layers, model.bigram_buckets/trigram_buckets for the weights and moments; train.batch_size, with train.grad_accum to keep the step's batch, for the activations; train.baseline_max_tokens for the baseline)\n{}",
+            "this run needs about {} but {what} is {}: it would not fit, so nothing was allocated. The largest part is {biggest}; shrink it (model.d_model, model.n_layers, model.bigram_buckets/trigram_buckets for the weights and moments; train.batch_size, with train.grad_accum to keep the step's batch, for the activations; train.baseline_max_tokens for the baseline)",
             mb(self.peak_bytes),
             mb(limit),
-            self.describe()
         )
     }
 }

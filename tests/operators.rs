@@ -209,10 +209,11 @@ fn a_run_that_cannot_fit_is_refused_with_the_plan() {
         "--set",
         "model.bigram_buckets=100000000000",
     ]);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("does not fit"),
-        "{out:?}"
-    );
+    // The table once (before: twice, the second copy inside the verdict), and a run that does
+    // not fit is a failure (before: exit 0).
+    common::assert_fails_with(&out, &["would not fit, so nothing was allocated"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.matches("predicted peak").count(), 1, "{table}");
     assert!(
         !work.join("t").join("config.toml").exists(),
         "a refused run wrote its folder"
@@ -265,6 +266,7 @@ fn micro_batches_train_like_the_whole_batch() {
         "{err}"
     );
     assert_eq!(whole.len(), 4);
+    assert_eq!(pieces.len(), whole.len(), "steps of the micro-batched run");
     for (x, y) in whole.iter().zip(&pieces) {
         // Summation order only (as gradient accumulation, tests/train_resume.rs).
         assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} vs {y}");
@@ -293,6 +295,7 @@ fn micro_batches_train_like_the_whole_batch() {
         err.contains("micro-batch: 4 sequences at a time, 2 pieces"),
         "{err}"
     );
+    assert_eq!(auto.len(), whole.len(), "steps of the auto micro-batch run");
     for (x, y) in whole.iter().zip(&auto) {
         assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} vs {y}");
     }

@@ -440,3 +440,62 @@ fn crashed_pid_of(work: &Path) -> u64 {
         serde_json::from_str(&read(&work.join("runs/crashed/status.json"))).unwrap();
     v["pid"].as_u64().unwrap()
 }
+
+/// The name of a `.tmp-step-…` folder being written in `run`, if any.
+fn checkpoint_in_progress(run: &Path) -> Option<String> {
+    std::fs::read_dir(run).ok()?.find_map(|e| {
+        let name = e.ok()?.file_name().to_string_lossy().into_owned();
+        name.strip_prefix(".tmp-").map(str::to_string)
+    })
+}
+
+/// SIGINT while a periodic checkpoint is being written: that checkpoint is the stop's, not
+/// written a second time for the same step (before: the folder was replaced by a second write).
+#[test]
+fn a_stop_right_after_a_periodic_checkpoint_writes_it_once() {
+    use std::os::unix::fs::MetadataExt;
+    let work = temp_dir("stop-once");
+    let cfg = tiny_run(&work, 1_000_000, "early_stop_patience = 0");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+        .args(["train", "-c", cfg.to_str().unwrap()])
+        .env("LMTRAIN_TEST_CHECKPOINT_PAUSE_MS", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = work.join("t");
+    let start = Instant::now();
+    let name = loop {
+        if let Some(n) = checkpoint_in_progress(&run) {
+            break n;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // SAFETY: signals a child process this test started.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let dir = run.join(&name);
+    while !dir.join("manifest.json").is_file() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{name} never completed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let inode = std::fs::metadata(&dir).unwrap().ino();
+    assert_eq!(wait(child), 130);
+    let log = read(&run.join("train.log"));
+    let step: u64 = name["step-".len()..].parse().unwrap();
+    assert!(
+        log.contains(&format!("stopped by SIGINT after step {step}:")),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().ino(),
+        inode,
+        "{name} was written twice"
+    );
+}

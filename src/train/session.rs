@@ -402,7 +402,11 @@ fn plan_memory(
         }
     }
     if let Some((bytes, what)) = limit {
-        plan.check(bytes, what)?;
+        // The table was printed above, unless quiet: then the error carries it.
+        plan.check(bytes, what).map_err(|e| match quiet {
+            true => anyhow::anyhow!("{e}\n{}", plan.describe()),
+            false => e,
+        })?;
     }
     // Resolved once: the saved config holds the number, which every resume reuses.
     if run_config.train.micro_batch == crate::config::MicroBatch::Auto {

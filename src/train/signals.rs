@@ -36,11 +36,14 @@ impl Handlers {
         PENDING.store(0, Ordering::SeqCst);
         let mut previous = Vec::new();
         for sig in STOP_SIGNALS {
-            // SAFETY: a zeroed sigaction is valid (empty mask, no flags); the handler only
-            // touches an atomic or calls `_exit`.
+            // SAFETY: a zeroed sigaction is valid (empty mask); the handler only touches an
+            // atomic or calls `_exit`.
             unsafe {
                 let mut action: libc::sigaction = std::mem::zeroed();
                 action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+                // A read or write the signal interrupts is restarted rather than failing with
+                // EINTR (a checkpoint being written when Ctrl-C arrives must still complete).
+                action.sa_flags = libc::SA_RESTART;
                 libc::sigemptyset(&mut action.sa_mask);
                 let mut old: libc::sigaction = std::mem::zeroed();
                 if libc::sigaction(sig, &action, &mut old) != 0 {

@@ -112,6 +112,8 @@ struct Trainer {
     start_step: u64,
     final_train_loss: f64,
     last_eval: Option<EvalResult>,
+    /// The newest checkpoint this invocation wrote, and its step.
+    saved: Option<(u64, PathBuf)>,
 }
 
 impl Trainer {
@@ -169,6 +171,7 @@ impl Trainer {
             started: Instant::now(),
             final_train_loss: f64::NAN,
             last_eval: None,
+            saved: None,
         })
     }
 
@@ -223,11 +226,17 @@ impl Trainer {
             signal.name(),
             self.state.step
         ));
-        self.opt.flush()?;
-        self.state.elapsed_s = self.elapsed();
-        let checkpoint = self.save_checkpoint().context(
-            "the checkpoint on stopping could not be written; the earlier checkpoints are intact",
-        )?;
+        let checkpoint = match self.saved.clone() {
+            // The step's periodic checkpoint is already on disk: not the same step twice.
+            Some((step, dir)) if step == self.state.step => dir,
+            _ => {
+                self.opt.flush()?;
+                self.state.elapsed_s = self.elapsed();
+                self.save_checkpoint().context(
+                    "the checkpoint on stopping could not be written; the earlier checkpoints are intact",
+                )?
+            }
+        };
         self.progress.bar.finish_and_clear();
         Ok(Interrupted {
             signal,
@@ -495,7 +504,7 @@ impl Trainer {
 
     /// Rank 0 writes the checkpoint (the others hold the same weights: checked first); its
     /// outcome is every rank's, so a failed final checkpoint fails the whole job.
-    fn save_checkpoint(&self) -> Result<PathBuf> {
+    fn save_checkpoint(&mut self) -> Result<PathBuf> {
         check_same_weights(&self.world, &self.s, self.state.step)?;
         let written = if self.world.is_root() {
             self.s.save_checkpoint(&self.state, &self.opt)
@@ -503,7 +512,9 @@ impl Trainer {
             let dir = checkpoint::step_dir_name(self.state.step);
             Ok(self.s.run_dir.join(dir))
         };
-        self.world.agree_quietly(written)
+        let dir = self.world.agree_quietly(written)?;
+        self.saved = Some((self.state.step, dir.clone()));
+        Ok(dir)
     }
 
     /// Training wall time of the run so far, resumes included.
