@@ -591,6 +591,22 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The few settings that say what a run trains, on one line.
+    pub fn summary(&self) -> String {
+        let (d, m, t) = (&self.data, &self.model, &self.train);
+        format!(
+            "corpus {}, d_model {}, {} layers, {} heads, context {}, batch {}, {} steps, run folder {}",
+            d.train_file,
+            m.d_model,
+            m.n_layers,
+            m.n_heads,
+            m.context,
+            t.batch_size,
+            t.max_steps,
+            self.run.out_dir.join(&self.run.name).display()
+        )
+    }
+
     /// Where prepared data is cached: `data.cache_dir`, else `<run.out_dir>/.cache`.
     pub fn cache_root(&self) -> PathBuf {
         if self.data.cache_dir.as_os_str().is_empty() {

@@ -367,6 +367,12 @@ fn train_cmd(a: TrainArgs, out: &mut String) -> anyhow::Result<()> {
     let root = world.is_root();
     if root {
         output::capture(); // into the run folder's train.log once it is known
+        if a.config.config.is_none() && opts.resume.is_none() {
+            output::err(&format!(
+                "warning: no --config given: training lmtrain's built-in defaults ({}). Pass --config configs/tiny.toml, or your own file, to train what you mean",
+                lmtrain::config::Config::default().summary()
+            ));
+        }
     }
     let s = train::run_in(&opts, world)?;
     if !root {
