@@ -33,7 +33,10 @@ fn main() -> anyhow::Result<()> {
         let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?; // (B, T)
         let targets = ids.clone();
         let mask = Tensor::ones((b, t), candle_core::DType::F32, &Device::Cpu)?; // (B, T)
-        let mode = Mode::Train { dropout_seed: 1 };
+        let mode = Mode::Train {
+            dropout_seed: 1,
+            first_row: 0,
+        };
         let loss =
             lmtrain::loss::nll_sum(&model, &ids, Some(&mask), (&targets, &mask), &mode, true)?;
         let (nodes, bytes) = graph_size(&loss);

@@ -286,6 +286,9 @@ fn run_inner(o: &BenchOptions, mut world: World) -> Result<Option<Value>> {
         let work = StepWork {
             pieces: vec![pack(mine, &rows, &device)?],
             index: vec![world.rank()],
+            first_rows: vec![
+                crate::dist::shard::share(rows.len(), world.rank(), world.size()).start,
+            ],
             total_pieces: world.size(),
             step_tokens: row_targets(&rows),
         };

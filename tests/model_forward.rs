@@ -192,8 +192,15 @@ fn dropout_is_seeded_and_off_in_eval() {
     let m = model(&cfg);
     let x = ids(&[&[1, 2, 3, 4]]);
     let train = |seed| {
-        m.forward_t(&x, None, &Mode::Train { dropout_seed: seed })
-            .unwrap()
+        m.forward_t(
+            &x,
+            None,
+            &Mode::Train {
+                dropout_seed: seed,
+                first_row: 0,
+            },
+        )
+        .unwrap()
     };
     let eval = m.forward_t(&x, None, &Mode::Eval).unwrap();
     assert_eq!(max_diff(&train(1), &train(1)), 0.0);
@@ -202,7 +209,14 @@ fn dropout_is_seeded_and_off_in_eval() {
     // No dropout configured: training mode is the eval forward.
     let m0 = model(&variants()[0]);
     let a = m0
-        .forward_t(&x, None, &Mode::Train { dropout_seed: 1 })
+        .forward_t(
+            &x,
+            None,
+            &Mode::Train {
+                dropout_seed: 1,
+                first_row: 0,
+            },
+        )
         .unwrap();
     assert_eq!(
         max_diff(&a, &m0.forward_t(&x, None, &Mode::Eval).unwrap()),

@@ -11,11 +11,14 @@
 use anyhow::{bail, Result};
 use std::ops::Range;
 
-/// One forward/backward pass of a rank: its windows and its number among all the ranks' pieces
-/// of the step (its dropout seed).
+/// One forward/backward pass of a rank: its windows, its number among all the ranks' pieces
+/// of the step (its slot in the step's loss vector), and the position of its first sequence in
+/// the step's global batch (sequence `first_row + b` of the step draws its own dropout masks,
+/// so no cut into pieces or ranks changes them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Piece {
     pub index: usize,
+    pub first_row: usize,
     pub windows: Vec<usize>,
 }
 
@@ -32,20 +35,24 @@ pub fn share(len: usize, rank: usize, size: usize) -> Range<usize> {
 pub fn pieces(batches: &[Vec<usize>], rank: usize, size: usize, micro: usize) -> Vec<Piece> {
     let micro = micro.max(1);
     let mut out = Vec::new();
-    let mut index = 0;
+    let (mut index, mut batch_start) = (0, 0);
     for batch in batches {
         for r in 0..size {
-            let rows = &batch[share(batch.len(), r, size)];
-            for chunk in rows.chunks(micro) {
+            let range = share(batch.len(), r, size);
+            let mut first_row = batch_start + range.start;
+            for chunk in batch[range].chunks(micro) {
                 if r == rank {
                     out.push(Piece {
                         index,
+                        first_row,
                         windows: chunk.to_vec(),
                     });
                 }
                 index += 1;
+                first_row += chunk.len();
             }
         }
+        batch_start += batch.len();
     }
     out
 }
@@ -95,14 +102,17 @@ mod tests {
     fn one_rank_numbers_pieces_as_a_single_process_did() {
         let batches = vec![vec![4, 1, 7, 2, 9], vec![3, 0]];
         let p = pieces(&batches, 0, 1, 2);
-        let got: Vec<(usize, Vec<usize>)> = p.into_iter().map(|p| (p.index, p.windows)).collect();
+        let got: Vec<(usize, usize, Vec<usize>)> = p
+            .into_iter()
+            .map(|p| (p.index, p.first_row, p.windows))
+            .collect();
         assert_eq!(
             got,
             vec![
-                (0, vec![4, 1]),
-                (1, vec![7, 2]),
-                (2, vec![9]),
-                (3, vec![3, 0])
+                (0, 0, vec![4, 1]),
+                (1, 2, vec![7, 2]),
+                (2, 4, vec![9]),
+                (3, 5, vec![3, 0])
             ]
         );
         assert_eq!(piece_count(&batches, 1, 2), 4);

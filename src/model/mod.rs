@@ -76,11 +76,12 @@ use candle_nn::{Init, VarBuilder};
 pub enum Mode {
     /// No dropout.
     Eval,
-    /// Dropout on (when `cfg.dropout > 0`). The masks are fixed by `dropout_seed` and the site
-    /// (`emb`, `blocks.{i}.attn`, `blocks.{i}.mlp`), drawn where the activations live (see
-    /// [`crate::kernels::dropout`]): the same seed gives the same masks, so pass a fresh seed
-    /// for every micro-batch (e.g. derived from the run seed, step and micro-batch index).
-    Train { dropout_seed: u64 },
+    /// Dropout on (when `cfg.dropout > 0`). The masks are fixed by `dropout_seed`, the site
+    /// (`emb`, `blocks.{i}.attn`, `blocks.{i}.mlp`) and each sequence's row `first_row + b`
+    /// (its place in the step's global batch), drawn where the activations live (see
+    /// [`crate::kernels::dropout`]): pass a fresh seed for every step (the trainer derives it
+    /// from the run seed and the step) and the rows of the pieces of one step.
+    Train { dropout_seed: u64, first_row: u64 },
 }
 
 impl Mode {
@@ -88,7 +89,10 @@ impl Mode {
     /// all) in eval mode or when `p == 0`.
     pub(crate) fn dropout(&self, x: &Tensor, p: f64, site: &str) -> Result<Tensor> {
         match self {
-            Mode::Train { dropout_seed } if p > 0.0 => dropout::dropout(x, p, *dropout_seed, site),
+            Mode::Train {
+                dropout_seed,
+                first_row,
+            } if p > 0.0 => dropout::dropout(x, p, (*dropout_seed, *first_row), site),
             _ => Ok(x.clone()),
         }
     }
@@ -97,7 +101,10 @@ impl Mode {
     /// generator when the masks are drawn there.
     pub(crate) fn begin(&self, device: &candle_core::Device, p: f64) -> Result<()> {
         match self {
-            Mode::Train { dropout_seed } if p > 0.0 => dropout::seed_forward(device, *dropout_seed),
+            Mode::Train {
+                dropout_seed,
+                first_row,
+            } if p > 0.0 => dropout::seed_forward(device, (*dropout_seed, *first_row)),
             _ => Ok(()),
         }
     }

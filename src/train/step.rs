@@ -51,19 +51,22 @@ impl<'a> PhaseClock<'a> {
     }
 }
 
-/// The dropout seed of micro-batch `k` of step `step`: fixed by the run seed, so a resumed run
-/// draws the same masks.
-pub fn dropout_seed(seed: u64, step: u64, k: usize) -> u64 {
-    Rng::derive(seed, &format!("dropout/{step}/{k}")).next_u64()
+/// The dropout seed of step `step`: fixed by the run seed, so a resumed run draws the same
+/// masks; each sequence's masks then follow from it and the sequence's place in the step's
+/// global batch (see [`crate::kernels::dropout`]).
+pub fn dropout_seed(seed: u64, step: u64) -> u64 {
+    Rng::derive(seed, &format!("dropout/{step}")).next_u64()
 }
 
 /// One rank's part of an optimizer step: its pieces (forward/backward passes) and the step's
 /// totals over every rank (a world of one computes the whole step).
 pub struct StepWork {
     pub pieces: Vec<Batch>,
-    /// Each piece's number among all the ranks' pieces of the step: its dropout seed, and its
-    /// slot in the per-piece loss vector (see [`crate::dist::shard::pieces`]).
+    /// Each piece's number among all the ranks' pieces of the step: its slot in the per-piece
+    /// loss vector (see [`crate::dist::shard::pieces`]).
     pub index: Vec<usize>,
+    /// Each piece's first sequence's position in the step's global batch (its dropout rows).
+    pub first_rows: Vec<usize>,
     /// All the ranks' pieces of the step.
     pub total_pieces: usize,
     /// Real target tokens of the whole step, every rank's pieces included.
@@ -90,9 +93,11 @@ pub fn gradients(
     let device = model.device();
     let mut clock = PhaseClock::new(&device, phases.is_some())?;
     let (mut fwd, mut bwd) = (0.0, 0.0);
-    for (batch, &k) in work.pieces.iter().zip(&work.index) {
+    let pieces = work.pieces.iter().zip(&work.index).zip(&work.first_rows);
+    for ((batch, &k), &first_row) in pieces {
         let mode = Mode::Train {
-            dropout_seed: dropout_seed(seed, step, k),
+            dropout_seed: dropout_seed(seed, step),
+            first_row: first_row as u64,
         };
         let nll = crate::loss::batch_nll_sum(model, batch, &mode, true)?; // scalar: Σ real targets
         fwd += clock.lap()?;

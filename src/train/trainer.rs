@@ -264,7 +264,7 @@ impl Trainer {
         let (rank, size) = (self.world.rank(), self.world.size());
         let micro = s.micro_batch.max(1);
         let pad = s.data.vocab.pad_id();
-        let (mut pieces, mut index) = (Vec::new(), Vec::new());
+        let (mut pieces, mut index, mut first_rows) = (Vec::new(), Vec::new(), Vec::new());
         // Each piece padded to its own longest window.
         for piece in shard::pieces(&batches, rank, size, micro) {
             pieces.push(s.train_batcher.make_batch(
@@ -274,10 +274,12 @@ impl Trainer {
                 &s.device,
             )?);
             index.push(piece.index);
+            first_rows.push(piece.first_row);
         }
         Ok(Some(StepWork {
             pieces,
             index,
+            first_rows,
             total_pieces: shard::piece_count(&batches, size, micro),
             step_tokens: batches
                 .iter()
