@@ -205,7 +205,9 @@ fn max_abs_diff(a: &Tensor, b: &Tensor, mask: &[Vec<u32>]) -> f64 {
         .to_vec2::<f64>()
         .unwrap(); // (B, T)
     let mut worst = 0.0f64;
+    assert_eq!(d.len(), mask.len(), "rows of the logits and the mask");
     for (row, m) in d.iter().zip(mask) {
+        assert_eq!(row.len(), m.len(), "positions of the logits and the mask");
         for (x, &keep) in row.iter().zip(m) {
             if keep == 1 {
                 worst = worst.max(*x);
@@ -225,16 +227,7 @@ fn read_logits(path: &Path) -> Tensor {
 /// The Python with transformers and torch, or `None` with the reason printed (a failure when
 /// `LMTRAIN_REQUIRE_HF=1`).
 fn python_with_transformers() -> Option<PathBuf> {
-    let found = common::python_with("transformers, torch, safetensors");
-    if found.is_none() {
-        let why = "no Python with transformers and torch (set LMTRAIN_PYTHON, or run scripts/install-python-venv.sh)";
-        assert!(
-            std::env::var("LMTRAIN_REQUIRE_HF").as_deref() != Ok("1"),
-            "LMTRAIN_REQUIRE_HF=1 but {why}"
-        );
-        println!("skipped: {why}");
-    }
-    found
+    common::python_or_skip("transformers, torch, safetensors")
 }
 
 /// Runs scripts/hf_check.py on `jobs`; one result per job.
@@ -327,6 +320,11 @@ fn transformers_computes_what_lmtrain_computes() {
         ));
     }
     let results = run_python(&py, &work, &jobs);
+    assert_eq!(
+        results.len(),
+        ours.len(),
+        "one hf_check.py result per export"
+    );
     for ((v, logits, mask, loss, sample, token_ids, logits_out), r) in ours.into_iter().zip(results)
     {
         let class = if v.llama {
@@ -522,6 +520,125 @@ fn export_init_from_export_is_bit_identical() {
                 v.name()
             );
         }
+    }
+}
+
+/// A copy of the export folder `from` at `to` whose `model.safetensors` is `tensors`.
+fn folder_with(from: &Path, to: &Path, tensors: &HashMap<String, Tensor>) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for f in lmtrain::export::FILES {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    candle_core::safetensors::save(tensors, to.join("model.safetensors")).unwrap();
+    to.to_path_buf()
+}
+
+/// The export's tensors as the Hub stores them: `prefix` stripped from every name (the head's
+/// has none) and, for GPT-2, the attention-mask buffers old `transformers` saved beside them.
+fn hub_tensors(export: &Path, prefix: &str, gpt2: bool) -> HashMap<String, Tensor> {
+    let tensors =
+        candle_core::safetensors::load(export.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(
+        !tensors.contains_key("lm_head.weight") || !gpt2,
+        "a tied GPT-2 has no head"
+    );
+    let mut hub: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| {
+            assert!(k.starts_with(prefix) || k == "lm_head.weight", "{k}");
+            (k.strip_prefix(prefix).unwrap_or(&k).to_string(), v)
+        })
+        .collect();
+    if gpt2 {
+        let mask = Tensor::ones((1, 1, 16, 16), DType::F32, &Device::Cpu).unwrap();
+        let masked = Tensor::new(-1e4f32, &Device::Cpu).unwrap();
+        hub.insert("h.0.attn.bias".into(), mask);
+        hub.insert("h.1.attn.masked_bias".into(), masked);
+    }
+    hub
+}
+
+/// Every tensor of `a` and `b`, by name, as the bits of its f32s.
+fn assert_same_floats(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    };
+    let mut names: Vec<&String> = a.keys().collect();
+    names.sort();
+    let mut theirs: Vec<&String> = b.keys().collect();
+    theirs.sort();
+    assert_eq!(names, theirs, "{what}: the weights' names");
+    for name in names {
+        assert_eq!(bits(&a[name]), bits(&b[name]), "{what}: {name}");
+    }
+}
+
+/// The weights of the last checkpoint of a 1-step run `name` started `--init-from dir`.
+fn one_step_from(work: &Path, name: &str, dir: &Path) -> HashMap<String, Tensor> {
+    let cfg = config(work, name, "dropout = 0.0\n", 1);
+    lmtrain_ok(&[
+        "train",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--init-from",
+        dir.to_str().unwrap(),
+    ]);
+    let run = work.join("runs").join(name);
+    let last = common::complete_checkpoints(&run)
+        .pop()
+        .expect("a checkpoint");
+    candle_core::safetensors::load(run.join(last).join("model.safetensors"), &Device::Cpu).unwrap()
+}
+
+/// The Hub's own files: tensor names without the head model's prefix (`wte.weight`,
+/// `h.0.attn.c_attn.weight`, `embed_tokens.weight`, `layers.0.self_attn.q_proj.weight`), a tied
+/// GPT-2 with no `lm_head.weight` and with mask buffers, import as exactly the floats of the
+/// prefixed export they were renamed from, and a step trained from either ends at the same
+/// weights. A file mixing both forms, or lacking a tensor, is refused naming the tensor and the
+/// file. No Python needed.
+#[test]
+fn init_from_reads_the_hubs_bare_tensor_names() {
+    let work = temp_dir("hf-hub-names");
+    for (v, prefix) in [
+        (Variant::of(false, true, true), "transformer."),
+        (Variant::of(true, false, false), "model."),
+    ] {
+        let (_, prefixed) = train_and_export(&work, v);
+        let hub = hub_tensors(&prefixed, prefix, !v.llama);
+        let hub_dir = folder_with(&prefixed, &work.join(format!("hub-{}", v.name())), &hub);
+        let read = |dir: &Path| lmtrain::hf::folder::read(dir).unwrap().weights;
+        assert_same_floats(&read(&prefixed), &read(&hub_dir), &v.name());
+        let a = one_step_from(&work, &format!("from-prefixed-{}", v.name()), &prefixed);
+        let b = one_step_from(&work, &format!("from-hub-{}", v.name()), &hub_dir);
+        assert_same_floats(&a, &b, &format!("{}: one step", v.name()));
+        if v.llama {
+            continue;
+        }
+        let cfg = config(&work, "refused", "", 1);
+        let refused = |tensors: &HashMap<String, Tensor>, tag: &str, needles: &[&str]| {
+            let dir = folder_with(&prefixed, &work.join(tag), tensors);
+            let out = common::lmtrain(&[
+                "train",
+                "-c",
+                cfg.to_str().unwrap(),
+                "--init-from",
+                dir.to_str().unwrap(),
+            ]);
+            let file = dir.join("model.safetensors").display().to_string();
+            common::assert_fails_with(&out, &[needles, &[file.as_str()]].concat());
+        };
+        let mut mixed = hub.clone();
+        let wte = mixed.remove("wte.weight").unwrap();
+        mixed.insert("transformer.wte.weight".into(), wte);
+        refused(
+            &mixed,
+            "mixed",
+            &["mix", "`transformer.wte.weight`", "`h.0.attn.c_attn.bias`"],
+        );
+        let mut missing = hub;
+        missing.remove("h.1.mlp.c_fc.bias");
+        refused(&missing, "missing", &["lacks tensor `h.1.mlp.c_fc.bias`"]);
     }
 }
 

@@ -41,8 +41,8 @@ pub fn read(dir: &Path) -> Result<HfFolder> {
     let (layout, model) = hf_config::from_json(&json, &origin)?;
     let tokenizer = dir.join("tokenizer.json");
     check_tokenizer(&tokenizer, model.vocab_size)?;
-    let tensors = load_safetensors(dir)?;
-    let weights = weights::from_hf(layout, &model, tensors, &dir.display().to_string())?;
+    let (tensors, origin) = load_safetensors(dir)?;
+    let weights = weights::from_hf(layout, &model, tensors, &origin)?;
     Ok(HfFolder {
         layout,
         model,
@@ -72,14 +72,17 @@ fn check_tokenizer(path: &Path, vocab_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// Every tensor of the folder's safetensors file(s), on the CPU.
-fn load_safetensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
+/// Every tensor of the folder's safetensors file(s), on the CPU, and the name of the file(s)
+/// for errors about them.
+fn load_safetensors(dir: &Path) -> Result<(HashMap<String, Tensor>, String)> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
-    let files: Vec<PathBuf> = if single.is_file() {
-        vec![single]
+    let (files, origin): (Vec<PathBuf>, String) = if single.is_file() {
+        let origin = single.display().to_string();
+        (vec![single], origin)
     } else if index.is_file() {
-        shards(&index)?.into_iter().map(|f| dir.join(f)).collect()
+        let files = shards(&index)?.into_iter().map(|f| dir.join(f)).collect();
+        (files, format!("the shards of {}", index.display()))
     } else {
         bail!(
             "{}: no model.safetensors (nor a sharded model.safetensors.index.json): save the model with `save_pretrained(dir)` (safetensors is its default); pytorch_model.bin is not read",
@@ -93,7 +96,7 @@ fn load_safetensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
         })?;
         all.extend(tensors);
     }
-    Ok(all)
+    Ok((all, origin))
 }
 
 /// The shard files an index names.

@@ -199,39 +199,108 @@ fn is_buffer(name: &str) -> bool {
         || name.ends_with("rotary_emb.inv_freq")
 }
 
-/// lmtrain's weights (f32, by lmtrain name) from an HF checkpoint's tensors: every tensor the
-/// layout needs must be there with its shape (`origin` names the folder in errors), and a
-/// tensor that is neither a weight nor a known buffer is refused by name.
+/// How a checkpoint spells its tensor names: with the head model's prefix (`transformer.` /
+/// `model.`, as `GPT2LMHeadModel` / `LlamaForCausalLM` save them and [`mappings`] names them), or
+/// bare, as the Hub stores GPT-2 itself and as `GPT2Model` / `LlamaModel` save (`wte.weight`,
+/// `h.0.attn.c_attn.weight`, `embed_tokens.weight`, `layers.0.self_attn.q_proj.weight`).
+/// `lm_head.weight` has no prefix in either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Naming {
+    Prefixed,
+    /// The prefix the file's names lack.
+    Bare(&'static str),
+}
+
+impl Naming {
+    /// The naming of the tensors `names` of a `layout` checkpoint whose weights (prefixed) are
+    /// `maps`; a file that uses both forms is refused, naming one tensor of each.
+    fn of<'a>(
+        layout: Layout,
+        maps: &[Mapping],
+        names: impl Iterator<Item = &'a String> + Clone,
+        origin: &str,
+    ) -> Result<Naming> {
+        let prefix = match layout {
+            Layout::Gpt2 => "transformer.",
+            Layout::Llama => "model.",
+        };
+        let known = |bare: &str| {
+            let full = format!("{prefix}{bare}");
+            maps.iter().any(|m| m.theirs.contains(&full))
+        };
+        let prefixed = names.clone().filter(|n| n.starts_with(prefix)).min();
+        let bare = names.filter(|n| known(n)).min();
+        match (prefixed, bare) {
+            (Some(p), Some(b)) => bail!(
+                "{origin}: the tensor names mix the prefixed form (`{p}`) and the Hub's bare form without `{prefix}` (`{b}`): a checkpoint uses one; save the model again with `save_pretrained`"
+            ),
+            (None, Some(_)) => Ok(Naming::Bare(prefix)),
+            _ => Ok(Naming::Prefixed),
+        }
+    }
+
+    /// `name` (prefixed) as a checkpoint of this naming spells it.
+    fn spell(self, name: &str) -> &str {
+        match self {
+            Naming::Prefixed => name,
+            Naming::Bare(prefix) => name.strip_prefix(prefix).unwrap_or(name),
+        }
+    }
+}
+
+/// lmtrain's weights (f32, by lmtrain name) from an HF checkpoint's tensors, named with the
+/// head model's prefix or bare ([`Naming`]): every tensor the layout needs must be there with
+/// its shape (`origin` names the file in errors), and a tensor that is neither a weight nor a
+/// known buffer is refused by name.
 pub fn from_hf(
     layout: Layout,
     cfg: &ModelConfig,
     mut theirs: HashMap<String, Tensor>,
     origin: &str,
 ) -> Result<HashMap<String, Tensor>> {
+    let maps = mappings(layout, cfg);
+    let naming = Naming::of(layout, &maps, theirs.keys(), origin)?;
     let mut ours = HashMap::new();
-    for m in mappings(layout, cfg) {
-        let want = m.their_shape();
-        let mut parts = Vec::new();
-        for name in &m.theirs {
-            let t = theirs
-                .remove(name)
-                .with_context(|| format!("{origin}: the checkpoint lacks tensor `{name}`"))?;
-            if t.dims() != want.as_slice() {
-                bail!(
-                    "{origin}: `{name}` has shape {:?}, config.json implies {want:?}",
-                    t.dims()
-                );
-            }
-            let t = t.to_dtype(DType::F32)?;
-            parts.push(if m.transpose { t.t()?.contiguous()? } else { t });
-        }
-        ours.insert(m.ours.clone(), Tensor::cat(&parts, 0)?);
+    for m in &maps {
+        ours.insert(m.ours.clone(), take(m, naming, &mut theirs, origin)?);
     }
     if cfg.tie_embeddings {
         // Tied models saved with an explicit head copy.
         theirs.remove("lm_head.weight");
     }
-    let mut extra: Vec<&String> = theirs.keys().filter(|n| !is_buffer(n)).collect();
+    refuse_extra(layout, &theirs, origin)?;
+    Ok(ours)
+}
+
+/// The lmtrain weight `m` made of its HF tensors, removed from `theirs`.
+fn take(
+    m: &Mapping,
+    naming: Naming,
+    theirs: &mut HashMap<String, Tensor>,
+    origin: &str,
+) -> Result<Tensor> {
+    let want = m.their_shape();
+    let mut parts = Vec::new();
+    for name in &m.theirs {
+        let name = naming.spell(name);
+        let t = theirs.remove(name).with_context(|| {
+            format!("{origin}: the checkpoint lacks tensor `{name}`, which its config.json implies: a checkpoint of another model, or one saved incompletely (save it again with `save_pretrained`)")
+        })?;
+        if t.dims() != want.as_slice() {
+            bail!(
+                "{origin}: `{name}` has shape {:?}, config.json implies {want:?}",
+                t.dims()
+            );
+        }
+        let t = t.to_dtype(DType::F32)?;
+        parts.push(if m.transpose { t.t()?.contiguous()? } else { t });
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Refuses the first (by name) of the tensors left over that is not a known buffer.
+fn refuse_extra(layout: Layout, left: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+    let mut extra: Vec<&String> = left.keys().filter(|n| !is_buffer(n)).collect();
     extra.sort();
     if let Some(name) = extra.first() {
         bail!(
@@ -240,7 +309,7 @@ pub fn from_hf(
             extra.len()
         );
     }
-    Ok(ours)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -376,5 +445,63 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("q_norm"), "{e}");
+    }
+
+    /// `hf` as the Hub stores it: `prefix` stripped from every name but the head's.
+    fn bare(hf: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+        hf.iter()
+            .map(|(k, v)| (k.strip_prefix(prefix).unwrap_or(k).to_string(), v.clone()))
+            .collect()
+    }
+
+    /// The Hub's bare names (GPT-2 with its mask buffers, Llama untied with its head) import to
+    /// the same floats as the prefixed ones.
+    #[test]
+    fn import_reads_the_hubs_bare_names_bit_for_bit() {
+        let zeros = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+        let gpt2_buffers = ["h.0.attn.bias", "h.1.attn.masked_bias"];
+        let llama_buffers = ["layers.0.self_attn.rotary_emb.inv_freq"];
+        for (cfg, prefix, buffers) in [
+            (&configs()[0], "transformer.", &gpt2_buffers[..]),
+            (&configs()[5], "model.", &llama_buffers[..]),
+        ] {
+            let layout = Layout::of(cfg).unwrap();
+            let hf = hf_map(layout, cfg, &weights(cfg));
+            let mut hub = bare(&hf, prefix);
+            assert!(hub.keys().all(|k| !k.starts_with(prefix)), "{hub:?}");
+            for b in buffers {
+                hub.insert(b.to_string(), zeros(2));
+            }
+            let want = from_hf(layout, cfg, hf, "prefixed").unwrap();
+            let got = from_hf(layout, cfg, hub, "bare").unwrap();
+            assert_eq!(got.len(), want.len(), "{prefix}");
+            for (name, w) in &want {
+                assert_eq!(values(&got[name]), values(w), "{prefix}{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_mix_of_bare_and_prefixed_names_and_a_missing_bare_tensor_are_refused_by_name() {
+        let cfg = &configs()[0];
+        let hf = hf_map(Layout::Gpt2, cfg, &weights(cfg));
+        let mut mixed = bare(&hf, "transformer.");
+        let wte = mixed.remove("wte.weight").unwrap();
+        mixed.insert("transformer.wte.weight".into(), wte);
+        let e = from_hf(Layout::Gpt2, cfg, mixed, "dir/model.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("dir/model.safetensors: "), "{e}");
+        assert!(
+            e.contains("mix") && e.contains("`transformer.wte.weight`"),
+            "{e}"
+        );
+        assert!(e.contains("`h.0.attn.c_attn.bias`"), "{e}");
+        let mut missing = bare(&hf, "transformer.");
+        missing.remove("h.1.mlp.c_fc.bias");
+        let e = from_hf(Layout::Gpt2, cfg, missing, "dir/model.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lacks tensor `h.1.mlp.c_fc.bias`"), "{e}");
     }
 }
