@@ -1,20 +1,18 @@
 //! The Kneser-Ney baseline against KenLM's figures on the PKU corpus (skipped when the corpus is
-//! absent), and a timing run on the whole corpus (`--ignored`).
+//! absent, a failure then under `LMTRAIN_REQUIRE_PKU=1`), and a timing run on the whole corpus
+//! (`--ignored`).
+
+mod common;
 
 use lmtrain::baseline::KneserNey;
 use lmtrain::data::dataset::TokenSeqs;
 use lmtrain::data::format::read_corpus;
 use lmtrain::data::vocab::Vocab;
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// The shared PKU corpus, when this machine has it.
 fn pku() -> Option<Vec<Vec<String>>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pku/train.txt");
-    if !path.is_file() {
-        println!("skipped: {} is absent", path.display());
-        return None;
-    }
+    let path = common::pku_corpus()?;
     Some(read_corpus(&path).expect("read the PKU corpus"))
 }
 

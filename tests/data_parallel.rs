@@ -66,10 +66,7 @@ fn mpi_lmtrain() -> Option<PathBuf> {
     if bin.is_none() {
         let why =
             "OpenMPI (mpirun, mpicc) is not installed: apt install openmpi-bin libopenmpi-dev";
-        if std::env::var("LMTRAIN_REQUIRE_MPI").as_deref() == Ok("1") {
-            panic!("LMTRAIN_REQUIRE_MPI=1 but {why}");
-        }
-        eprintln!("skipping: {why}");
+        common::skip_or_fail("LMTRAIN_REQUIRE_MPI", why);
     }
     bin.clone()
 }
@@ -295,6 +292,7 @@ fn two_ranks_train_what_one_process_trains() {
         let rel = max_rel(&a, &b);
         eprintln!("batch {batch} × accum {accum}: N=1 vs N=2 max relative step-loss difference {rel:e}; val {va:?} vs {vb:?}");
         assert!(rel <= REL_TOL, "step losses differ by {rel:e} relative");
+        assert_eq!(va.len(), vb.len(), "val losses: N=1 {va:?} vs N=2 {vb:?}");
         for (x, y) in va.iter().zip(&vb) {
             assert!((x - y).abs() / x <= REL_TOL, "val {x} vs {y}");
         }

@@ -7,7 +7,7 @@ mod common;
 use lmtrain::config::{DataConfig, DataFormat};
 use lmtrain::data::dataset::prepare;
 use lmtrain::data::vocab::Vocab;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Documents of raw text: English-like words, punctuation, digits, accents, CJK, an emoji.
 fn documents(n: usize) -> Vec<String> {
@@ -241,19 +241,12 @@ fn bad_documents_name_file_and_line_and_leave_no_cache() {
     std::fs::remove_dir_all(work).unwrap();
 }
 
-/// The Python interpreter with `tokenizers` the tests compare against: `LMTRAIN_PYTHON`, else
-/// the venv `.ci/run` makes (`~/.cache/lmtrain/venv`); `None` (the test says it skips) when
-/// neither can import it.
-fn python_with_tokenizers() -> Option<PathBuf> {
-    common::python_with("tokenizers")
-}
-
 /// Python's `tokenizers` (the real client) loads the tokenizer lmtrain trained and saved with
-/// the data, and gives the same ids on every document.
+/// the data, and gives the same ids on every document. The Python is `LMTRAIN_PYTHON`, else
+/// the venv `.ci/run` makes; without one the test skips, or fails under `LMTRAIN_REQUIRE_HF=1`.
 #[test]
 fn python_tokenizers_gives_the_same_ids() {
-    let Some(py) = python_with_tokenizers() else {
-        println!("skipped: no Python with `tokenizers` (set LMTRAIN_PYTHON, or let .ci/run make ~/.cache/lmtrain/venv)");
+    let Some(py) = common::python_or_skip("tokenizers") else {
         return;
     };
     let work = common::temp_dir("text-python");

@@ -94,6 +94,23 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
     }
 }
 
+/// Whether `var`, an `LMTRAIN_REQUIRE_*`, is `1`: `.ci/run` and scripts/gpu-check.sh set those
+/// whose dependency they installed, so that a test that cannot run there fails instead of
+/// passing by skipping. The variables: `LMTRAIN_REQUIRE_HF` (a Python with `tokenizers`,
+/// `transformers`, `torch`), `LMTRAIN_REQUIRE_MPI` (OpenMPI), `LMTRAIN_REQUIRE_GPU` (CUDA or
+/// Metal, never the CPU standing in for one), `LMTRAIN_REQUIRE_PKU` (the shared PKU corpus).
+pub fn required(var: &str) -> bool {
+    std::env::var(var).as_deref() == Ok("1")
+}
+
+/// What a test that cannot run here does, `why` saying what is missing and how to get it: fails
+/// with `why` when [`required`]`(var)`, else prints `skipped: {why}` (the line scripts grep for)
+/// and returns, for the caller to return in turn.
+pub fn skip_or_fail(var: &str, why: &str) {
+    assert!(!required(var), "{var}=1 but {why}");
+    println!("skipped: {why} (with {var}=1 this is a failure)");
+}
+
 /// The first Python of `LMTRAIN_PYTHON`, then the venv `.ci/run` makes
 /// (`~/.cache/lmtrain/venv`, scripts/install-python-venv.sh), that runs `import {modules}`.
 pub fn python_with(modules: &str) -> Option<PathBuf> {
@@ -111,6 +128,35 @@ pub fn python_with(modules: &str) -> Option<PathBuf> {
             .output()
             .is_ok_and(|o| o.status.success())
     })
+}
+
+/// [`python_with`]`(modules)`, or `None` after [`skip_or_fail`] under `LMTRAIN_REQUIRE_HF`.
+pub fn python_or_skip(modules: &str) -> Option<PathBuf> {
+    let found = python_with(modules);
+    if found.is_none() {
+        skip_or_fail(
+            "LMTRAIN_REQUIRE_HF",
+            &format!("no Python imports {modules} (set LMTRAIN_PYTHON, or run scripts/install-python-venv.sh)"),
+        );
+    }
+    found
+}
+
+/// The shared PKU corpus (`../shared/data/pku/train.txt`, never in the repo), or `None` after
+/// [`skip_or_fail`] under `LMTRAIN_REQUIRE_PKU`.
+pub fn pku_corpus() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pku/train.txt");
+    if path.is_file() {
+        return Some(path);
+    }
+    skip_or_fail(
+        "LMTRAIN_REQUIRE_PKU",
+        &format!(
+            "{} is absent (the shared data folder holds it)",
+            path.display()
+        ),
+    );
+    None
 }
 
 /// The names of a run's checkpoint folders that are complete (have a manifest), oldest first.
