@@ -2,13 +2,15 @@
 # One prepared run on a GPU machine (NVIDIA driver + Python with PyTorch; no Rust, no network):
 #   (0) the CUDA test binary (tests/gpu_parity.rs built with --features cuda): CPU/CUDA parity,
 #       candle's fused kernels with lmtrain's backward against the composed ops, device-drawn
-#       dropout, and an exact resume, all on the GPU;
+#       dropout, and an exact resume, all on the GPU, under LMTRAIN_REQUIRE_GPU=1: a test that
+#       cannot open CUDA fails instead of skipping; every skip reason is printed all the same;
 #   (a) parity: the same 20 steps, same seed and batches, f32 on CPU and on CUDA, and bf16 on CUDA;
 #   (b) throughput of a GPT-2-small-sized model (d 768, 12 layers, context 1024, bf16) on random
 #       tokens and on the PKU corpus: tokens/s, step time, peak GPU memory, MFU; and on the
 #       composed path (`--kernels composed`, the CUDA path before the device kernels);
 #   (c) ../shared/bench/ref_gpt.py on the same model and GPU (bf16, then with torch.compile);
 #   (d) one table last, and every JSON line in OUT_DIR.
+# Exits non-zero when the CUDA tests fail or are missing (after the table).
 #
 #   scripts/gpu-check.sh OUT_DIR
 #   env: BIN (gpu/lmtrain), TESTS (gpu/gpu_parity), REF (gpu/ref_gpt.py),
@@ -26,6 +28,11 @@ CORPUS=${CORPUS:-gpu/pku-train.txt}
 PY=${PY:-python3}
 STEPS=${STEPS:-30}
 mkdir -p "$OUT"
+# A GPU check cannot pass by skipping: tests/gpu_parity.rs fails where it cannot open CUDA, and
+# never takes the CPU for the GPU (LMTRAIN_TEST_ACCELERATOR is for CI's CPU pass only).
+export LMTRAIN_REQUIRE_GPU=1
+unset LMTRAIN_TEST_ACCELERATOR
+FAILED=""
 LOG="$OUT/gpu-check.log"
 : > "$LOG"
 say() { echo "$*" | tee -a "$LOG" >&2; }
@@ -77,14 +84,19 @@ run() { # $1 = name, rest = command; stdout's last line (JSON) saved as OUT/name
     say "   rc=$rc in $((SECONDS - t0)) s: $(head -c 300 "$OUT/$name.json")"
 }
 
-# (0) the CUDA tests, one thread (they share the GPU), their verdict saved for the table.
+# (0) the CUDA tests, one thread (they share the GPU), their verdict and every skip reason
+# (`skipped: …` lines, printed with --nocapture) saved for the table.
 if [ -x "$TESTS" ]; then
-    say "== cuda tests: $TESTS"
+    say "== cuda tests: $TESTS (LMTRAIN_REQUIRE_GPU=1)"
     timeout 600 "$TESTS" --test-threads=1 --nocapture > "$OUT/cuda-tests.out" 2>&1
-    echo "rc=$?" >> "$OUT/cuda-tests.out"
-    grep -E "^test |test result|rc=" "$OUT/cuda-tests.out" | tee -a "$LOG" >&2
+    rc=$?
+    echo "rc=$rc" >> "$OUT/cuda-tests.out"
+    grep -E "^test |test result|rc=|skipped:|LMTRAIN_REQUIRE_GPU=1 but" "$OUT/cuda-tests.out" | tee -a "$LOG" >&2
+    say "   skip reasons: $(grep -c "skipped:" "$OUT/cuda-tests.out") (each printed above)"
+    [ "$rc" -eq 0 ] || FAILED="$FAILED cuda-tests(rc=$rc)"
 else
-    say "warning: no test binary at $TESTS (scripts/gpu-pack.sh builds it): CUDA tests skipped"
+    say "error: no test binary at $TESTS (scripts/gpu-pack.sh builds it): the CUDA tests did not run"
+    FAILED="$FAILED cuda-tests(missing)"
 fi
 
 S="--vocab 5000 --d-model 128 --layers 4 --heads 4 --ctx 128 --batch 16 --warmup-steps 0 --steps 20"
@@ -137,7 +149,8 @@ print(f"GPU: {gpu}; peak {'%d TFLOP/s dense bf16' % peak if peak else 'unknown p
 print()
 try:
     tests = open(os.path.join(out, "cuda-tests.out")).read().splitlines()
-    verdicts = [l for l in tests if l.startswith("test ") or l.startswith("test result") or l.startswith("rc=")]
+    verdicts = [l for l in tests if l.startswith("test ") or l.startswith("test result") or l.startswith("rc=")
+                or "skipped:" in l or "LMTRAIN_REQUIRE_GPU=1 but" in l]
     print("cuda tests (tests/gpu_parity.rs on this GPU):")
     for l in verdicts:
         print("  " + l)
@@ -150,6 +163,9 @@ for name in ("parity-cuda-f32", "parity-cuda-bf16"):
     r = load(name)
     if not (ref and r and "losses" in ref and "losses" in r):
         print(f"  {name}: missing (see gpu-check.log)")
+        continue
+    if len(ref["losses"]) != len(r["losses"]):
+        print(f"  {name}: {len(r['losses'])} losses against the CPU's {len(ref['losses'])} FAIL")
         continue
     diffs = [abs(a - b) for a, b in zip(ref["losses"], r["losses"])]
     tol = 1e-3 if "f32" in name else 5e-2
@@ -177,3 +193,7 @@ ratio("lmtrain-G-random", "pytorch-G-random")
 ratio("lmtrain-G-random", "pytorch-G-random-compile")
 ratio("lmtrain-G-pku", "pytorch-G-pku")
 PY
+if [ -n "$FAILED" ]; then
+    say "gpu-check: FAILED:$FAILED (see $OUT/cuda-tests.out)"
+    exit 1
+fi

@@ -1,10 +1,16 @@
 //! Numerical parity of devices and dtypes: the same seed and batches give the same losses.
 //!
-//! `accelerator_f32_matches_cpu_f32` needs a GPU (CUDA, else Metal) and a build with its feature;
-//! without one it prints why it is skipped and passes. `bf16_stays_within_a_band_of_f32` runs
-//! everywhere: on the CPU candle computes bf16 matmuls by widening to f32, so mixed precision's
-//! plumbing (f32 master weights, bf16 activations, f32 loss) is exercised in every CI run.
+//! `accelerator_f32_matches_cpu_f32` and the CUDA checks below it need a GPU (CUDA, else Metal)
+//! and a build with its feature; without one each prints `skipped:` and why, and passes, unless
+//! `LMTRAIN_REQUIRE_GPU=1` (set by scripts/gpu-check.sh), which makes that a failure.
+//! `bf16_stays_within_a_band_of_f32` runs everywhere: on the CPU candle computes bf16 matmuls by
+//! widening to f32, so mixed precision's plumbing (f32 master weights, bf16 activations, f32
+//! loss) is exercised in every CI run. `LMTRAIN_TEST_ACCELERATOR=cpu` (a second pass in
+//! `.ci/run`) takes the CPU for the accelerator, so every test body runs without a GPU.
 
+mod common;
+
+use candle_core::Device;
 use lmtrain::bench::{self, BenchOptions};
 use lmtrain::kernels::Kernels;
 
@@ -50,21 +56,50 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// The first accelerator this build and machine have, or why there is none.
-/// `LMTRAIN_TEST_ACCELERATOR=cpu` makes these tests take the CPU for one, to run their own code
-/// where there is no GPU.
-fn accelerator() -> Result<&'static str, String> {
+/// The variable under which a test that cannot open an accelerator fails.
+const REQUIRE_GPU: &str = "LMTRAIN_REQUIRE_GPU";
+
+/// The first accelerator this build and machine have (its name and device), or why there is
+/// none. `LMTRAIN_TEST_ACCELERATOR=cpu` makes these tests take the CPU for one, to run their own
+/// code where there is no GPU; under `LMTRAIN_REQUIRE_GPU=1` that is no accelerator.
+fn accelerator() -> Result<(&'static str, Device), String> {
     if std::env::var("LMTRAIN_TEST_ACCELERATOR").is_ok_and(|v| v == "cpu") {
-        return Ok("cpu");
+        if common::required(REQUIRE_GPU) {
+            return Err("LMTRAIN_TEST_ACCELERATOR=cpu takes the CPU for the accelerator: unset it to test the GPU".into());
+        }
+        return Ok(("cpu", Device::Cpu));
     }
     let mut why = Vec::new();
     for name in ["cuda", "metal"] {
         match lmtrain::device::select(name) {
-            Ok(_) => return Ok(name),
+            Ok(d) => return Ok((name, d)),
             Err(e) => why.push(format!("{name}: {e:#}")),
         }
     }
-    Err(why.join("; "))
+    Err(format!(
+        "no accelerator in this build or on this machine ({})",
+        why.join("; ")
+    ))
+}
+
+/// The accelerator, or `None` (skip) with the reason printed; a failure under
+/// `LMTRAIN_REQUIRE_GPU=1`.
+fn accelerator_or_skip() -> Option<(&'static str, Device)> {
+    accelerator()
+        .map_err(|why| common::skip_or_fail(REQUIRE_GPU, &why))
+        .ok()
+}
+
+/// The accelerator's name, else `"cpu"` with the reason printed (tests that compare on any
+/// device); a failure under `LMTRAIN_REQUIRE_GPU=1`, where a CPU run would pass for the GPU's.
+fn accelerator_or_cpu() -> &'static str {
+    match accelerator() {
+        Ok((name, _)) => name,
+        Err(why) => {
+            common::skip_or_fail(REQUIRE_GPU, &format!("{why}; this test runs on the CPU"));
+            "cpu"
+        }
+    }
 }
 
 /// f32 on the accelerator against f32 on the CPU, 20 optimizer steps. Tolerance 1e-3 nats on
@@ -72,12 +107,8 @@ fn accelerator() -> Result<&'static str, String> {
 /// relative difference of ~1e-6 per op, which 20 Adam steps amplify to ~1e-5..1e-4 at most.
 #[test]
 fn accelerator_f32_matches_cpu_f32() {
-    let dev = match accelerator() {
-        Ok(d) => d,
-        Err(why) => {
-            println!("skipped: no accelerator in this build or on this machine ({why})");
-            return;
-        }
+    let Some((dev, _)) = accelerator_or_skip() else {
+        return;
     };
     let cpu = losses(&options("cpu", "f32"));
     let acc = losses(&options(dev, "f32"));
@@ -97,7 +128,7 @@ fn accelerator_f32_matches_cpu_f32() {
 /// candle's fused norms with lmtrain's backward, which is the GPU's path.
 #[test]
 fn bf16_stays_within_a_band_of_f32() {
-    let dev = accelerator().unwrap_or("cpu");
+    let dev = accelerator_or_cpu();
     for k in [Kernels::Auto, Kernels::Device, Kernels::Composed] {
         let f32_losses = losses(&options_with(dev, "f32", k));
         let bf16_losses = losses(&options_with(dev, "bf16", k));
@@ -118,7 +149,7 @@ fn bf16_stays_within_a_band_of_f32() {
 /// or more within a few steps.
 #[test]
 fn every_kernels_policy_trains_to_the_same_losses() {
-    let dev = accelerator().unwrap_or("cpu");
+    let dev = accelerator_or_cpu();
     let auto = losses(&options_with(dev, "f32", Kernels::Auto));
     for k in [Kernels::Device, Kernels::Composed] {
         let other = losses(&options_with(dev, "f32", k));
@@ -142,17 +173,6 @@ fn repo_file(rel: &str) -> std::path::PathBuf {
     }
 }
 
-/// The accelerator's device, or `None` (with the reason printed) when there is none.
-fn accelerator_device() -> Option<candle_core::Device> {
-    match accelerator() {
-        Ok(name) => lmtrain::device::select(name).ok(),
-        Err(why) => {
-            println!("skipped: no accelerator in this build or on this machine ({why})");
-            None
-        }
-    }
-}
-
 /// candle's fused kernels with lmtrain's backward, run on the accelerator, against the composed
 /// specification run on the CPU: values and the gradients of `Σ y ⊙ w`. f32; tolerance 1e-4
 /// relative to the largest reference value (the GPU reduces rows in another order, and its
@@ -161,7 +181,7 @@ fn accelerator_device() -> Option<candle_core::Device> {
 fn device_kernels_on_the_accelerator_match_the_composed_ops_on_the_cpu() {
     use candle_core::{DType, Tensor, Var};
     use lmtrain::kernels::{composed, device};
-    let Some(gpu) = accelerator_device() else {
+    let Some((_, gpu)) = accelerator_or_skip() else {
         return;
     };
     let cpu = candle_core::Device::Cpu;
@@ -240,7 +260,9 @@ fn device_kernels_on_the_accelerator_match_the_composed_ops_on_the_cpu() {
             out
         };
         let (got, want) = (run(fused, &gpu), run(spec, &cpu));
+        assert_eq!(got.len(), want.len(), "{name}: outputs and gradients");
         for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.len(), r.len(), "{name} output {i}: element count");
             let scale = r.iter().fold(1f32, |m, x| m.max(x.abs()));
             let d = g
                 .iter()
@@ -258,14 +280,14 @@ fn device_kernels_on_the_accelerator_match_the_composed_ops_on_the_cpu() {
 #[test]
 fn dropout_on_the_accelerator_is_seeded_and_drawn_there() {
     use lmtrain::kernels::dropout;
-    let Some(gpu) = accelerator_device() else {
+    let Some((_, gpu)) = accelerator_or_skip() else {
         return;
     };
     let x = candle_core::Tensor::ones((64, 1024), candle_core::DType::F32, &gpu).unwrap();
     let draw = |seed: u64| {
-        dropout::seed_forward(&gpu, seed).unwrap();
-        let a = dropout::dropout(&x, 0.25, seed, "emb").unwrap();
-        let b = dropout::dropout(&x, 0.25, seed, "blocks.0.attn").unwrap();
+        dropout::seed_forward(&gpu, (seed, 0)).unwrap();
+        let a = dropout::dropout(&x, 0.25, (seed, 0), "emb").unwrap();
+        let b = dropout::dropout(&x, 0.25, (seed, 0), "blocks.0.attn").unwrap();
         let flat = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         (flat(a), flat(b))
     };
@@ -292,10 +314,9 @@ fn dropout_on_the_accelerator_is_seeded_and_drawn_there() {
 #[test]
 fn resume_on_the_accelerator_continues_exactly() {
     use lmtrain::train::{self, checkpoint, restore, TrainOptions};
-    let Some(gpu) = accelerator_device() else {
+    let Some((name, gpu)) = accelerator_or_skip() else {
         return;
     };
-    let name = accelerator().unwrap_or("cuda");
     let root = std::env::temp_dir().join(format!("lmtrain-gpu-resume-{}", std::process::id()));
     let run = |tag: &str, steps: u64, resume: Option<std::path::PathBuf>| {
         let out = root.join(tag);
