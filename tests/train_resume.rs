@@ -224,6 +224,7 @@ fn gradient_accumulation_matches_one_larger_batch() {
         let big = step_losses(&run("accum1", "train.batch_size=4", "train.grad_accum=1"));
         let acc = step_losses(&run("accum2", "train.batch_size=2", "train.grad_accum=2"));
         assert_eq!(big.len(), 3);
+        assert_eq!(acc.len(), big.len(), "{k}: steps of the accumulating run");
         for ((step, x), (_, y)) in big.iter().zip(&acc) {
             // Different padding and summation order: float rounding only.
             assert!(
@@ -274,10 +275,13 @@ fn lazy_table_updates_train_like_dense_ones() {
         train::run(&opts(&cfg, &overrides)).unwrap()
     };
     let (lazy, dense) = (run("on", true), run("off", false));
-    for ((step, x), (_, y)) in step_losses(&lazy.run_dir)
-        .iter()
-        .zip(&step_losses(&dense.run_dir))
-    {
+    let (lazy_losses, dense_losses) = (step_losses(&lazy.run_dir), step_losses(&dense.run_dir));
+    assert_eq!(
+        lazy_losses.len(),
+        dense_losses.len(),
+        "steps: lazy vs dense"
+    );
+    for ((step, x), (_, y)) in lazy_losses.iter().zip(&dense_losses) {
         assert!(
             (x - y).abs() <= 1e-5 * x.abs(),
             "step {step}: lazy {x} vs dense {y}"
