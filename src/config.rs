@@ -27,7 +27,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// An invalid value's error, saying where the value came from: a `--set` of the command
     /// line, else the config file `origin` (or the defaults).
-    fn from_where(self, origin: &str, overrides: &[String]) -> Self {
+    fn with_origin(self, origin: &str, overrides: &[String]) -> Self {
         let ConfigError::Invalid { key, message } = self else {
             return self;
         };
@@ -570,7 +570,7 @@ impl Config {
         if overrides.is_empty() {
             file_cfg
                 .validate()
-                .map_err(|e| e.from_where(origin, overrides))?;
+                .map_err(|e| e.with_origin(origin, overrides))?;
             return Ok(file_cfg);
         }
         let mut doc: toml::Table = toml::from_str(text).map_err(parse_err)?;
@@ -587,7 +587,7 @@ impl Config {
                 message: e.to_string(),
             })?;
         cfg.validate()
-            .map_err(|e| e.from_where(origin, overrides))?;
+            .map_err(|e| e.with_origin(origin, overrides))?;
         Ok(cfg)
     }
 

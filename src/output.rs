@@ -57,8 +57,8 @@ pub fn line(stream: Stream, text: &str) {
     let mut bytes = String::with_capacity(text.len() + 1);
     bytes.push_str(text);
     bytes.push('\n');
-    s.to_terminal(stream, bytes.as_bytes());
-    s.to_log(&bytes);
+    s.write_terminal(stream, bytes.as_bytes());
+    s.write_log(&bytes);
 }
 
 /// A line on stderr (progress, notes, warnings, errors) and in the log.
@@ -74,14 +74,14 @@ pub fn out(text: &str) {
 /// Text already ending in its newlines (a table), on stdout and in the log.
 pub fn out_raw(text: &str) {
     let mut s = sinks();
-    s.to_terminal(Stream::Stdout, text.as_bytes());
-    s.to_log(text);
+    s.write_terminal(Stream::Stdout, text.as_bytes());
+    s.write_log(text);
 }
 
 /// A line for the log only: what the progress bar shows on a terminal itself.
 pub fn log_only(text: &str) {
     let mut s = sinks();
-    s.to_log(&format!("{text}\n"));
+    s.write_log(&format!("{text}\n"));
 }
 
 /// True while stderr still reaches someone (the progress bar is pointless otherwise).
@@ -113,11 +113,11 @@ pub fn attach_log(dir: &Path, header: &str) {
         Ok(file) => {
             s.log = Some(file);
             s.log_path = Some(path);
-            s.to_log(&format!("{header}\n{pending}"));
+            s.write_log(&format!("{header}\n{pending}"));
         }
         Err(e) => {
             let warning = format!("warning: no {}: {e}\n", path.display());
-            s.to_terminal(Stream::Stderr, warning.as_bytes());
+            s.write_terminal(Stream::Stderr, warning.as_bytes());
         }
     }
 }
@@ -144,7 +144,7 @@ pub fn start_header(what: &str) -> String {
 }
 
 impl Sinks {
-    fn to_terminal(&mut self, stream: Stream, bytes: &[u8]) {
+    fn write_terminal(&mut self, stream: Stream, bytes: &[u8]) {
         let closed = match stream {
             Stream::Stdout => &mut self.stdout_closed,
             Stream::Stderr => &mut self.stderr_closed,
@@ -165,7 +165,7 @@ impl Sinks {
         }
     }
 
-    fn to_log(&mut self, text: &str) {
+    fn write_log(&mut self, text: &str) {
         if let Some(p) = self.pending.as_mut() {
             p.push_str(text);
         }
@@ -179,7 +179,7 @@ impl Sinks {
                 "warning: {} no longer written ({e}); the run goes on\n",
                 path.display()
             );
-            self.to_terminal(Stream::Stderr, warning.as_bytes());
+            self.write_terminal(Stream::Stderr, warning.as_bytes());
         }
     }
 }

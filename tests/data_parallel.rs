@@ -42,6 +42,7 @@ fn mpi_lmtrain() -> Option<PathBuf> {
             return None;
         }
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mpi-build");
+        seed_from_test_build(&target);
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         eprintln!(
             "building lmtrain with --features mpi into {}",
@@ -69,6 +70,36 @@ fn mpi_lmtrain() -> Option<PathBuf> {
         common::skip_or_fail("LMTRAIN_REQUIRE_MPI", why);
     }
     bin.clone()
+}
+
+/// Fills `target/debug` with hard links to what this test build compiled (`target/debug`):
+/// the dependency graph compiles the same with and without `mpi` (Cargo.toml turns on the
+/// features `mpi` would), so cargo finds every dependency fresh there and compiles only `mpi`,
+/// its bindings and lmtrain itself. (A nested cargo cannot use this build's target folder: the
+/// running `cargo test` holds its lock.) Existing files are kept; a failure only costs time.
+fn seed_from_test_build(target: &Path) {
+    let ours = Path::new(env!("CARGO_BIN_EXE_lmtrain"))
+        .parent()
+        .map(Path::to_path_buf);
+    let Some(ours) = ours.filter(|d| d.join("deps").is_dir()) else {
+        return;
+    };
+    let dest = target.join("debug");
+    let _ = std::fs::create_dir_all(&dest);
+    for dir in ["deps", "build", ".fingerprint"] {
+        let status = Command::new("cp")
+            .args(["-al", "--no-clobber"])
+            .arg(ours.join(dir))
+            .arg(&dest)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "note: could not seed {} from {}",
+                dest.display(),
+                ours.display()
+            );
+        }
+    }
 }
 
 /// A corpus whose train split is 80 windows (10 full batches of 8, so every batch divides
@@ -272,12 +303,15 @@ fn final_state(run: &Path, step: u64) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn two_ranks_train_what_one_process_trains() {
     let Some(bin) = mpi_lmtrain() else { return };
-    for (batch, accum) in [(8, 1), (4, 2)] {
+    // With dropout too: each sequence draws its masks from its row of the global batch, so
+    // two ranks draw what one process draws (before: 3.4e-3 apart by step 40 on tiny).
+    for (batch, accum, dropout) in [(8, 1, 0.0), (4, 2, 0.0), (8, 1, 0.1)] {
         let work = temp_dir("dp-same");
         let cfg = config(&work, "");
         let sets = [
             format!("train.batch_size={batch}"),
             format!("train.grad_accum={accum}"),
+            format!("model.dropout={dropout}"),
         ];
         let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
         let one = [&sets[..], &["run.name=n1"]].concat();
@@ -290,7 +324,7 @@ fn two_ranks_train_what_one_process_trains() {
         let (b, vb) = losses(&work.join("runs/n2"));
         assert_eq!(a.len(), 20);
         let rel = max_rel(&a, &b);
-        eprintln!("batch {batch} × accum {accum}: N=1 vs N=2 max relative step-loss difference {rel:e}; val {va:?} vs {vb:?}");
+        eprintln!("batch {batch} × accum {accum}, dropout {dropout}: N=1 vs N=2 max relative step-loss difference {rel:e}; val {va:?} vs {vb:?}");
         assert!(rel <= REL_TOL, "step losses differ by {rel:e} relative");
         assert_eq!(va.len(), vb.len(), "val losses: N=1 {va:?} vs N=2 {vb:?}");
         for (x, y) in va.iter().zip(&vb) {
@@ -564,6 +598,70 @@ fn bad_input_on_one_rank_fails_every_rank_with_its_message() {
     let out = run(&bin, 2, &["runs", work.to_str().unwrap()], &[]);
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("only `lmtrain train` and `lmtrain bench` run data-parallel"));
+}
+
+/// An MPMD launch whose ranks are given different settings is refused on both ranks, naming
+/// the first key that differs (before: the ranks trained with different learning rates).
+#[test]
+fn ranks_launched_with_different_settings_are_refused() {
+    let Some(bin) = mpi_lmtrain() else { return };
+    let work = temp_dir("dp-mpmd");
+    let cfg = config(&work, "");
+    let b = bin.to_str().unwrap();
+    let c = cfg.to_str().unwrap();
+    let start = Instant::now();
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "--bind-to", "none"])
+        .args(["-np", "1", b, "train", "-c", c, "--threads", "1", ":"])
+        .args(["-np", "1", b, "train", "-c", c, "--threads", "1"])
+        .args(["--set", "train.lr=1e-3"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = wait_output(cmd.spawn().unwrap(), Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    let says = "rank 1 was launched with other settings than rank 0: train.lr is 0.003 on rank 0 but 0.001 on rank 1";
+    assert_eq!(err.matches(says).count(), 2, "on each rank: {err}");
+    assert!(
+        !work.join("runs/dp/metrics.jsonl").exists(),
+        "it trained: {err}"
+    );
+}
+
+/// Rank 1 alone failing — at the trainer's start, or at a checkpoint, where rank 0 waits in a
+/// collective rank 1 never joins — ends the whole job within seconds, with rank 1's message
+/// (before: rank 1 sat in MPI_Finalize while rank 0 waited, unwatched, forever).
+#[test]
+fn one_failing_rank_ends_the_job_in_any_phase() {
+    let Some(bin) = mpi_lmtrain() else { return };
+    for phase in ["trainer-start", "checkpoint"] {
+        let work = temp_dir("dp-fail");
+        let cfg = config(&work, "");
+        let args = train_args(&cfg, &["train.checkpoint_every=5"]);
+        let envs = [
+            ("LMTRAIN_TEST_FAIL_RANK", "1"),
+            ("LMTRAIN_TEST_FAIL_PHASE", phase),
+        ];
+        let start = Instant::now();
+        let out = run(&bin, 2, &strs(&args), &envs);
+        let took = start.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "rank 1 failing at {phase}: mpirun exited {:?} after {took:?}",
+            out.status
+        );
+        assert!(!out.status.success(), "{phase}: {err}");
+        assert!(took < Duration::from_secs(30), "{phase}: took {took:?}");
+        let says = format!("rank 1 of 2: error: injected failure of rank 1 at {phase}");
+        assert!(err.contains(&says), "{phase}: {err}");
+    }
 }
 
 /// A build without MPI started by a launcher says what to do instead of training N copies.

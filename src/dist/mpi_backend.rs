@@ -8,6 +8,7 @@ use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
+use std::sync::Mutex;
 
 /// Elements per MPI call: counts are C ints, so a larger buffer goes in pieces.
 const MAX_COUNT: usize = 1 << 30;
@@ -16,9 +17,13 @@ pub struct Mpi {
     world: SimpleCommunicator,
     /// The ranks sharing this node's memory (`MPI_COMM_TYPE_SHARED`): the local rank.
     node: SimpleCommunicator,
-    /// Finalizes MPI when dropped: last.
-    _universe: Universe,
 }
+
+/// MPI's universe, which finalizes MPI when dropped. Kept apart from the [`Mpi`] handles (which
+/// the trainer drops on its way out, error or not) so that MPI ends only when the command's
+/// outcome is known ([`end`]): a rank that failed alone must abort the job, not wait in
+/// MPI_Finalize for ranks that wait for it.
+static UNIVERSE: Mutex<Option<Universe>> = Mutex::new(None);
 
 // SAFETY: the communicators are handles MPI lets any thread use under MPI_THREAD_SERIALIZED,
 // which `init` requires; lmtrain calls MPI from one thread at a time (the trainer's), so moving
@@ -37,11 +42,8 @@ impl Mpi {
         }
         let world = universe.world();
         let node = world.split_shared(world.rank());
-        Ok(Mpi {
-            world,
-            node,
-            _universe: universe,
-        })
+        *UNIVERSE.lock().unwrap_or_else(|p| p.into_inner()) = Some(universe);
+        Ok(Mpi { world, node })
     }
 
     /// (rank, size, local rank, local size).
@@ -80,4 +82,15 @@ impl Mpi {
         }
         Ok(())
     }
+}
+
+/// Ends MPI for this process: `MPI_Abort` on the world communicator when `abort` (every rank
+/// of the job ends; mpirun reports it with a non-zero status), MPI_Finalize otherwise. Nothing
+/// when MPI never started.
+pub fn end(abort: bool) {
+    let universe = UNIVERSE.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if abort && mpi::environment::is_initialized() && !mpi::environment::is_finalized() {
+        SimpleCommunicator::world().abort(1);
+    }
+    drop(universe); // MPI_Finalize
 }

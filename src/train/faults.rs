@@ -65,3 +65,19 @@ pub fn bad_input_on_rank(rank: usize) -> bool {
         false
     }
 }
+
+/// A failure of rank `rank` alone at `phase` (`"trainer-start"`, `"checkpoint"`), as the tests
+/// ask with `LMTRAIN_TEST_FAIL_RANK` and `LMTRAIN_TEST_FAIL_PHASE` (fault-injection builds
+/// only): the job must end on every rank, not wait for the failed one.
+pub fn fail_on_rank(rank: usize, phase: &str) -> anyhow::Result<()> {
+    #[cfg(feature = "fault-injection")]
+    {
+        let var = |k: &str| std::env::var(k).ok();
+        let rank_hit = var("LMTRAIN_TEST_FAIL_RANK").and_then(|v| v.parse::<usize>().ok());
+        if rank_hit == Some(rank) && var("LMTRAIN_TEST_FAIL_PHASE").as_deref() == Some(phase) {
+            anyhow::bail!("injected failure of rank {rank} at {phase} (LMTRAIN_TEST_FAIL_RANK)");
+        }
+    }
+    let _ = (rank, phase);
+    Ok(())
+}

@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod continuity;
 mod cursor;
+mod decision;
 pub mod faults;
 pub mod guard;
 pub mod init;

@@ -138,6 +138,7 @@ impl Trainer {
         let timeout = s.config.run.collective_timeout_s;
         world.set_timeout((timeout > 0).then(|| std::time::Duration::from_secs(timeout)));
         world.attach_device(&s.device)?;
+        super::faults::fail_on_rank(world.rank(), "trainer-start")?;
         check_same_weights(&world, &s, state.step)?;
         let total_steps = s.total_steps();
         let t = &s.config.train;
@@ -389,7 +390,12 @@ impl Trainer {
         let tok_s = self.window.tokens as f64 / secs;
         self.final_train_loss = self.window.nll / self.window.tokens.max(1) as f64;
         let flops = mfu::flops_per_token(&self.s.config.model);
-        let util = self.peak.as_ref().map(|p| mfu::mfu(tok_s, flops, p.tflops));
+        // Per GPU: the job's tokens/s is N GPUs' work, the peak one GPU's.
+        let per_gpu = tok_s / self.world.size() as f64;
+        let util = self
+            .peak
+            .as_ref()
+            .map(|p| mfu::mfu(per_gpu, flops, p.tflops));
         let state = &self.state;
         self.log.write(&Record::Train(TrainRecord {
             step: state.step,
@@ -485,6 +491,7 @@ impl Trainer {
     /// Writes a checkpoint. A failed `final` one is an error; a failed periodic one (a full
     /// disk, say) costs one interval at most: it is reported and training goes on.
     fn checkpoint(&mut self, final_one: bool) -> Result<()> {
+        super::faults::fail_on_rank(self.world.rank(), "checkpoint")?;
         self.state.elapsed_s = self.elapsed();
         let Err(e) = self.save_checkpoint() else {
             return Ok(());
