@@ -282,31 +282,35 @@ fn main() -> ExitCode {
     // Output is written once, at the end, through the one writer: a reader that closed the pipe
     // early (`lmtrain runs | head -1`) is not an error, and a run's summary reaches its log.
     output::out_raw(&out);
-    let code = exit_code(result);
+    let (code, failed_alone) = exit_code(result);
     output::detach_log();
+    // A rank that failed alone ends the whole job (the others wait for it in a collective);
+    // otherwise MPI is finalized here, after everything was printed.
+    lmtrain::dist::end_job(failed_alone && lmtrain::dist::in_parallel_job());
     code
 }
 
-/// Prints a failed command's error (once per job) and maps the outcome to the exit status.
-fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+/// Prints a failed command's error (once per job) and maps the outcome to the exit status;
+/// true when this process failed alone (an error the other ranks of a job did not agree on).
+fn exit_code(result: anyhow::Result<()>) -> (ExitCode, bool) {
     let Err(e) = result else {
-        return ExitCode::SUCCESS;
+        return (ExitCode::SUCCESS, false);
     };
     if let Some(stop) = e.downcast_ref::<train::signals::Interrupted>() {
         if lmtrain::dist::is_root_process() {
             output::err(&stop.to_string()); // once per job: rank 0 wrote the checkpoint
         }
-        return ExitCode::from(stop.signal.exit_code());
+        return (ExitCode::from(stop.signal.exit_code()), false);
     }
     if e.downcast_ref::<lmtrain::dist::Reported>().is_some() {
-        return ExitCode::FAILURE; // every rank printed it already
+        return (ExitCode::FAILURE, false); // every rank printed it already
     }
     let mut text = format!("{}error: {e}", lmtrain::dist::process_tag());
     for cause in e.chain().skip(1) {
         text.push_str(&format!("\n  Caused by: {cause}"));
     }
     output::err(&text);
-    ExitCode::FAILURE
+    (ExitCode::FAILURE, true)
 }
 
 /// Runs one command; what it prints on stdout goes to `out`.
@@ -492,6 +496,7 @@ fn plan_cmd(a: PlanArgs, out: &mut String) -> anyhow::Result<()> {
         // The table once, on stdout; the verdict of a run that does not fit is the error.
         Some((bytes, what)) => {
             plan.check(bytes, what)?;
+            plan.check_host(lmtrain::plan::mem_available())?;
             say!(out, "fits: {what} is {}", lmtrain::plan::mb(bytes));
         }
         None => say!(out, "free memory unknown on this device: not checked"),

@@ -2,6 +2,7 @@
 //! batchers, model and run folder — fresh or restored from a checkpoint.
 
 use super::checkpoint::{self, Pick, TrainState};
+use super::decision::Decision;
 use super::faults::Faults;
 use super::optim::Optimizer;
 use crate::baseline::{self, BaselineReport};
@@ -36,6 +37,10 @@ pub struct TrainOptions {
 
 pub struct Session {
     pub config: Config,
+    /// The config as the command line (and the checkpoint, on a resume) asked for it, before
+    /// the data, the init folder and the memory plan completed it: what every rank of a
+    /// data-parallel job must have been asked for alike.
+    pub requested: Config,
     pub device: Device,
     pub data: Prepared,
     pub data_key: String,
@@ -64,37 +69,55 @@ impl Session {
         Self::open_in(opts, &World::single())
     }
 
-    /// This rank's session. Rank 0 opens first — it takes the lock, prepares the data cache,
-    /// makes the run folder and computes the baseline — and the others then read what it made;
-    /// a failure on any rank fails every rank with that rank's message.
+    /// This rank's session. Rank 0 opens first — it takes the lock, resolves the config and
+    /// the checkpoint, settles the micro-batch and the memory verdict, prepares the data cache,
+    /// makes the run folder and computes the baseline — and tells the others what it decided
+    /// ([`Decision`]); each of them checks that its own command line asked for the same run,
+    /// then opens with rank 0's decisions. A failure on any rank fails every rank with that
+    /// rank's message.
     pub fn open_in(opts: &TrainOptions, world: &World) -> Result<Self> {
         if world.size() == 1 {
-            return Self::open_rank(opts, world);
+            return Self::open_rank(opts, world, None);
         }
         let first = world.agree(if world.is_root() {
-            Self::open_rank(opts, world).map(Some)
+            Self::open_rank(opts, world, None).map(Some)
         } else {
             Ok(None)
         })?;
+        let decision = world.decide("rank 0's decisions", first.as_ref().map(Decision::of))?;
+        world.agree(decision.same_request(opts, world.rank()))?;
         let session = match first {
             Some(s) => Ok(s),
-            None => Self::open_rank(opts, world),
+            None => Self::open_rank(opts, world, Some(&decision)),
         };
         world.agree(session)
     }
 
     /// The phases of a rank's setup, in order: lock → config → data → plan → model → restore →
-    /// run folder → baseline. Rank 0 decides what the others then read: it holds the lock,
-    /// prepares the data cache, makes the run folder and computes the baseline.
-    fn open_rank(opts: &TrainOptions, world: &World) -> Result<Self> {
+    /// run folder → baseline. Rank 0 (`decided` = `None`) decides; the others take its
+    /// decisions — config, checkpoint, micro-batch and memory verdict — instead of their own.
+    fn open_rank(opts: &TrainOptions, world: &World, decided: Option<&Decision>) -> Result<Self> {
         let (root, quiet) = (world.is_root(), opts.quiet || !world.is_root());
-        let target = RunTarget::of(opts)?;
+        let target = match decided {
+            None => RunTarget::of(opts)?,
+            Some(d) => RunTarget {
+                run_dir: d.run_dir.clone(),
+                resume: Resume::Fresh, // decided already
+            },
+        };
         // Before anything of the run is read: a second trainer of this run stops here.
         let lock = root
             .then(|| super::lock::acquire(&target.run_dir))
             .transpose()?;
-        let resume_from = target.checkpoint()?;
-        let (mut config, resume_notes) = resolve_config(opts, resume_from.as_deref())?;
+        let (resume_from, mut config, resume_notes) = match decided {
+            None => {
+                let resume_from = target.checkpoint()?;
+                let (config, notes) = resolve_config(opts, resume_from.as_deref())?;
+                (resume_from, config, notes)
+            }
+            Some(d) => (d.resume_from.clone(), d.config.clone(), Vec::new()),
+        };
+        let requested = config.clone();
         check_parallel(&config, world)?;
         let init = match resume_from {
             None => super::init::apply(&mut config, quiet)?,
@@ -109,7 +132,7 @@ impl Session {
         let data = prepare_data(&mut config)?;
         let data_key = data.key();
         let (train_batcher, val_batcher, windows) = batchers(&config, &data)?;
-        let micro_batch = plan_memory(&mut config, &data, &device, quiet, world.size())?;
+        let micro_batch = plan_memory(&mut config, &data, &device, quiet, world)?;
         let (varmap, model) = build_model(&config, &device, quiet)?;
         if let Some(init) = init {
             init.apply(&varmap, &data)?;
@@ -129,6 +152,7 @@ impl Session {
         };
         let session = Self {
             config,
+            requested,
             device,
             data,
             data_key,
@@ -374,22 +398,23 @@ fn prepare_data(config: &mut Config) -> Result<Prepared> {
 
 /// The memory plan, printed, and the micro-batch it settles (`train.micro_batch`); an error
 /// before anything large is allocated when the plan exceeds what the device has
-/// ([`crate::plan::memory_limit`]; unchecked where that is unknown).
+/// ([`crate::plan::memory_limit`]; unchecked where that is unknown). Rank 0 alone decides the
+/// verdict and an `auto` micro-batch; the other ranks get both with its config.
 fn plan_memory(
     run_config: &mut Config,
     data: &Prepared,
     device: &Device,
     quiet: bool,
-    ranks: usize,
+    world: &World,
 ) -> Result<usize> {
     // A rank holds its share of each batch.
     let mut config = run_config.clone();
-    config.train.batch_size /= ranks.max(1);
+    config.train.batch_size /= world.size().max(1);
     let config = &config;
     let facts = crate::plan::DataFacts::of(data, config.model.context);
     let gpu = !device.is_cpu();
-    let limit = crate::plan::memory_limit(device);
-    let micro = crate::plan::micro_batch(config, &facts, gpu, limit.map(|l| l.0));
+    let limit = rank_limit(device, world.local_size()).filter(|_| world.is_root());
+    let micro = crate::plan::micro_batch(config, &facts, gpu, limit.as_ref().map(|l| l.0));
     let plan = crate::plan::plan(config, &facts, micro, gpu);
     if !quiet {
         crate::note!("{}", plan.describe());
@@ -401,9 +426,11 @@ fn plan_memory(
             );
         }
     }
-    if let Some((bytes, what)) = limit {
+    if let Some((bytes, what)) = &limit {
         // The table was printed above, unless quiet: then the error carries it.
-        plan.check(bytes, what).map_err(|e| match quiet {
+        let host = crate::plan::mem_available().map(|b| b / world.local_size().max(1) as u64);
+        let checked = plan.check(*bytes, what).and_then(|_| plan.check_host(host));
+        checked.map_err(|e| match quiet {
             true => anyhow::anyhow!("{e}\n{}", plan.describe()),
             false => e,
         })?;
@@ -413,6 +440,20 @@ fn plan_memory(
         run_config.train.micro_batch = crate::config::MicroBatch::Rows(micro);
     }
     Ok(micro)
+}
+
+/// What one rank may use: a GPU's free memory is its own (one GPU per rank), but the ranks of
+/// one node share its host memory, so each CPU rank gets its share of it.
+fn rank_limit(device: &Device, local_ranks: usize) -> Option<(u64, String)> {
+    let (bytes, what) = crate::plan::memory_limit(device)?;
+    if !device.is_cpu() || local_ranks <= 1 {
+        return Some((bytes, what.to_string()));
+    }
+    let share = bytes / local_ranks as u64;
+    Some((
+        share,
+        format!("this rank's share of {what} ({local_ranks} ranks on this node)"),
+    ))
 }
 
 /// The train and val batchers over the splits' windows, and the train windows' statistics.
@@ -485,7 +526,10 @@ fn ensure_baseline(run_dir: &Path, data: &Prepared, t: &TrainConfig) -> Option<B
 /// given file, + overrides; the architecture must stay the checkpoint's, and so must every
 /// setting that fixes the data order or the arithmetic ([`super::continuity`]). Returns the
 /// config and the lines describing the changes a resume may make.
-fn resolve_config(opts: &TrainOptions, ckpt: Option<&Path>) -> Result<(Config, Vec<String>)> {
+pub(super) fn resolve_config(
+    opts: &TrainOptions,
+    ckpt: Option<&Path>,
+) -> Result<(Config, Vec<String>)> {
     let Some(ckpt) = ckpt else {
         return Ok((
             Config::load(opts.config.as_deref(), &opts.overrides)?,
