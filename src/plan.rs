@@ -23,6 +23,13 @@
 //! - a fixed process overhead (code, libraries, thread stacks, allocator arenas) measured on the
 //!   tiny config (scripts/plan-check.sh).
 //!
+//! On a GPU the plan is the GPU's: the device holds the weights, gradients, moments and
+//! activations (2 bytes per activation value under `train.dtype = "bf16"`, master weights and
+//! moments staying f32), the CUDA context, cuBLAS's workspace, the allocator's slack and a safety
+//! margin (these constants are estimates, not yet measured on a device: the CPU plan was
+//! measured up to 8.6% low); the data cache, the data in memory, the KN baseline, the checkpoint
+//! writer's copy and the process live on the host, checked apart against MemAvailable.
+//!
 //! The baseline runs before training. Its freed memory stays with the allocator (src/main.rs
 //! keeps freed pages) and serves training's small allocations, but the large tensors (weights,
 //! moments, the writer's copy) come fresh from the OS: the peak is the larger phase plus as much
@@ -48,6 +55,17 @@ const KN_GROWTH: f64 = 0.8;
 
 /// Bytes of in-memory data structures per corpus token (see the module doc).
 const DATA_BYTES_PER_TOKEN: u64 = 12;
+
+/// A CUDA context with candle's kernels loaded (CUDA 12-13 with lazy module loading takes
+/// 300-600 MB on an H100; the upper end).
+const CUDA_CONTEXT_BYTES: u64 = 600 << 20;
+/// cuBLAS's default workspace on Hopper (32 MiB per handle), one handle per stream.
+const CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
+/// The stream-ordered allocator keeps freed blocks for reuse and rounds sizes up: a share of
+/// the tensors' bytes on top of them.
+const ALLOCATOR_SLACK: f64 = 0.10;
+/// Kept free on the GPU beyond everything counted, since the device plan is not measured yet.
+const GPU_MARGIN: f64 = 0.10;
 
 /// What the plan needs to know of the prepared data.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +97,8 @@ impl DataFacts {
 pub struct Part {
     pub name: &'static str,
     pub bytes: u64,
+    /// Where it lives: `"host"` or `"device"` (a GPU run's); every part is host's on the CPU.
+    pub on: &'static str,
 }
 
 /// The predicted peak and its parts.
@@ -93,18 +113,24 @@ pub struct Plan {
     pub training_bytes: u64,
     /// The baseline phase's peak.
     pub baseline_bytes: u64,
-    /// The predicted peak resident set (or device memory).
+    /// The predicted peak where the model lives: the resident set on the CPU, the GPU's
+    /// memory on a GPU.
     pub peak_bytes: u64,
+    /// A GPU run's peak host memory (the data, the baseline, the writer's copy); `None` on
+    /// the CPU, where `peak_bytes` counts everything.
+    pub host_peak_bytes: Option<u64>,
 }
 
 /// The plan of `cfg` on `data`, for micro-batches of `micro_batch` sequences, on the CPU
 /// (`on_gpu` false) or a GPU.
 pub fn plan(cfg: &Config, data: &DataFacts, micro_batch: usize, on_gpu: bool) -> Plan {
+    if on_gpu {
+        return gpu_plan(cfg, data, micro_batch);
+    }
     let m = &cfg.model;
     let (p, largest) = tensor_sizes(m);
     // The fused kernels are what `Kernels::Auto` runs for f32 on the CPU.
-    let fused = !on_gpu
-        && cfg.run.kernels == Kernels::Auto
+    let fused = cfg.run.kernels == Kernels::Auto
         && cfg.train.dtype == "f32"
         && !std::env::var("LMTRAIN_COMPOSED").is_ok_and(|v| v == "1");
     let n = (micro_batch * data.longest) as u64; // tokens of one micro-batch
@@ -112,9 +138,12 @@ pub fn plan(cfg: &Config, data: &DataFacts, micro_batch: usize, on_gpu: bool) ->
     let acts = activation_bytes(cfg, micro_batch, data.longest, fused);
     let (weights, moments, writer) = (4 * p, 8 * p, 4 * largest);
     let in_memory = DATA_BYTES_PER_TOKEN * data.tokens;
-    let process = if on_gpu { 0 } else { PROCESS_BYTES };
     let kn = baseline_bytes(cfg, data);
-    let part = |name, bytes| Part { name, bytes };
+    let part = |name, bytes| Part {
+        name,
+        bytes,
+        on: "host",
+    };
     let parts = vec![
         part("weights", weights),
         part("gradients", grads),
@@ -124,28 +153,77 @@ pub fn plan(cfg: &Config, data: &DataFacts, micro_batch: usize, on_gpu: bool) ->
         part("data cache (mapped)", data.cache_bytes),
         part("data in memory", in_memory),
         part("Kneser-Ney baseline", kn),
-        part("process", process),
+        part("process", PROCESS_BYTES),
     ];
     // Weights, moments and activations live through the step; the writer's copy and the
     // gradients never coexist with the activations' peak at full size, so the larger counts.
-    let fixed = process + data.cache_bytes + in_memory;
+    let fixed = PROCESS_BYTES + data.cache_bytes + in_memory;
     let training_bytes = fixed + weights + moments + acts + grads.max(writer);
     let baseline_bytes = fixed + kn;
     let retained = kn.min(weights + moments + writer);
     Plan {
         params: p as usize,
         micro_batch,
-        path: if on_gpu {
-            "device"
-        } else if fused {
-            "fused CPU"
-        } else {
-            "composed"
-        },
+        path: if fused { "fused CPU" } else { "composed" },
         parts,
         training_bytes,
         baseline_bytes,
         peak_bytes: training_bytes.max(baseline_bytes) + retained,
+        host_peak_bytes: None,
+    }
+}
+
+/// A GPU run's plan: the device's memory apart from the host's (see the module doc).
+fn gpu_plan(cfg: &Config, data: &DataFacts, micro_batch: usize) -> Plan {
+    let (p, largest) = tensor_sizes(&cfg.model);
+    let n = (micro_batch * data.longest) as u64;
+    let grads = gradient_bytes(cfg, p, n);
+    let mut acts = activation_bytes(cfg, micro_batch, data.longest, false);
+    if cfg.train.dtype == "bf16" {
+        acts /= 2; // 2 bytes per activation value
+    }
+    let (weights, moments) = (4 * p, 8 * p);
+    let tensors = weights + grads + moments + acts;
+    let slack = (tensors as f64 * ALLOCATOR_SLACK) as u64;
+    let counted = tensors + slack + CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES;
+    let margin = (counted as f64 * GPU_MARGIN) as u64;
+    let device = |name, bytes| Part {
+        name,
+        bytes,
+        on: "device",
+    };
+    let host = |name, bytes| Part {
+        name,
+        bytes,
+        on: "host",
+    };
+    let in_memory = DATA_BYTES_PER_TOKEN * data.tokens;
+    let (kn, writer) = (baseline_bytes(cfg, data), 4 * largest);
+    let parts = vec![
+        device("weights", weights),
+        device("gradients", grads),
+        device("AdamW moments", moments),
+        device("activations (one micro-batch)", acts),
+        device("CUDA context", CUDA_CONTEXT_BYTES),
+        device("cuBLAS workspace", CUBLAS_WORKSPACE_BYTES),
+        device("allocator slack", slack),
+        device("safety margin", margin),
+        host("checkpoint writer", writer),
+        host("data cache (mapped)", data.cache_bytes),
+        host("data in memory", in_memory),
+        host("Kneser-Ney baseline", kn),
+        host("process", PROCESS_BYTES),
+    ];
+    let fixed = PROCESS_BYTES + data.cache_bytes + in_memory;
+    Plan {
+        params: p as usize,
+        micro_batch,
+        path: "device",
+        parts,
+        training_bytes: counted + margin,
+        baseline_bytes: fixed + kn,
+        peak_bytes: counted + margin,
+        host_peak_bytes: Some(fixed + kn.max(writer)),
     }
 }
 
@@ -217,16 +295,45 @@ impl Plan {
             "memory plan: {} parameters, micro-batch {} ({} path)\n",
             self.params, self.micro_batch, self.path
         );
+        let gpu = self.host_peak_bytes.is_some();
         for part in &self.parts {
-            s.push_str(&format!("  {:<32} {:>10}\n", part.name, mb(part.bytes)));
+            let on = if gpu {
+                format!("  ({})", part.on)
+            } else {
+                String::new()
+            };
+            s.push_str(&format!("  {:<32} {:>10}{on}\n", part.name, mb(part.bytes)));
         }
-        s.push_str(&format!(
-            "  predicted peak {} (training {}, baseline phase {}, and the baseline's memory the large tensors do not reuse)",
-            mb(self.peak_bytes),
-            mb(self.training_bytes),
-            mb(self.baseline_bytes)
-        ));
+        match self.host_peak_bytes {
+            Some(host) => s.push_str(&format!(
+                "  predicted peak {} of GPU memory, {} of host memory",
+                mb(self.peak_bytes),
+                mb(host)
+            )),
+            None => s.push_str(&format!(
+                "  predicted peak {} (training {}, baseline phase {}, and the baseline's memory the large tensors do not reuse)",
+                mb(self.peak_bytes),
+                mb(self.training_bytes),
+                mb(self.baseline_bytes)
+            )),
+        }
         s
+    }
+
+    /// A GPU run's host side against `available` host bytes (MemAvailable); nothing to check
+    /// on the CPU, whose [`Plan::check`] counts everything.
+    pub fn check_host(&self, available: Option<u64>) -> Result<()> {
+        let (Some(host), Some(avail)) = (self.host_peak_bytes, available) else {
+            return Ok(());
+        };
+        if host > avail {
+            bail!(
+                "this run's host side (the data, the KN baseline, the checkpoint writer's copy) needs about {} but MemAvailable is {}: it would not fit, so nothing was allocated; lower train.baseline_max_tokens (or train.baseline_order = 0), or free host memory",
+                mb(host),
+                mb(avail)
+            );
+        }
+        Ok(())
     }
 
     /// An error when the peak exceeds `limit` bytes (`what` names the limit), saying what to
@@ -248,9 +355,11 @@ impl Plan {
     }
 }
 
-/// What a run may use, and what that limit is: `LMTRAIN_MEMORY_LIMIT_MB` (MiB) when set, else
-/// MemAvailable on the CPU and the free memory `nvidia-smi` reports on a CUDA GPU; `None` where
-/// neither is known (Metal, or no nvidia-smi).
+/// What a run may use where its model lives, and what that limit is: `LMTRAIN_MEMORY_LIMIT_MB`
+/// (MiB) when set, else MemAvailable on the CPU and, on a CUDA GPU, the free memory CUDA
+/// reports for the run's own device (`cuMemGetInfo` in its context: right under
+/// `CUDA_VISIBLE_DEVICES`, where nvidia-smi's indices name other GPUs); `None` where neither is
+/// known (Metal).
 pub fn memory_limit(device: &candle_core::Device) -> Option<(u64, &'static str)> {
     let env = std::env::var("LMTRAIN_MEMORY_LIMIT_MB").ok();
     if let Some(mb) = env.and_then(|v| v.trim().parse::<u64>().ok()) {
@@ -258,25 +367,24 @@ pub fn memory_limit(device: &candle_core::Device) -> Option<(u64, &'static str)>
     }
     match device.location() {
         candle_core::DeviceLocation::Cpu => mem_available().map(|b| (b, "MemAvailable")),
-        candle_core::DeviceLocation::Cuda { gpu_id } => {
-            gpu_free(gpu_id).map(|b| (b, "the GPU's free memory"))
+        candle_core::DeviceLocation::Cuda { .. } => {
+            gpu_free(device).map(|b| (b, "the GPU's free memory (CUDA)"))
         }
         _ => None,
     }
 }
 
-/// Free memory of CUDA GPU `gpu_id` in bytes, from `nvidia-smi`.
-fn gpu_free(gpu_id: usize) -> Option<u64> {
-    let out = std::process::Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=memory.free",
-            "--format=csv,noheader,nounits",
-            &format!("--id={gpu_id}"),
-        ])
-        .output()
-        .ok()?;
-    let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-    out.status.success().then_some(mib << 20)
+/// Free memory of the CUDA device `device` in bytes, as CUDA reports it in its context.
+#[cfg(feature = "cuda")]
+fn gpu_free(device: &candle_core::Device) -> Option<u64> {
+    let cuda = device.as_cuda_device().ok()?;
+    let (free, _total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+    Some(free as u64)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_free(_device: &candle_core::Device) -> Option<u64> {
+    None // no CUDA device exists in a build without CUDA
 }
 
 /// The micro-batch `train.micro_batch` asks for: the whole batch, the given size, or (`auto`)
@@ -352,6 +460,41 @@ mod tests {
             e.contains("would not fit") && e.contains("the limit is"),
             "{e}"
         );
+    }
+
+    /// A GPU plan counts the device apart from the host: the data and the baseline on the
+    /// host, the context, workspace, slack and margin on the device; bf16 halves activations.
+    #[test]
+    fn a_gpu_plan_is_the_gpus() {
+        let mut c = cfg();
+        c.train.baseline_order = 5;
+        let gpu = plan(&c, &DATA, 16, true);
+        let cpu = plan(&c, &DATA, 16, false);
+        let on = |p: &Plan, name: &str| {
+            let part = p.parts.iter().find(|x| x.name == name).unwrap();
+            (part.on, part.bytes)
+        };
+        assert_eq!(on(&gpu, "data cache (mapped)"), ("host", DATA.cache_bytes));
+        assert_eq!(on(&gpu, "Kneser-Ney baseline").0, "host");
+        assert_eq!(on(&gpu, "CUDA context"), ("device", CUDA_CONTEXT_BYTES));
+        let device_sum: u64 = gpu
+            .parts
+            .iter()
+            .filter(|p| p.on == "device")
+            .map(|p| p.bytes)
+            .sum();
+        assert_eq!(device_sum, gpu.peak_bytes);
+        let host = gpu.host_peak_bytes.unwrap();
+        assert!(host >= DATA.cache_bytes + on(&gpu, "Kneser-Ney baseline").1);
+        assert!(cpu.host_peak_bytes.is_none());
+        let mut bf16 = c.clone();
+        bf16.train.dtype = "bf16".into();
+        let acts = |p: &Plan| on(p, "activations (one micro-batch)").1;
+        assert_eq!(acts(&plan(&bf16, &DATA, 16, true)), acts(&gpu) / 2);
+        assert!(gpu.check_host(Some(host)).is_ok());
+        let e = gpu.check_host(Some(host - 1)).unwrap_err().to_string();
+        assert!(e.contains("host side") && e.contains("MemAvailable"), "{e}");
+        assert!(gpu.describe().contains("of GPU memory"));
     }
 
     /// `auto` takes the largest divisor of the batch that fits, 1 when none does.
