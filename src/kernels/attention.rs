@@ -36,3 +36,38 @@ pub fn attend(kn: Kernels, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) ->
 }
 
 pub use composed::attention::{attention_mask, HIDDEN};
+
+/// Which keys the queries of one forward pass see, in the form the backend that will compute
+/// the attention needs: the one place that decides it (the model only says whether it decodes
+/// with a KV cache).
+#[derive(Debug, Clone)]
+pub enum Visibility {
+    /// No cache: each of the `T` queries sees itself and earlier positions, except pad keys of
+    /// `key_mask (B, T)` (1.0 = real, 0.0 = pad; `None` = all real). The fused CPU kernel
+    /// works from the key mask alone ([`causal_attention`]).
+    Causal { key_mask: Option<Tensor> },
+    /// The additive mask `(B | 1, 1, T, S)` of [`attention_mask`] over all `S` keys (cached +
+    /// new), built once per forward pass: decoding with a KV cache, and every backend but the
+    /// CPU kernels ([`attend`]).
+    Additive(Tensor),
+}
+
+impl Visibility {
+    /// The visibility of `t` new queries at positions `offset..offset + t` of activations `x`
+    /// (`key_mask (B, T)` or `None`), `cached` when earlier keys come from a KV cache.
+    pub fn new(
+        kn: Kernels,
+        x: &Tensor,
+        (t, offset): (usize, usize),
+        key_mask: Option<&Tensor>,
+        cached: bool,
+    ) -> Result<Self> {
+        if !cached && kn.backend(x) == Backend::Cpu {
+            return Ok(Visibility::Causal {
+                key_mask: key_mask.cloned(),
+            });
+        }
+        let mask = attention_mask(t, offset, key_mask, x.device())?; // (B | 1, 1, T, S)
+        Ok(Visibility::Additive(mask))
+    }
+}

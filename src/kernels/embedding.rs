@@ -13,6 +13,12 @@ pub fn lookup(k: Kernels, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Whether `table`'s lookups can leave row gradients ([`lookup_with_row_grads`]): on the CPU
+/// kernels only.
+pub fn leaves_row_grads(k: Kernels, table: &Tensor) -> bool {
+    k.backend(table) == Backend::Cpu
+}
+
 /// [`lookup`] whose backward leaves the table's gradient in `sink` as rows (the table gets no
 /// gradient through the graph), for an optimizer that updates only the rows a batch read.
 /// The CPU kernels only: an error on any other backend.

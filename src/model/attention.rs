@@ -1,9 +1,9 @@
 //! Causal multi-head self-attention with key padding masks and a KV cache.
 
-use super::pass::{Pass, Visibility};
+use super::pass::Pass;
 use super::{linear, residual_std, Linear, INIT_STD};
 use crate::config::ModelConfig;
-use crate::kernels::attention::{attend, causal_attention};
+use crate::kernels::attention::{attend, causal_attention, Visibility};
 use candle_core::{bail, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -118,7 +118,9 @@ impl Attention {
         }
         let y = match (pass.visibility, cache) {
             // Training and evaluation, in the (B, T, H, D) layout the projections produce.
-            (Visibility::Causal { key_mask }, None) => causal_attention(kn, &q, &k, &v, key_mask)?,
+            (Visibility::Causal { key_mask }, None) => {
+                causal_attention(kn, &q, &k, &v, key_mask.as_ref())?
+            }
             (Visibility::Additive(mask), cache) => {
                 let heads_first = |x: &Tensor| x.transpose(1, 2)?.contiguous(); // (B, H, T, D)
                 let (q, mut k, mut v) = (heads_first(&q)?, heads_first(&k)?, heads_first(&v)?);

@@ -1,16 +1,17 @@
 //! The whole model: embeddings, blocks, final norm and LM head.
 
-use super::attention::{attention_mask, KvCache};
+use super::attention::KvCache;
 use super::block::Block;
 use super::ngram;
 use super::norm::Norm;
-use super::pass::{Pass, Visibility};
+use super::pass::Pass;
 use super::positions::{LearnedPositions, Rope};
 use super::Linear;
 use super::{Mode, INIT_STD};
 use crate::config::{ModelConfig, Positions};
+use crate::kernels::attention::Visibility;
 use crate::kernels::embedding::{self, RowGrads};
-use crate::kernels::{Backend, Kernels};
+use crate::kernels::Kernels;
 use candle_core::DType;
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -194,7 +195,7 @@ impl Gpt {
             else {
                 bail!("no n-gram table `{name}` to collect row gradients of")
             };
-            if kernels.backend(&table.weight) != Backend::Cpu {
+            if !embedding::leaves_row_grads(kernels, &table.weight) {
                 bail!("`{name}` cannot leave row gradients: its lookups do not run on the CPU kernels")
             }
             let sink = RowGrads::default();
@@ -251,17 +252,10 @@ impl Gpt {
             Some(r) => Some(r.tables(offset, t)?),
             None => None,
         };
-        // The fused CPU attention needs only the key mask; everything else (the KV cache, other
-        // backends) takes the additive mask, built once for all blocks.
-        let additive;
-        let visibility = if cache.is_none() && k.backend(&x) == Backend::Cpu {
-            Visibility::Causal { key_mask }
-        } else {
-            additive = attention_mask(t, offset, key_mask, x.device())?; // (B | 1, 1, T, S)
-            Visibility::Additive(&additive)
-        };
+        // Built once for all blocks, in the form the attention's backend needs.
+        let visibility = Visibility::new(k, &x, (t, offset), key_mask, cache.is_some())?;
         let pass = Pass {
-            visibility,
+            visibility: &visibility,
             rope: rope.as_ref(),
             mode,
             dropout: p,
