@@ -8,6 +8,7 @@
 pub mod baseline;
 pub mod baseline_run;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
