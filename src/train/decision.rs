@@ -5,7 +5,6 @@
 //! --set train.lr=…`) is refused on every rank, naming the first differing key — and then
 //! opens with rank 0's decisions instead of deciding again (and perhaps differently).
 
-use super::session::{Session, TrainOptions};
 use crate::config::Config;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -13,7 +12,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decision {
-    /// What rank 0's command line asked for (see [`Session::requested`]).
+    /// What rank 0's command line asked for (see `Session::requested`).
     pub requested: Config,
     /// Rank 0's completed config: every rank trains exactly this.
     pub config: Config,
@@ -24,20 +23,10 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub fn of(session: &Session) -> Decision {
-        Decision {
-            requested: session.requested.clone(),
-            config: session.config.clone(),
-            resume_from: session.resume_from.clone(),
-            run_dir: session.run_dir.clone(),
-        }
-    }
-
-    /// Refuses a rank whose own command line (`opts`) asks for another run than rank 0's.
-    pub fn same_request(&self, opts: &TrainOptions, rank: usize) -> Result<()> {
-        let ckpt = self.resume_from.as_deref();
-        let (own, _) = super::session::resolve_config(opts, ckpt)?;
-        match super::continuity::differences(&self.requested, &own).first() {
+    /// Refuses rank `rank` when its own command line asked for another run (`own`, resolved
+    /// against rank 0's checkpoint) than rank 0's.
+    pub fn same_request(&self, own: &Config, rank: usize) -> Result<()> {
+        match super::continuity::differences(&self.requested, own).first() {
             None => Ok(()),
             Some(d) => bail!(
                 "rank {rank} was launched with other settings than rank 0: {} is {} on rank 0 but {} on rank {rank}. Every rank of a data-parallel job must be given the same command line (`mpirun -np N lmtrain train …`, not an MPMD launch with options per rank)",

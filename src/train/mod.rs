@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mfu;
 pub mod optim;
 mod progress;
+mod request;
 pub mod restore;
 pub mod schedule;
 pub mod session;
