@@ -79,3 +79,28 @@ fn set_takes_a_list_of_corpus_files() {
     };
     assert_eq!(sequences(&said), 2 * sequences(&one), "{said}\n{one}");
 }
+
+/// A tokenizer path that does not exist is named as what it is (before: "cannot read corpus
+/// file …", for a tokenizer).
+#[test]
+fn a_missing_tokenizer_is_not_called_a_corpus_file() {
+    let work = temp_dir("tok-path");
+    let cfg = write_config(&work, &common::tiny_config(&work, 2));
+    let out = lmtrain(&[
+        "prepare",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--set",
+        "data.format=text",
+        "--set",
+        "data.tokenizer=/nonexistent/tok.json",
+    ]);
+    assert_fails_with(
+        &out,
+        &[
+            "cannot read tokenizer file /nonexistent/tok.json",
+            "data.tokenizer",
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("corpus file"));
+}

@@ -11,7 +11,7 @@
 use super::build;
 pub use super::build::special_names;
 use super::documents;
-use super::input::{hash_file, CorpusPaths};
+use super::input::{hash_file, hash_named, CorpusPaths};
 use super::split::Splitter;
 pub use super::stats::PrepareStats;
 use super::stream::{Sides, Source};
@@ -153,13 +153,21 @@ fn cache_key(
     // of its specials. The line format's key stays what it always was, but for a given
     // vocabulary (its bytes).
     if cfg.format == DataFormat::Lines && !cfg.tokenizer.is_empty() {
-        let file = hash_file(Path::new(&cfg.tokenizer))?.0;
+        let file = hash_named(
+            Path::new(&cfg.tokenizer),
+            "tokenizer file",
+            "data.tokenizer",
+        )?
+        .0;
         key_text.push_str(&format!("vocabulary file {file:016x}\n"));
     }
     if cfg.format != DataFormat::Lines {
         let tokenizer = match cfg.tokenizer.as_str() {
             "bpe" => format!("bpe {} {}", cfg.vocab_size, cfg.bpe_sample_bytes),
-            path => format!("file {:016x}", hash_file(Path::new(path))?.0),
+            path => format!(
+                "file {:016x}",
+                hash_named(Path::new(path), "tokenizer file", "data.tokenizer")?.0
+            ),
         };
         key_text.push_str(&format!(
             "format {:?}\ntext_field {:?}\ntokenizer {tokenizer}\nspecials {:?} {:?} {:?}\n",

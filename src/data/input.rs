@@ -271,17 +271,34 @@ fn open_corpus_file(path: &Path) -> anyhow::Result<File> {
             path.display()
         );
     }
+    open_named(path, "corpus file", "data.train_file")
+}
+
+/// Opens `path`, `what` it is and the `key` that names it in errors.
+fn open_named(path: &Path, what: &str, key: &str) -> anyhow::Result<File> {
+    if path.is_dir() {
+        anyhow::bail!(
+            "{what} {} ({key}) is a directory, not a file",
+            path.display()
+        );
+    }
     File::open(path).map_err(|e| {
         anyhow::anyhow!(
-            "cannot read corpus file {}: {e} (check the path in the config)",
+            "cannot read {what} {}: {e} (check {key} in the config or --set)",
             path.display()
         )
     })
 }
 
-/// FNV-1a 64 of a file's bytes and its length, streamed (what the cache key hashes).
+/// FNV-1a 64 of a corpus file's bytes and its length, streamed (what the cache key hashes).
 pub fn hash_file(path: &Path) -> anyhow::Result<(u64, u64)> {
-    let mut f = open_corpus_file(path)?;
+    hash_named(path, "corpus file", "data.train_file")
+}
+
+/// [`hash_file`] of a file that is `what`, named by `key` in errors (the tokenizer is no
+/// corpus file).
+pub fn hash_named(path: &Path, what: &str, key: &str) -> anyhow::Result<(u64, u64)> {
+    let mut f = open_named(path, what, key)?;
     let mut h = crate::rng::Fnv1a::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
