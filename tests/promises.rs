@@ -47,6 +47,18 @@ fn wait(mut child: Child) -> i32 {
     }
 }
 
+/// Waits (polling every 2 ms, at most 120 s) until `cond` holds.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn tiny_run(work: &Path, max_steps: u64, extra: &str) -> PathBuf {
     let text = common::tiny_config(work, max_steps).replace(
         "checkpoint_every = 0",
@@ -97,11 +109,7 @@ fn sigint_after_the_pipe_closed_writes_its_checkpoint() {
     let mut child = spawn(&["train", "-c", cfg.to_str().unwrap()]);
     read_then_close(&mut child, 1);
     let run = work.join("t");
-    let start = Instant::now();
-    while complete_checkpoints(&run).len() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("two checkpoints", || complete_checkpoints(&run).len() >= 2);
     // SAFETY: signals a child process this test started.
     assert_eq!(
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
@@ -356,14 +364,7 @@ fn runs_names_folders_and_shows_each_status() {
     ] {
         drop(child.stderr.take());
         let run = work.join("runs").join(name);
-        let start = Instant::now();
-        while complete_checkpoints(&run).is_empty() {
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "{name}: no checkpoint"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(name, || !complete_checkpoints(&run).is_empty());
     }
     // SAFETY: signals child processes this test started.
     unsafe {
@@ -464,27 +465,19 @@ fn a_stop_right_after_a_periodic_checkpoint_writes_it_once() {
         .spawn()
         .unwrap();
     let run = work.join("t");
-    let start = Instant::now();
-    let name = loop {
-        if let Some(n) = checkpoint_in_progress(&run) {
-            break n;
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    wait_until("a checkpoint being written", || {
+        checkpoint_in_progress(&run).is_some()
+    });
+    let name = checkpoint_in_progress(&run).expect("still in progress or done");
     // SAFETY: signals a child process this test started.
     assert_eq!(
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
         0
     );
     let dir = run.join(&name);
-    while !dir.join("manifest.json").is_file() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{name} never completed"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_until("the checkpoint's manifest", || {
+        dir.join("manifest.json").is_file()
+    });
     let inode = std::fs::metadata(&dir).unwrap().ino();
     assert_eq!(wait(child), 130);
     let log = read(&run.join("train.log"));
