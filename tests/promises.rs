@@ -480,16 +480,16 @@ fn a_stop_right_after_a_periodic_checkpoint_writes_it_once() {
     });
     let inode = std::fs::metadata(&dir).unwrap().ino();
     assert_eq!(wait(child), 130);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().ino(),
+        inode,
+        "{name} was written twice"
+    );
     let log = read(&run.join("train.log"));
     let step: u64 = name["step-".len()..].parse().unwrap();
     assert!(
         log.contains(&format!("stopped by SIGINT after step {step}:")),
         "{log}"
-    );
-    assert_eq!(
-        std::fs::metadata(&dir).unwrap().ino(),
-        inode,
-        "{name} was written twice"
     );
 }
 
