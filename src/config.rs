@@ -31,11 +31,7 @@ impl ConfigError {
         let ConfigError::Invalid { key, message } = self else {
             return self;
         };
-        let set = overrides
-            .iter()
-            .rev()
-            .find(|o| o.split('=').next().map(str::trim) == Some(key));
-        let from = match set {
+        let from = match override_for(key, overrides) {
             Some(o) => format!("set on the command line by `--set {o}`"),
             None if origin == "<defaults>" => "lmtrain's default".to_string(),
             None => format!("from {origin}"),
@@ -45,6 +41,67 @@ impl ConfigError {
             message: format!("{message} ({from})"),
         }
     }
+}
+
+/// The last `--set` of `overrides` that sets `key` (`section.key`), if any.
+pub fn override_for<'a>(key: &str, overrides: &'a [String]) -> Option<&'a str> {
+    overrides
+        .iter()
+        .rev()
+        .find(|o| o.split('=').next().map(str::trim) == Some(key))
+        .map(String::as_str)
+}
+
+/// A setting whose value differs between two configs (or two parts of configs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Difference {
+    /// The dotted key (`train.lr`; a bare field name for a section such as `ModelConfig`).
+    pub key: String,
+    /// The value in the first, as TOML writes it.
+    pub old: String,
+    /// The value in the second (`(unset)` where it lacks the key).
+    pub new: String,
+}
+
+/// Every leaf of a serialisable config (the whole `Config`, or one section) as `dotted.key` →
+/// its value as TOML writes it, in the config's order (arrays are leaves).
+pub fn flatten<T: Serialize>(value: &T) -> Vec<(String, String)> {
+    fn walk(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = match prefix {
+                        "" => k.clone(),
+                        p => format!("{p}.{k}"),
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            v => out.push((prefix.to_string(), v.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    // Serialising plain structs of numbers, strings and enums cannot fail.
+    if let Ok(v) = toml::Value::try_from(value) {
+        walk("", &v, &mut out);
+    }
+    out
+}
+
+/// Every key of `a` whose value differs in `b`, in `a`'s order.
+pub fn differences<T: Serialize>(a: &T, b: &T) -> Vec<Difference> {
+    let fb = flatten(b);
+    flatten(a)
+        .into_iter()
+        .filter_map(|(key, old)| {
+            let new = fb.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+            (new.as_ref() != Some(&old)).then(|| Difference {
+                new: new.unwrap_or_else(|| "(unset)".into()),
+                key,
+                old,
+            })
+        })
+        .collect()
 }
 
 /// The names other trainers give lmtrain's keys (nanoGPT's train.py, Hugging Face configs and

@@ -222,34 +222,8 @@ fn load_row(path: &Path) -> Result<RunRow> {
         elapsed_s,
         best_val_loss,
         baseline,
-        config: flatten(&config)?,
+        config: crate::config::flatten(&config).into_iter().collect(),
     })
-}
-
-/// `section.key` → value rendered as TOML, for every key of the config.
-fn flatten(config: &Config) -> Result<BTreeMap<String, String>> {
-    let value = toml::Value::try_from(config).context("rendering the config as TOML")?;
-    let mut out = BTreeMap::new();
-    walk("", &value, &mut out);
-    Ok(out)
-}
-
-fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
-    match value {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                walk(&key, v, out);
-            }
-        }
-        v => {
-            out.insert(prefix.to_string(), v.to_string());
-        }
-    }
 }
 
 /// The keys whose values differ between runs, each with its value per run (`-` where a run's

@@ -6,7 +6,7 @@
 //! says what each does. A different run from the same weights is `--init-from CHECKPOINT`.
 
 use super::schedule::lr_at;
-use crate::config::{Config, MicroBatch};
+use crate::config::{differences, Config, Difference, MicroBatch};
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -49,14 +49,6 @@ enum Effect {
     Cadence,
 }
 
-/// A setting that differs between the checkpoint's config and the resume's.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Difference {
-    pub key: String,
-    pub old: String,
-    pub new: String,
-}
-
 /// Checks the resume's `new` config against the checkpoint's `saved` one: a `micro_batch =
 /// "auto"` takes the checkpoint's resolved value; a change of any key outside [`MAY_CHANGE`] is
 /// refused naming it, its two values, where the new one came from (`origin`) and the way out;
@@ -94,39 +86,6 @@ pub fn check(
         }
     }
     Ok(notes)
-}
-
-/// Every dotted key whose value differs between `a` and `b` (keys of either).
-pub fn differences(a: &Config, b: &Config) -> Vec<Difference> {
-    let (fa, fb) = (flatten(a), flatten(b));
-    let mut out = Vec::new();
-    for (key, old) in &fa {
-        let new = fb.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-        if new.as_ref() != Some(old) {
-            out.push(Difference {
-                key: key.clone(),
-                old: old.clone(),
-                new: new.unwrap_or_else(|| "(unset)".into()),
-            });
-        }
-    }
-    out
-}
-
-/// `section.key` → the value as TOML writes it, in the config's order.
-fn flatten(c: &Config) -> Vec<(String, String)> {
-    let Ok(table) = toml::Table::try_from(c) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (section, v) in &table {
-        if let Some(t) = v.as_table() {
-            for (k, v) in t {
-                out.push((format!("{section}.{k}"), v.to_string()));
-            }
-        }
-    }
-    out
 }
 
 /// One line saying what an allowed change does from step `step` on.

@@ -26,7 +26,7 @@ impl Decision {
     /// Refuses rank `rank` when its own command line asked for another run (`own`, resolved
     /// against rank 0's checkpoint) than rank 0's.
     pub fn same_request(&self, own: &Config, rank: usize) -> Result<()> {
-        match super::continuity::differences(&self.requested, own).first() {
+        match crate::config::differences(&self.requested, own).first() {
             None => Ok(()),
             Some(d) => bail!(
                 "rank {rank} was launched with other settings than rank 0: {} is {} on rank 0 but {} on rank {rank}. Every rank of a data-parallel job must be given the same command line (`mpirun -np N lmtrain train …`, not an MPMD launch with options per rank)",

@@ -85,10 +85,13 @@ fn take_architecture(config: &mut Config, source: &ModelConfig, dir: &Path, quie
         ..source.clone()
     };
     if !quiet {
-        for (key, from, to) in differences(&config.model, &model) {
+        for d in crate::config::differences(&config.model, &model) {
             crate::note!(
-                "note: model.{key} = {to} from {} (the config said {from})",
-                dir.display()
+                "note: model.{} = {} from {} (the config said {})",
+                d.key,
+                d.new,
+                dir.display(),
+                d.old
             );
         }
     }
@@ -115,17 +118,4 @@ fn same_vocabulary(saved: &Vocab, prepared: &Vocab, ckpt: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The fields (TOML key, value in `a`, value in `b`) in which two model configs differ.
-fn differences(a: &ModelConfig, b: &ModelConfig) -> Vec<(String, String, String)> {
-    let (Ok(a), Ok(b)) = (toml::Table::try_from(a), toml::Table::try_from(b)) else {
-        return Vec::new();
-    };
-    a.iter()
-        .filter_map(|(k, v)| {
-            let w = b.get(k)?;
-            (v != w).then(|| (k.clone(), v.to_string(), w.to_string()))
-        })
-        .collect()
 }

@@ -113,7 +113,10 @@ pub(super) fn resolve_config(
     if cfg.model.vocab_size == 0 {
         cfg.model.vocab_size = saved.model.vocab_size;
     }
-    if let Some(field) = first_difference(&cfg.model, &saved.model) {
+    if let Some(field) = crate::config::differences(&cfg.model, &saved.model)
+        .first()
+        .map(|d| &d.key)
+    {
         bail!(
             "cannot resume {}: model.{field} differs from the checkpoint's; the architecture comes from the checkpoint (drop the override, or start a new run from its weights with `--init-from {}`)",
             ckpt.display(),
@@ -129,22 +132,8 @@ pub(super) fn resolve_config(
 
 /// Where the value of `key` came from: a `--set` (or flag) on the command line, else `file`.
 pub fn value_origin(key: &str, overrides: &[String], file: &Path) -> String {
-    let set = overrides
-        .iter()
-        .rev()
-        .find(|o| o.split('=').next().map(str::trim) == Some(key));
-    match set {
+    match crate::config::override_for(key, overrides) {
         Some(o) => format!("from the command line, `--set {o}`"),
         None => format!("from {}", file.display()),
     }
-}
-
-/// The first field (by TOML key) in which two serialisable values differ.
-pub fn first_difference<T: serde::Serialize>(a: &T, b: &T) -> Option<String> {
-    let a = toml::Table::try_from(a).ok()?;
-    let b = toml::Table::try_from(b).ok()?;
-    a.iter()
-        .find(|(k, v)| b.get(*k) != Some(v))
-        .map(|(k, _)| k.clone())
-        .or_else(|| b.keys().find(|k| !a.contains_key(*k)).cloned())
 }
