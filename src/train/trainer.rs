@@ -60,12 +60,11 @@ pub fn train_in(s: Session, world: World) -> Result<TrainSummary> {
             status::record(&run_dir, state, step, message);
         }
     };
-    let start = match &s.resume_from {
-        Some(dir) => checkpoint::load_state(dir).ok().map(|st| st.step),
-        None => Some(0),
-    };
-    record(Recorded::Running, start, None);
-    let result = Trainer::new(s, world).and_then(Trainer::run);
+    // Running from the step the trainer starts at (its resumed state, read once).
+    let result = Trainer::new(s, world).and_then(|t| {
+        record(Recorded::Running, Some(t.state.step), None);
+        t.run()
+    });
     match &result {
         Ok(summary) => record(Recorded::Finished, Some(summary.steps), None),
         Err(e) => match e.downcast_ref::<Interrupted>() {
