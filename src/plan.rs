@@ -127,42 +127,29 @@ pub fn plan(cfg: &Config, data: &DataFacts, micro_batch: usize, on_gpu: bool) ->
     if on_gpu {
         return gpu_plan(cfg, data, micro_batch);
     }
-    let m = &cfg.model;
-    let (p, largest) = tensor_sizes(m);
     // The fused kernels are what `Kernels::Auto` runs for f32 on the CPU.
     let fused = cfg.run.kernels == Kernels::Auto
         && cfg.train.dtype == "f32"
         && !std::env::var("LMTRAIN_COMPOSED").is_ok_and(|v| v == "1");
-    let n = (micro_batch * data.longest) as u64; // tokens of one micro-batch
-    let grads = gradient_bytes(cfg, p, n);
-    let acts = activation_bytes(cfg, micro_batch, data.longest, fused);
-    let (weights, moments, writer) = (4 * p, 8 * p, 4 * largest);
-    let in_memory = DATA_BYTES_PER_TOKEN * data.tokens;
-    let kn = baseline_bytes(cfg, data);
-    let part = |name, bytes| Part {
-        name,
-        bytes,
-        on: "host",
-    };
+    let z = Sizes::of(cfg, data, micro_batch, fused);
     let parts = vec![
-        part("weights", weights),
-        part("gradients", grads),
-        part("AdamW moments", moments),
-        part("activations (one micro-batch)", acts),
-        part("checkpoint writer", writer),
-        part("data cache (mapped)", data.cache_bytes),
-        part("data in memory", in_memory),
-        part("Kneser-Ney baseline", kn),
-        part("process", PROCESS_BYTES),
+        Part::host("weights", z.weights),
+        Part::host("gradients", z.grads),
+        Part::host("AdamW moments", z.moments),
+        Part::host("activations (one micro-batch)", z.acts),
+        Part::host("checkpoint writer", z.writer),
+        Part::host("data cache (mapped)", data.cache_bytes),
+        Part::host("data in memory", z.in_memory),
+        Part::host("Kneser-Ney baseline", z.kn),
+        Part::host("process", PROCESS_BYTES),
     ];
     // Weights, moments and activations live through the step; the writer's copy and the
     // gradients never coexist with the activations' peak at full size, so the larger counts.
-    let fixed = PROCESS_BYTES + data.cache_bytes + in_memory;
-    let training_bytes = fixed + weights + moments + acts + grads.max(writer);
-    let baseline_bytes = fixed + kn;
-    let retained = kn.min(weights + moments + writer);
+    let training_bytes = z.fixed + z.weights + z.moments + z.acts + z.grads.max(z.writer);
+    let baseline_bytes = z.fixed + z.kn;
+    let retained = z.kn.min(z.weights + z.moments + z.writer);
     Plan {
-        params: p as usize,
+        params: z.params as usize,
         micro_batch,
         path: if fused { "fused CPU" } else { "composed" },
         parts,
@@ -175,55 +162,90 @@ pub fn plan(cfg: &Config, data: &DataFacts, micro_batch: usize, on_gpu: bool) ->
 
 /// A GPU run's plan: the device's memory apart from the host's (see the module doc).
 fn gpu_plan(cfg: &Config, data: &DataFacts, micro_batch: usize) -> Plan {
-    let (p, largest) = tensor_sizes(&cfg.model);
-    let n = (micro_batch * data.longest) as u64;
-    let grads = gradient_bytes(cfg, p, n);
-    let mut acts = activation_bytes(cfg, micro_batch, data.longest, false);
+    let mut z = Sizes::of(cfg, data, micro_batch, false);
     if cfg.train.dtype == "bf16" {
-        acts /= 2; // 2 bytes per activation value
+        z.acts /= 2; // 2 bytes per activation value
     }
-    let (weights, moments) = (4 * p, 8 * p);
-    let tensors = weights + grads + moments + acts;
+    let tensors = z.weights + z.grads + z.moments + z.acts;
     let slack = (tensors as f64 * ALLOCATOR_SLACK) as u64;
     let counted = tensors + slack + CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES;
     let margin = (counted as f64 * GPU_MARGIN) as u64;
-    let device = |name, bytes| Part {
-        name,
-        bytes,
-        on: "device",
-    };
-    let host = |name, bytes| Part {
-        name,
-        bytes,
-        on: "host",
-    };
-    let in_memory = DATA_BYTES_PER_TOKEN * data.tokens;
-    let (kn, writer) = (baseline_bytes(cfg, data), 4 * largest);
     let parts = vec![
-        device("weights", weights),
-        device("gradients", grads),
-        device("AdamW moments", moments),
-        device("activations (one micro-batch)", acts),
-        device("CUDA context", CUDA_CONTEXT_BYTES),
-        device("cuBLAS workspace", CUBLAS_WORKSPACE_BYTES),
-        device("allocator slack", slack),
-        device("safety margin", margin),
-        host("checkpoint writer", writer),
-        host("data cache (mapped)", data.cache_bytes),
-        host("data in memory", in_memory),
-        host("Kneser-Ney baseline", kn),
-        host("process", PROCESS_BYTES),
+        Part::device("weights", z.weights),
+        Part::device("gradients", z.grads),
+        Part::device("AdamW moments", z.moments),
+        Part::device("activations (one micro-batch)", z.acts),
+        Part::device("CUDA context", CUDA_CONTEXT_BYTES),
+        Part::device("cuBLAS workspace", CUBLAS_WORKSPACE_BYTES),
+        Part::device("allocator slack", slack),
+        Part::device("safety margin", margin),
+        Part::host("checkpoint writer", z.writer),
+        Part::host("data cache (mapped)", data.cache_bytes),
+        Part::host("data in memory", z.in_memory),
+        Part::host("Kneser-Ney baseline", z.kn),
+        Part::host("process", PROCESS_BYTES),
     ];
-    let fixed = PROCESS_BYTES + data.cache_bytes + in_memory;
     Plan {
-        params: p as usize,
+        params: z.params as usize,
         micro_batch,
         path: "device",
         parts,
         training_bytes: counted + margin,
-        baseline_bytes: fixed + kn,
+        baseline_bytes: z.fixed + z.kn,
         peak_bytes: counted + margin,
-        host_peak_bytes: Some(fixed + kn.max(writer)),
+        host_peak_bytes: Some(z.fixed + z.kn.max(z.writer)),
+    }
+}
+
+/// The sizes both plans are made of, in bytes (f32), for micro-batches of `micro_batch`.
+struct Sizes {
+    params: u64,
+    weights: u64,
+    grads: u64,
+    moments: u64,
+    acts: u64,
+    /// The checkpoint writer's copy of the largest tensor.
+    writer: u64,
+    in_memory: u64,
+    kn: u64,
+    /// What lives through every phase: the process, the mapped cache, the data in memory.
+    fixed: u64,
+}
+
+impl Sizes {
+    fn of(cfg: &Config, data: &DataFacts, micro_batch: usize, fused: bool) -> Sizes {
+        let (p, largest) = tensor_sizes(&cfg.model);
+        let n = (micro_batch * data.longest) as u64; // tokens of one micro-batch
+        let in_memory = DATA_BYTES_PER_TOKEN * data.tokens;
+        Sizes {
+            params: p,
+            weights: 4 * p,
+            grads: gradient_bytes(cfg, p, n),
+            moments: 8 * p,
+            acts: activation_bytes(cfg, micro_batch, data.longest, fused),
+            writer: 4 * largest,
+            in_memory,
+            kn: baseline_bytes(cfg, data),
+            fixed: PROCESS_BYTES + data.cache_bytes + in_memory,
+        }
+    }
+}
+
+impl Part {
+    fn host(name: &'static str, bytes: u64) -> Part {
+        Part {
+            name,
+            bytes,
+            on: "host",
+        }
+    }
+
+    fn device(name: &'static str, bytes: u64) -> Part {
+        Part {
+            name,
+            bytes,
+            on: "device",
+        }
     }
 }
 
