@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{complete_checkpoints as checkpoints, lmtrain, temp_dir, write_config};
+use common::{complete_checkpoints as checkpoints, lmtrain, spawn, temp_dir, write_config};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A tiny run that would train for a long time, checkpointing every 5 steps.
@@ -17,16 +17,6 @@ fn long_run(work: &Path) -> PathBuf {
         "checkpoint_every = 5\nearly_stop_patience = 0\nbaseline_order = 0",
     );
     write_config(work, &text)
-}
-
-fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lmtrain"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lmtrain")
 }
 
 /// Waits (up to 120 s) until `cond` holds.

@@ -5,20 +5,11 @@
 
 mod common;
 
-use common::{complete_checkpoints, lmtrain, lmtrain_ok, temp_dir, write_config};
+use common::{complete_checkpoints, lmtrain, lmtrain_ok, spawn, temp_dir, write_config};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lmtrain"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lmtrain")
-}
 
 /// Reads `n` lines of the child's stderr, then closes both of its pipes, as `| head -n` does.
 fn read_then_close(child: &mut Child, n: usize) -> Vec<String> {
@@ -78,7 +69,7 @@ fn read(path: &Path) -> String {
 fn a_closed_pipe_costs_no_work() {
     let work = temp_dir("pipe");
     let cfg = tiny_run(&work, 30, "");
-    let mut child = spawn(&["train", "-c", cfg.to_str().unwrap()]);
+    let mut child = spawn(&["train", "-c", cfg.to_str().unwrap()], &[]);
     let first = read_then_close(&mut child, 2);
     assert_eq!(first.len(), 2, "{first:?}");
     assert_eq!(wait(child), 0, "train failed after its pipes closed");
@@ -106,7 +97,7 @@ fn a_closed_pipe_costs_no_work() {
 fn sigint_after_the_pipe_closed_writes_its_checkpoint() {
     let work = temp_dir("pipe-int");
     let cfg = tiny_run(&work, 1_000_000, "early_stop_patience = 0");
-    let mut child = spawn(&["train", "-c", cfg.to_str().unwrap()]);
+    let mut child = spawn(&["train", "-c", cfg.to_str().unwrap()], &[]);
     read_then_close(&mut child, 1);
     let run = work.join("t");
     wait_until("two checkpoints", || complete_checkpoints(&run).len() >= 2);
@@ -150,7 +141,7 @@ fn every_command_survives_closed_pipes() {
         &["prepare", "-c", c],
     ];
     for args in commands {
-        let mut child = spawn(args);
+        let mut child = spawn(args, &[]);
         drop(child.stdout.take());
         drop(child.stderr.take());
         assert_eq!(wait(child), 0, "lmtrain {args:?} failed on closed pipes");
@@ -354,9 +345,9 @@ fn runs_names_folders_and_shows_each_status() {
     // Renamed after training: the row is named by the folder, not by run.name.
     std::fs::rename(work.join("runs/done"), work.join("runs/renamed")).unwrap();
     let long = |name: &str| run_with(name, 1_000_000, "early_stop_patience = 0");
-    let mut stopped = spawn(&["train", "-c", long("stopped").to_str().unwrap()]);
-    let mut crashed = spawn(&["train", "-c", long("crashed").to_str().unwrap()]);
-    let mut running = spawn(&["train", "-c", long("running").to_str().unwrap()]);
+    let mut stopped = spawn(&["train", "-c", long("stopped").to_str().unwrap()], &[]);
+    let mut crashed = spawn(&["train", "-c", long("crashed").to_str().unwrap()], &[]);
+    let mut running = spawn(&["train", "-c", long("running").to_str().unwrap()], &[]);
     for (child, name) in [
         (&mut stopped, "stopped"),
         (&mut crashed, "crashed"),

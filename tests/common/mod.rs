@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A fresh, empty folder under the system temp dir, unique per call.
@@ -70,6 +70,17 @@ pub fn lmtrain(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run lmtrain")
+}
+
+/// Starts the lmtrain binary with `envs`, its stdout and stderr piped.
+pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lmtrain")
 }
 
 /// Runs the lmtrain binary and asserts it succeeded (its stderr shown when not).
