@@ -244,7 +244,7 @@ pub fn resolve(path: &Path, pick: Pick) -> Result<PathBuf> {
     };
     match pick {
         Pick::Latest => Ok(latest),
-        Pick::Best => Ok(best_verified(path, &all, &state).unwrap_or(latest)),
+        Pick::Best => Ok(best_verified(path, &all, (&latest, &state)).unwrap_or(latest)),
     }
 }
 
@@ -267,7 +267,12 @@ fn newest_verified(all: &[(u64, PathBuf)]) -> Option<(PathBuf, TrainState)> {
 /// The checkpoint of lowest val loss that verifies: the run's best (`state.best_step`, from the
 /// newest checkpoint) when it does, else the next best by the evaluations in `metrics.jsonl`
 /// (and the best step each checkpoint recorded); `None` when no evaluated checkpoint verifies.
-fn best_verified(run_dir: &Path, all: &[(u64, PathBuf)], state: &TrainState) -> Option<PathBuf> {
+/// `newest` (verified already, with its state) is not hashed a second time.
+fn best_verified(
+    run_dir: &Path,
+    all: &[(u64, PathBuf)],
+    (newest, state): (&Path, &TrainState),
+) -> Option<PathBuf> {
     let losses = val_losses(run_dir, all);
     let mut ranked: Vec<(f64, u64, &PathBuf)> = all
         .iter()
@@ -282,7 +287,11 @@ fn best_verified(run_dir: &Path, all: &[(u64, PathBuf)], state: &TrainState) -> 
     });
     let mut skipped = Vec::new();
     for (loss, step, dir) in ranked {
-        match super::manifest::verify(dir) {
+        let verified = match dir.as_path() == newest {
+            true => Ok(()),
+            false => super::manifest::verify(dir),
+        };
+        match verified {
             Ok(()) if skipped.is_empty() => return Some(dir.clone()),
             Ok(()) => {
                 crate::note!(
