@@ -393,6 +393,7 @@ fn report(
         "dtype": o.dtype,
         "kernels": o.kernels,
         "threads": candle_core::utils::get_num_threads(),
+        "simd": crate::kernels::cpu::simd::level().name(),
         "ranks": ranks,
         "tokens_per_s": tokens_per_s,
         "step_ms_median": median(&m.step_ms),

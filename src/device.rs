@@ -79,7 +79,11 @@ fn open_metal(ordinal: usize) -> Result<Device> {
 pub fn describe(device: &Device) -> String {
     match device.location() {
         candle_core::DeviceLocation::Cpu => {
-            format!("cpu ({} threads)", candle_core::utils::get_num_threads())
+            format!(
+                "cpu ({} threads, SIMD {})",
+                candle_core::utils::get_num_threads(),
+                crate::kernels::cpu::simd::describe()
+            )
         }
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),

@@ -63,6 +63,8 @@ fn run(cli: Cli, out: &mut String) -> anyhow::Result<()> {
             launch.size
         );
     }
+    // A bad LMTRAIN_SIMD is refused before any kernel runs (they would take the CPU's best).
+    crate::kernels::cpu::simd::requested().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Prepare(a) => commands::prepare(a, out),
         Command::Train(a) => commands::train_cmd(a, out),

@@ -60,13 +60,7 @@ impl InplaceOp2 for Moment {
         let (beta, s, square) = (self.beta, self.grad_scale, self.square);
         m.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    let g = g * s;
-                    let g = if square { g * g } else { g };
-                    *m = moment(*m, beta, g);
-                }
-            });
+            .for_each(|(m, g)| moment_chunk(m, g, beta, s, square));
         Ok(())
     }
 }
@@ -122,11 +116,7 @@ impl InplaceOp3 for Apply {
         let apply = *self;
         w.par_chunks_mut(CHUNK)
             .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
-            .for_each(|(w, (m, v))| {
-                for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
-                    *w = apply.to(*w, m, v);
-                }
-            });
+            .for_each(|(w, (m, v))| apply_chunk(w, m, v, &apply));
         Ok(())
     }
 }
@@ -197,21 +187,19 @@ pub fn update_rows(
             rows.len()
         )
     }
-    let (beta1, beta2, grad_scale) = (s.beta1 as f32, s.beta2 as f32, s.grad_scale as f32);
-    let apply = Apply::of(s);
+    let step = RowStep {
+        beta1: s.beta1 as f32,
+        beta2: s.beta2 as f32,
+        grad_scale: s.grad_scale as f32,
+        apply: Apply::of(s),
+    };
     let op = OnRows {
         name: "lmtrain-lazy-update",
         moments: Mutex::new((moments.m, moments.v)),
         cols,
         rows,
         f: |w: &mut [f32], m: &mut [f32], v: &mut [f32], k: usize, _: &mut Vec<f32>| {
-            let g = &g[k * cols..(k + 1) * cols];
-            for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                let g = g * grad_scale;
-                *m = moment(*m, beta1, g);
-                *v = moment(*v, beta2, g * g);
-                *w = apply.to(*w, *m, *v);
-            }
+            update_row(w, m, v, &g[k * cols..(k + 1) * cols], &step);
         },
     };
     w.inplace_op1(&op)
@@ -299,6 +287,46 @@ impl<F: Fn(&mut [f32], &mut [f32], &mut [f32], usize, &mut Vec<f32>) + Sync> Inp
         }
         for_rows(self.cols, (w, m, v), self.rows, &self.f);
         Ok(())
+    }
+}
+
+multiversion! {
+    /// `m ← moment(m, beta, g·scale)` (or of `(g·scale)²` when `square`) over one chunk.
+    fn moment_chunk(m: &mut [f32], g: &[f32], beta: f32, scale: f32, square: bool) {
+        for (m, &g) in m.iter_mut().zip(g) {
+            let g = g * scale;
+            let g = if square { g * g } else { g };
+            *m = moment(*m, beta, g);
+        }
+    }
+}
+
+multiversion! {
+    /// `w ← apply.to(w, m, v)` over one chunk.
+    fn apply_chunk(w: &mut [f32], m: &[f32], v: &[f32], apply: &Apply) {
+        for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
+            *w = apply.to(*w, m, v);
+        }
+    }
+}
+
+/// The factors of one AdamW step on a table's rows.
+struct RowStep {
+    beta1: f32,
+    beta2: f32,
+    grad_scale: f32,
+    apply: Apply,
+}
+
+multiversion! {
+    /// One row's AdamW step from its gradient `g`: the dense update's arithmetic.
+    fn update_row(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &RowStep) {
+        for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            let g = g * s.grad_scale;
+            *m = moment(*m, s.beta1, g);
+            *v = moment(*v, s.beta2, g * g);
+            *w = s.apply.to(*w, *m, *v);
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! position order (the order `index_add` uses, so gradients are bit-identical to candle's).
 
 use super::buffer::OutputBuffer;
-use super::{contiguous, is_f32_cpu};
+use super::{contiguous, is_f32_cpu, multiversion};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -160,12 +160,19 @@ impl CustomOp2 for ScatterRows {
             // At most N rows are touched: one thread, in position order (deterministic, and
             // the order of index_add's sums).
             for (&id, g) in ids.iter().zip(grad.chunks_exact(c)) {
-                for (o, &g) in out[id * c..(id + 1) * c].iter_mut().zip(g) {
-                    *o += g;
-                }
+                add_row(&mut out[id * c..(id + 1) * c], g);
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((self.rows, c))))
+    }
+}
+
+multiversion! {
+    /// `out += g`, element by element.
+    fn add_row(out: &mut [f32], g: &[f32]) {
+        for (o, &g) in out.iter_mut().zip(g) {
+            *o += g;
+        }
     }
 }
 

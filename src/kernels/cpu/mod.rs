@@ -22,6 +22,7 @@ pub mod head_loss;
 pub mod layer_norm;
 pub mod linear;
 pub mod reduce;
+pub mod simd;
 mod small_gemm;
 
 use candle_core::{DType, Tensor};
@@ -111,29 +112,13 @@ pub(crate) fn max_of(xs: &[f32]) -> f32 {
     xs.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x))
 }
 
-/// True when the CPU has AVX2 and FMA (checked once), so [`multiversion`] functions take their
-/// 256-bit build. `LMTRAIN_SIMD=baseline` makes them take the baseline build (a test compares
-/// the two).
-#[inline]
-pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::env::var("LMTRAIN_SIMD").map_or(true, |v| v != "baseline")
-                && std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// Defines a function whose body is compiled twice: for AVX2+FMA, run when [`has_avx2`], and
-/// for the baseline target (x86-64's SSE2, or any other architecture). Rust builds for the
-/// baseline, so without this the element-wise kernels run 4 lanes wide at best; gemm does the
-/// same dispatch for its own kernels. Both builds perform the same f32 operations in the same
-/// order (no FMA contraction happens without `mul_add`), so they give bit-identical results.
+/// Defines a function whose body is compiled three times: for AVX-512 (F/BW/DQ/VL with AVX2
+/// and FMA), for AVX2+FMA, and for the baseline target (x86-64's SSE2, or any other
+/// architecture), and runs the build of [`simd::level`]. Rust builds for the baseline, so
+/// without this the element-wise kernels run 4 lanes wide at best; gemm does the same dispatch
+/// for its own kernels. Every build performs the same f32 operations in the same order (no FMA
+/// contraction happens without `mul_add`, and the lane sums keep their own fixed 8-way order
+/// whatever the vector width), so they give bit-identical results (tests/simd_dispatch.rs).
 ///
 /// The body and everything it calls that should be vectorised must be `#[inline(always)]`:
 /// a function that is not inlined keeps its baseline build.
@@ -145,13 +130,21 @@ macro_rules! multiversion {
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                use $crate::kernels::cpu::simd::{level, Level};
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if $crate::kernels::cpu::has_avx2() {
-                    // SAFETY: the CPU has the features `avx2` is compiled for.
-                    return unsafe { avx2($($arg),*) };
+                match level() {
+                    // SAFETY: `level` is never above what the CPU has (simd::detect checks
+                    // exactly these features).
+                    Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    Level::Portable => {}
                 }
             }
             body($($arg),*)

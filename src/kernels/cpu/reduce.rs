@@ -1,6 +1,6 @@
 //! Sums of squares over `f32` buffers, in place and in parallel.
 
-use super::{contiguous, sum_lanes, CHUNK};
+use super::{contiguous, multiversion, sum_lanes, CHUNK};
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
@@ -22,9 +22,16 @@ pub fn sum_of_squares(g: &Tensor) -> Result<Option<f64>> {
     let data = contiguous::<f32>(cpu, layout, "sum of squares")?;
     Ok(Some(
         data.par_chunks(CHUNK)
-            .map(|c| sum_lanes(c, |x| x * x) as f64)
+            .map(|c| f64::from(sum_of_squares_f32(c)))
             .sum(),
     ))
+}
+
+multiversion! {
+    /// `Σ x²` of one chunk in f32 lanes.
+    fn sum_of_squares_f32(x: &[f32]) -> f32 {
+        sum_lanes(x, |x| x * x)
+    }
 }
 
 /// `Σ x²` in f64, in parallel chunks.

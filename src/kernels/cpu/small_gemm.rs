@@ -7,22 +7,30 @@
 //! dispatch cost about as much as the arithmetic (the fused attention ran at ~20% of the FMA
 //! units' peak, perf log entry 19). Here the register tile reads its operands
 //! where they lie: the left operand by any two strides (a row-major block or a transposed
-//! view), the right one by rows, each row's 16 columns contiguous. That is why [`suits`] asks
-//! for `rhs` columns at stride 1; callers transpose an operand once per head when needed.
+//! view), the right one by rows, each row's 16 (AVX2) or 32 (AVX-512) columns contiguous.
+//! That is why [`suits`] asks for `rhs` columns at stride 1; callers transpose an operand once
+//! per head when needed.
+//!
+//! The AVX2 and AVX-512 tiles accumulate each output element in the same order (one FMA per
+//! depth step, then `alpha · acc [+ c]`), so they give bit-identical products.
 
 use super::gemm::{self, View};
+use super::simd::{self, Level};
 use candle_core::Result;
 
 /// Rows of the register tile: 6 rows × 2 vectors = 12 accumulators, plus 2 vectors of the
-/// right operand and 1 broadcast, of the 16 AVX registers.
+/// right operand and 1 broadcast: of AVX2's 16 registers, and few enough of AVX-512's 32 that
+/// the tile stays the same height (the attention's query blocks are 30 rows, 5 tiles).
 const MR: usize = 6;
-/// Columns of the register tile: two 8-lane vectors.
+/// Columns of the AVX2 register tile: two 8-lane vectors.
 const NR: usize = 16;
+/// Columns of the AVX-512 register tile: two 16-lane vectors, one head of 32 in M and S.
+const NR_512: usize = 32;
 
-/// Whether the direct kernel applies: AVX2 and FMA (see [`super::has_avx2`]) and a right
+/// Whether the direct kernel applies: AVX2 and FMA at least ([`simd::level`]) and a right
 /// operand whose rows are contiguous.
 pub(super) fn suits(rhs: &View) -> bool {
-    super::has_avx2() && (rhs.cs == 1 || rhs.cols <= 1)
+    simd::level() >= Level::Avx2 && (rhs.cs == 1 || rhs.cols <= 1)
 }
 
 /// `dst (m × n, row stride dst_rs) = [dst +] alpha · lhs (m × k) · rhs (k × n)` on this
@@ -30,6 +38,8 @@ pub(super) fn suits(rhs: &View) -> bool {
 /// slice and that [`suits`] holds. With `accumulate == false`, `dst` is never read.
 fn matmul(dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: View, rhs: View, alpha: f32) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let wide = simd::level() == Level::Avx512;
+    let nr = if wide { NR_512 } else { NR };
     if m == 0 || n == 0 {
         return;
     }
@@ -41,8 +51,8 @@ fn matmul(dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: View, rhs: View
         }
         return;
     }
-    for j in (0..n).step_by(NR) {
-        let cols = NR.min(n - j);
+    for j in (0..n).step_by(nr) {
+        let cols = nr.min(n - j);
         for i in (0..m).step_by(MR) {
             let rows = MR.min(m - i);
             let tile = Tile {
@@ -57,8 +67,14 @@ fn matmul(dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: View, rhs: View
                 cols,
             };
             // SAFETY: the tile's elements lie inside the three slices (the caller checked the
-            // whole matrices, and the tile is inside them); AVX2+FMA are present (`suits`).
-            unsafe { kernel(k, tile, alpha, accumulate) }
+            // whole matrices, and the tile is inside them); AVX2+FMA are present (`suits`),
+            // and AVX-512 when `wide`.
+            unsafe {
+                match wide {
+                    true => kernel_512(k, tile, alpha, accumulate),
+                    false => kernel(k, tile, alpha, accumulate),
+                }
+            }
         }
     }
 }
@@ -177,20 +193,91 @@ unsafe fn tile_product<const FULL: bool>(k: usize, tile: Tile, alpha: f32, load:
     }
 }
 
+/// [`kernel`] with the AVX-512 tile: `MR × NR_512`, its column masks native (masked-off lanes
+/// are neither read nor written, so their addresses may lie past an operand's end).
+///
+/// # Safety
+/// As [`kernel`], and the CPU must have AVX-512 F (with BW/DQ/VL, the level's set).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn kernel_512(k: usize, tile: Tile, alpha: f32, load: bool) {
+    if tile.cols == NR_512 {
+        tile_product_512::<true>(k, tile, alpha, load)
+    } else {
+        tile_product_512::<false>(k, tile, alpha, load)
+    }
+}
+
+/// [`kernel_512`] for a full (`FULL`) or a column-masked tile.
+///
+/// # Safety
+/// As [`kernel_512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+#[inline]
+unsafe fn tile_product_512<const FULL: bool>(k: usize, tile: Tile, alpha: f32, load: bool) {
+    use std::arch::x86_64::*;
+    // The lanes of the vector starting at column `from` that hold columns of the tile.
+    let lanes = |from: usize| -> __mmask16 {
+        let on = tile.cols.saturating_sub(from).min(16) as u32;
+        ((1u32 << on) - 1) as __mmask16
+    };
+    let masks = [lanes(0), lanes(16)];
+    let load_b = |p: *const f32, h: usize| match FULL {
+        true => _mm512_loadu_ps(p.add(16 * h)),
+        false => _mm512_maskz_loadu_ps(masks[h], p.wrapping_add(16 * h)),
+    };
+    let row: [*const f32; MR] =
+        std::array::from_fn(|i| tile.a.add(i.min(tile.rows - 1) * tile.a_rs));
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut b = tile.b;
+    for p in 0..k {
+        let (b0, b1) = (load_b(b, 0), load_b(b, 1));
+        let off = p * tile.a_cs;
+        for (acc, &a) in acc.iter_mut().zip(&row) {
+            let ai = _mm512_set1_ps(*a.add(off));
+            acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
+        }
+        b = b.wrapping_add(tile.b_rs);
+    }
+    let alpha = _mm512_set1_ps(alpha);
+    for (i, acc) in acc.iter().enumerate().take(tile.rows) {
+        let c = tile.c.add(i * tile.c_rs);
+        for (h, &v) in acc.iter().enumerate() {
+            let v = match load {
+                true => _mm512_fmadd_ps(alpha, v, load_b(c, h)),
+                false => _mm512_mul_ps(alpha, v),
+            };
+            match FULL {
+                true => _mm512_storeu_ps(c.add(16 * h), v),
+                false => _mm512_mask_storeu_ps(c.wrapping_add(16 * h), masks[h], v),
+            }
+        }
+    }
+}
+
 /// Never called: [`suits`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel(_: usize, _: Tile, _: f32, _: bool) {}
+
+/// Never called: [`simd::level`] is portable off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_512(_: usize, _: Tile, _: f32, _: bool) {}
 
 #[cfg(test)]
 mod tests {
     use super::super::gemm::View;
     use super::matmul_small;
-    use super::{suits, MR, NR};
+    use super::{suits, MR, NR, NR_512};
+    use crate::kernels::cpu::simd::{self, Level};
     use crate::rng::Rng;
 
     /// Against an f64 product, through the dispatching [`matmul_small`]: this
-    /// kernel wherever the CPU has AVX2 (CI's does), the `gemm` crate elsewhere or under
-    /// `LMTRAIN_SIMD=baseline`. Shapes leave partial 6-row tiles and masked 16-column tails;
+    /// kernel's AVX-512 or AVX2 tile wherever the CPU has them (CI's has AVX2 at least), the
+    /// `gemm` crate elsewhere or under `LMTRAIN_SIMD=portable` (the lib's tests run again on
+    /// each lower level, simd_levels.rs). Shapes leave partial 6-row tiles and masked
+    /// 16- and 32-column tails and full tiles of both widths;
     /// the left operand is plain or transposed (both occur in the attention). The bound is the
     /// standard one for an f32 dot product, `k · u · Σ|a·b|` with `u = 2⁻²⁴`, doubled for the
     /// rounding of the accumulate step; a lost or doubled term is off by about `|a·b|`. Output
@@ -198,8 +285,8 @@ mod tests {
     /// read or a write of them would show.
     #[test]
     fn matches_an_f64_product_on_every_edge() {
-        // The shapes below are chosen for 6 × 16 tiles.
-        const _: () = assert!(MR == 6 && NR == 16);
+        // The shapes below are chosen for 6 × 16 and 6 × 32 tiles.
+        const _: () = assert!(MR == 6 && NR == 16 && NR_512 == 32);
         let mut rng = Rng::new(11);
         for (m, n, k) in [
             (1, 1, 1),
@@ -208,6 +295,9 @@ mod tests {
             (7, 17, 33),
             (30, 40, 256),
             (13, 33, 300),
+            (6, 32, 32),
+            (12, 64, 20),
+            (11, 47, 9),
         ] {
             for lhs_t in [false, true] {
                 for (accumulate, alpha) in [(false, 1.0), (true, 0.37)] {
@@ -222,7 +312,7 @@ mod tests {
                         false => View::rows(&a, 0, m, k, k),
                     };
                     let rhs = View::rows(&b, 0, k, n, n);
-                    assert_eq!(suits(&rhs), crate::kernels::cpu::has_avx2());
+                    assert_eq!(suits(&rhs), simd::level() >= Level::Avx2);
                     let dst_rs = n + 3;
                     let init: Vec<f32> = (0..m * dst_rs)
                         .map(|i| match (i % dst_rs < n, accumulate) {
