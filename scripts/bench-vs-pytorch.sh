@@ -8,7 +8,7 @@
 # target/bench-vs-pytorch.jsonl).
 #
 #   scripts/bench-vs-pytorch.sh [S|M|S M]       (default: S M)
-#   env: PAIRS (3), LMTRAIN (target/release/lmtrain), TORCH_PYTHON (/tmp/torchref/bin/python),
+#   env: PAIRS (3), LMTRAIN_SIMD (avx2|portable: a lower level for lmtrain), LMTRAIN (target/release/lmtrain), TORCH_PYTHON (/tmp/torchref/bin/python),
 #        REF (../shared/bench/ref_gpt.py), OUT
 #
 # PyTorch once: python3 -m venv /tmp/torchref && /tmp/torchref/bin/pip install torch
@@ -61,7 +61,7 @@ for cfg in "${CONFIGS[@]}"; do
 done
 
 python3 - "$OUT" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"{'cfg':<4}{'pair':>5}{'lmtrain tok/s':>15}{'torch tok/s':>13}{'ratio':>7}{'lm RSS MB':>11}{'pt RSS MB':>11}{'ratio':>7}{'cpu_util':>13}  kept")
 for cfg in dict.fromkeys(r["config"] for r in rows):
@@ -76,6 +76,8 @@ for cfg in dict.fromkeys(r["config"] for r in rows):
               f"{a['peak_rss_mb']:>11.0f}{b['peak_rss_mb']:>11.0f}{m:>7.2f}"
               f"{a['cpu_util']:>7.2f}/{b['cpu_util']:<5.2f}  {'yes' if kept else 'NO (cpu_util < 1.8)'}")
     n = sum(1 for r in rows if r["config"] == cfg)
+    levels = sorted({r["lmtrain"].get("simd", "?") for r in rows if r["config"] == cfg})
+    print(f"{cfg}: lmtrain SIMD level {', '.join(levels)} (LMTRAIN_SIMD={os.environ.get('LMTRAIN_SIMD', '') or 'unset'})")
     if speed:
         print(f"{cfg}: median tokens/s ratio {statistics.median(speed):.2f}, median peak RSS ratio "
               f"{statistics.median(mem):.2f} (lmtrain / PyTorch, {len(speed)} of {n} pairs kept)")

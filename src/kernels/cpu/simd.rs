@@ -128,6 +128,38 @@ pub fn describe() -> String {
 mod tests {
     use super::*;
 
+    /// The kernels' tests (every test under `kernels::`, each against its composed f32/f64
+    /// specification) run again in a child process per lower level this CPU has, forced by
+    /// the variable: this process covers the best level. A child is this same test binary;
+    /// it skips this test, so nothing recurses. Under `LMTRAIN_SIMD` (a child, or a person
+    /// testing one level) this test checks only that the level was taken.
+    #[test]
+    fn kernel_tests_pass_on_every_level_the_cpu_has() {
+        if let Ok(forced) = std::env::var(VAR) {
+            assert_eq!(level().name(), forced, "{VAR} was not taken");
+            return;
+        }
+        assert_eq!(level(), detected());
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let me = "kernels::cpu::simd::tests::kernel_tests_pass_on_every_level_the_cpu_has";
+        for l in Level::ALL.into_iter().filter(|&l| l < detected()) {
+            let out = std::process::Command::new(&exe)
+                .args(["kernels::", "--skip", me, "--test-threads", "2"])
+                .env(VAR, l.name())
+                .output()
+                .expect("run the test binary again");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "kernel tests at {l}:\n{text}");
+            // Guards against a filter that matches nothing: the kernels have dozens of tests.
+            let passed = text
+                .lines()
+                .find_map(|line| line.strip_prefix("test result: ok. "))
+                .and_then(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            assert!(passed >= 30, "only {passed} kernel tests ran at {l}:\n{text}");
+        }
+    }
+
     #[test]
     fn levels_are_ordered_and_named_for_the_variable() {
         assert!(Level::Portable < Level::Avx2 && Level::Avx2 < Level::Avx512);
