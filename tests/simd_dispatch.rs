@@ -58,7 +58,10 @@ fn bench_losses(simd: Option<&str>) -> (String, Vec<f64>) {
 fn every_level_trains_the_same_run_up_to_rounding() {
     let (best, native) = bench_losses(None);
     assert_eq!(native.len(), 4, "{native:?}");
-    let best_at = LEVELS.iter().position(|&l| l == best).expect("a known level");
+    let best_at = LEVELS
+        .iter()
+        .position(|&l| l == best)
+        .expect("a known level");
     for &level in &LEVELS[..=best_at] {
         let (reported, losses) = bench_losses(Some(level));
         assert_eq!(reported, level, "LMTRAIN_SIMD={level} was not taken");
@@ -87,7 +90,9 @@ fn a_level_the_cpu_lacks_or_an_unknown_one_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("LMTRAIN_SIMD=\"avx3\" is not a SIMD level: use one of portable, avx2, avx512"),
+        err.contains(
+            "LMTRAIN_SIMD=\"avx3\" is not a SIMD level: use one of portable, avx2, avx512"
+        ),
         "{err}"
     );
     let (best, _) = bench_losses(None);

@@ -156,7 +156,10 @@ mod tests {
                 .find_map(|line| line.strip_prefix("test result: ok. "))
                 .and_then(|rest| rest.split(' ').next()?.parse::<usize>().ok())
                 .unwrap_or(0);
-            assert!(passed >= 30, "only {passed} kernel tests ran at {l}:\n{text}");
+            assert!(
+                passed >= 30,
+                "only {passed} kernel tests ran at {l}:\n{text}"
+            );
         }
     }
 
