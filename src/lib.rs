@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod decode;
 pub mod device;
 pub mod dist;
 pub mod eval;

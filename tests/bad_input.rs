@@ -585,8 +585,8 @@ fn config_eval_stride_longer_than_the_context() {
 }
 
 #[test]
-fn sample_prompt_longer_than_the_context() {
-    // 40 characters + `<BOS>` = 41 tokens > context 32.
+fn sample_prompt_longer_than_the_context_is_cropped_with_a_note() {
+    // 40 characters + `<BOS>` = 41 tokens > context 32: the last 32 are kept, as nanoGPT crops.
     let prompt = "党".repeat(40);
     let out = lmtrain(&[
         "sample",
@@ -594,15 +594,26 @@ fn sample_prompt_longer_than_the_context() {
         s(trained_run()),
         "--prompt",
         &prompt,
+        "--max-new-tokens",
+        "3",
+        "--min-new-tokens",
+        "3",
         "--device",
         "cpu",
     ]);
-    assert_fails_with(&out, &["41 tokens", "context window is 32"]);
+    assert_succeeds(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("41 tokens") && err.contains("keeps its last 32"),
+        "{err}"
+    );
+    assert!(err.contains("after 3 new tokens"), "{err}");
 }
 
 #[test]
-fn sample_prompt_filling_the_context_stops_cleanly() {
-    // Boundary: 31 characters + `<BOS>` = exactly the context; one token fits, then it stops.
+fn sample_continues_past_a_full_context() {
+    // Boundary: 31 characters + `<BOS>` = exactly the context; generation goes on, each step
+    // reading the last 32 tokens.
     let prompt = "党".repeat(31);
     let out = lmtrain(&[
         "sample",
@@ -612,12 +623,29 @@ fn sample_prompt_filling_the_context_stops_cleanly() {
         &prompt,
         "--max-new-tokens",
         "5",
+        "--min-new-tokens",
+        "5",
+        "--no-echo",
         "--device",
         "cpu",
     ]);
     assert_succeeds(&out);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("context window"), "{err}");
+    assert!(err.contains("max new tokens after 5 new tokens"), "{err}");
+}
+
+#[test]
+fn sample_negative_temperature_gets_lmtrains_own_error() {
+    let out = lmtrain(&[
+        "sample",
+        "--checkpoint",
+        s(trained_run()),
+        "--temperature",
+        "-1",
+        "--device",
+        "cpu",
+    ]);
+    assert_fails_with(&out, &["--temperature -1", ">= 0"]);
 }
 
 #[test]

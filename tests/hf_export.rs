@@ -291,15 +291,18 @@ fn transformers_computes_what_lmtrain_computes() {
         let eval: Value = serde_json::from_slice(&eval.stdout).unwrap();
         let sample = lmtrain::sample::run(&lmtrain::sample::SampleOptions {
             checkpoint: run.clone(),
-            prompt: PROMPT.into(),
+            prompts: vec![PROMPT.into()],
             max_new_tokens: NEW_TOKENS,
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
+            policy: lmtrain::sample::Policy {
+                temperature: 0.0,
+                ..Default::default()
+            },
             device: "cpu".into(),
+            ..Default::default()
         })
-        .unwrap();
+        .unwrap()
+        .samples
+        .remove(0);
         let token_ids: Vec<Vec<u32>> = plain
             .iter()
             .map(|p| lmtrain::sample::prompt_ids(p, &loaded.vocab).unwrap())

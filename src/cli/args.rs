@@ -118,23 +118,51 @@ pub struct SampleArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Start of the text: corpus token format (`<BOS>  党  中`) or plain text split into characters.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub prompt: String,
+    /// One prompt per line (instead of --prompt), decoded in batches of --batch-size.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
+    pub prompt_file: Option<PathBuf>,
     #[arg(long, default_value_t = 100)]
     pub max_new_tokens: usize,
+    /// <EOS> is not chosen before this many new tokens.
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
     /// Softmax temperature; 0 = greedy.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Sample among the k most likely tokens; 0 = all.
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
     /// Nucleus sampling threshold; 1.0 = off.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f64,
+    /// Divide the logits of tokens already in the text by this (Hugging Face's rule); 1 = off.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub repetition_penalty: f64,
+    /// Stop a sample once its text contains STRING (repeatable; the string is kept).
+    #[arg(long = "stop", value_name = "STRING", allow_hyphen_values = true)]
+    pub stops: Vec<String>,
+    /// Continuations per prompt, decoded together.
+    #[arg(long, default_value_t = 1)]
+    pub num_samples: usize,
+    /// Sequences decoded together (samples of one or more prompts).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Print only the continuation, not the prompt before it.
+    #[arg(long)]
+    pub no_echo: bool,
+    /// One JSON object per sample (text, token ids, stop reason, tokens/s) instead of text.
+    #[arg(long)]
+    pub json: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// auto: the host decode path on the CPU, candle elsewhere; candle: candle's forward with
+    /// a KV cache everywhere (to compare).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "candle"])]
+    pub engine: String,
 }
 
 #[derive(Args)]

@@ -128,21 +128,83 @@ pub fn eval_cmd(a: EvalArgs, out: &mut String) -> anyhow::Result<()> {
 }
 
 pub fn sample_cmd(a: SampleArgs, out: &mut String) -> anyhow::Result<()> {
-    let s = sample::run(&sample::SampleOptions {
+    let prompts = match &a.prompt_file {
+        Some(path) => read_prompts(path)?,
+        None => vec![a.prompt],
+    };
+    let opts = sample::SampleOptions {
         checkpoint: a.checkpoint,
-        prompt: a.prompt,
+        prompts,
         max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
+        min_new_tokens: a.min_new_tokens,
+        policy: sample::Policy {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            repetition_penalty: a.repetition_penalty,
+        },
+        stops: a.stops,
+        num_samples: a.num_samples,
+        batch_size: a.batch_size,
         seed: a.seed,
         device: a.device,
-    })?;
-    say!(out, "{}", s.text);
-    if s.context_full {
-        output::err("note: stopped at the end of the model's context window");
+        engine: sample::EngineKind::parse(&a.engine)?,
+    };
+    let r = sample::run(&opts)?;
+    for note in &r.notes {
+        output::err(&format!("note: {note}"));
+    }
+    let several = r.samples.len() > 1;
+    for s in &r.samples {
+        let text = if a.no_echo { &s.text } else { &s.echo };
+        if a.json {
+            let line = serde_json::json!({
+                "prompt_index": s.prompt_index,
+                "sample_index": s.sample_index,
+                "text": text,
+                "continuation": s.text,
+                "prompt_ids": s.prompt,
+                "token_ids": s.generated,
+                "stop_reason": s.stop.key(),
+                "stop_string": match &s.stop { sample::Stop::StopString(x) => Some(x), _ => None },
+                "tokens_per_s": s.tokens_per_s,
+                "first_token_s": s.first_token_s,
+                "engine": r.engine,
+            });
+            say!(out, "{line}");
+            continue;
+        }
+        say!(out, "{text}");
+        if several {
+            say!(out, "---------------");
+        }
+        output::err(&format!(
+            "stopped: {} after {} new tokens ({:.0} tokens/s, {})",
+            s.stop.describe(),
+            s.generated.len(),
+            s.tokens_per_s,
+            r.engine
+        ));
     }
     Ok(())
+}
+
+/// The non-empty lines of a prompt file.
+fn read_prompts(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--prompt-file {}: {e}", path.display()))?;
+    let prompts: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    if prompts.is_empty() {
+        anyhow::bail!(
+            "--prompt-file {}: no prompt in it (one per line)",
+            path.display()
+        );
+    }
+    Ok(prompts)
 }
 
 pub fn plan_cmd(a: PlanArgs, out: &mut String) -> anyhow::Result<()> {

@@ -75,6 +75,8 @@ pub struct LoadedModel {
     pub state: TrainState,
     pub vocab: Vocab,
     pub model: crate::model::Gpt,
+    /// The model's variables by weight name (what the host decode path copies).
+    pub varmap: VarMap,
     pub device: Device,
 }
 
@@ -101,6 +103,7 @@ pub fn load_model(path: &Path, pick: Pick, device: &Device) -> Result<LoadedMode
         state,
         vocab,
         model,
+        varmap,
         device: device.clone(),
     })
 }

@@ -214,7 +214,7 @@ impl<'a> Keys<'a> {
 
 multiversion! {
     /// `row ← softmax(row)`, stable (the max is subtracted first).
-    fn softmax_in_place(row: &mut [f32]) {
+    pub(crate) fn softmax_in_place(row: &mut [f32]) {
         let max = max_of(row);
         row.iter_mut().for_each(|x| *x = exp_fast(*x - max));
         let inv = 1.0 / sum_lanes(row, |x| x);

@@ -29,7 +29,7 @@ fn gelu_grad(x: f32) -> f32 {
 }
 
 multiversion! {
-    fn gelu_chunk(y: &mut [f32], x: &[f32]) {
+    pub(crate) fn gelu_chunk(y: &mut [f32], x: &[f32]) {
         y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x));
     }
 }

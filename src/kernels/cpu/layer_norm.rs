@@ -45,7 +45,7 @@ fn params_are_f32(weight: &Tensor, bias: Option<&Tensor>) -> bool {
 
 /// Which norm: LayerNorm subtracts the mean, RMSNorm does not (and takes no bias).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Layer,
     Rms,
 }
@@ -301,7 +301,7 @@ impl CustomOp3 for NormBwd<'_> {
 
 multiversion! {
     /// One row: `y = (x − mean) · rstd · w (+ b)`; returns `(mean, rstd)` (mean 0 for RMSNorm).
-    fn norm_fwd_row(y: &mut [f32], x: &[f32], params: (&[f32], Option<&[f32]>), kind: Kind, eps: f32) -> (f32, f32) {
+    pub(crate) fn norm_fwd_row(y: &mut [f32], x: &[f32], params: (&[f32], Option<&[f32]>), kind: Kind, eps: f32) -> (f32, f32) {
         let (w, b) = params;
         let inv_c = 1.0 / x.len() as f32;
         let mu = match kind {

@@ -15,6 +15,7 @@ pub mod attention;
 pub mod bias;
 mod buffer;
 pub mod cross_entropy;
+pub mod decode;
 pub mod embedding;
 pub mod gelu;
 mod gemm;

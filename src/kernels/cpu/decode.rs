@@ -1,0 +1,311 @@
+//! Row kernels for generation ([`crate::decode`]): the forward of a few positions at a time on
+//! plain f32 slices, with no autograd graph and no allocation. Each kernel is the same
+//! arithmetic as the training forward's fused kernel (the norms, GELU and softmax are those
+//! kernels' own row functions) and runs on the SIMD level of [`super::simd::level`].
+
+use super::gemm::{self, View};
+use super::layer_norm::{norm_fwd_row, Kind};
+use super::{attention::softmax_in_place, gelu::gelu_chunk, multiversion};
+use candle_core::{bail, Result};
+use rayon::prelude::*;
+
+/// A linear layer's weights on the host: `wt (inp, out)` row-major — the transpose of the
+/// stored `(out, inp)` weight, so every product reads it as a row-major right operand, which
+/// the gemm crate multiplies without packing (3–12× faster at 16 rows than the transposed
+/// view, 2× at 200; docs/perf-log.md entry 25) — and `b (out)`.
+#[derive(Debug, Clone)]
+pub struct HostLinear {
+    wt: Vec<f32>,
+    b: Option<Vec<f32>>,
+    out: usize,
+    inp: usize,
+}
+
+/// Multiply-adds below which a matrix–vector product stays on one thread: splitting it costs
+/// more than it saves.
+const PARALLEL_WORK: usize = 32 * 1024;
+
+impl HostLinear {
+    /// From a weight `w (out, inp)` as the model stores it and its bias.
+    pub fn new(w: &[f32], b: Option<Vec<f32>>, out: usize, inp: usize) -> Result<Self> {
+        if w.len() != out * inp || b.as_ref().is_some_and(|b| b.len() != out) {
+            bail!(
+                "decode linear: {} weights and {:?} biases for {out}×{inp}",
+                w.len(),
+                b.map(|b| b.len())
+            )
+        }
+        let mut wt = vec![0f32; w.len()];
+        for (o, row) in w.chunks_exact(inp.max(1)).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                wt[i * out + o] = v;
+            }
+        }
+        Ok(Self { wt, b, out, inp })
+    }
+
+    /// Output features.
+    pub fn out(&self) -> usize {
+        self.out
+    }
+
+    /// `y (rows, out) = x (rows, inp) · W (inp, out) + b`. One row (a matrix–vector product)
+    /// is split into one block of outputs per thread ([`gemv`]): called from inside the rayon
+    /// pool (see [`crate::decode`]), that costs no wake-up when the other thread is busy; more
+    /// rows go to the gemm crate and its own threading.
+    pub fn forward(&self, y: &mut [f32], x: &[f32], rows: usize) -> Result<()> {
+        let (out, inp) = (self.out, self.inp);
+        if x.len() < rows * inp || y.len() < rows * out {
+            bail!("decode linear: {rows}×{inp} by {inp}×{out} does not fit its buffers")
+        }
+        let (x, y) = (&x[..rows * inp], &mut y[..rows * out]);
+        let threads = rayon::current_num_threads();
+        if rows == 1 && threads > 1 && out * inp >= PARALLEL_WORK {
+            let per = out.div_ceil(threads);
+            y.par_chunks_mut(per)
+                .enumerate()
+                .for_each(|(t, y)| gemv(y, x, &self.wt[t * per..], out));
+        } else if rows == 1 {
+            gemv(y, x, &self.wt, out);
+        } else {
+            let lhs = View::rows(x, 0, rows, inp, inp); // (rows, inp)
+            let rhs = View::rows(&self.wt, 0, inp, out, out); // (inp, out)
+            gemm::matmul(y, out, false, lhs, rhs, 1.0, threads)?;
+        }
+        if let Some(b) = &self.b {
+            y.chunks_exact_mut(out).for_each(|row| add_into(row, b));
+        }
+        Ok(())
+    }
+}
+
+/// Output columns [`gemv`] keeps in L1 at a time (2 KB of `y`).
+const GEMV_BLOCK: usize = 512;
+
+multiversion! {
+    /// `y[j] = Σ_p x[p] · w[p·stride + j]` for `j < y.len()`: rows of `w` streamed once, four
+    /// at a time, into a block of `y` that stays in L1; every lane independent, so no
+    /// horizontal sums (what the gemm crate's packing-free path costs twice over here).
+    fn gemv(y: &mut [f32], x: &[f32], w: &[f32], stride: usize) {
+        let n = x.len();
+        let quads = n - n % 4;
+        for (b, yb) in y.chunks_mut(GEMV_BLOCK).enumerate() {
+            let c0 = b * GEMV_BLOCK;
+            let len = yb.len();
+            yb.fill(0.0);
+            let row = |p: usize| &w[p * stride + c0..p * stride + c0 + len];
+            for p in (0..quads).step_by(4) {
+                let (w0, w1, w2, w3) = (row(p), row(p + 1), row(p + 2), row(p + 3));
+                let (x0, x1, x2, x3) = (x[p], x[p + 1], x[p + 2], x[p + 3]);
+                for j in 0..len {
+                    yb[j] += x0 * w0[j] + x1 * w1[j] + x2 * w2[j] + x3 * w3[j];
+                }
+            }
+            for (p, &xp) in x.iter().enumerate().skip(quads) {
+                let wp = row(p);
+                for j in 0..len {
+                    yb[j] += xp * wp[j];
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `y += b`, element-wise.
+    fn add_into(y: &mut [f32], b: &[f32]) {
+        y.iter_mut().zip(b).for_each(|(y, &b)| *y += b);
+    }
+}
+
+/// `x += y` over whole buffers (the residual stream).
+pub fn residual_add(x: &mut [f32], y: &[f32]) {
+    add_into(x, y)
+}
+
+/// A norm's host weights: LayerNorm (`bias` optional) or RMSNorm.
+#[derive(Debug, Clone)]
+pub struct HostNorm {
+    pub rms: bool,
+    pub w: Vec<f32>,
+    pub b: Option<Vec<f32>>,
+    pub eps: f32,
+}
+
+impl HostNorm {
+    /// `y (rows, C) = norm(x (rows, C))`, row by row: the training forward's row kernel.
+    pub fn forward(&self, y: &mut [f32], x: &[f32]) {
+        let c = self.w.len();
+        let kind = if self.rms { Kind::Rms } else { Kind::Layer };
+        let params = (self.w.as_slice(), self.b.as_deref());
+        for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            norm_fwd_row(y, x, params, kind, self.eps);
+        }
+    }
+}
+
+/// GELU (tanh form) in place, the training kernel's chunk function.
+pub fn gelu_in_place(h: &mut [f32], scratch: &mut [f32]) {
+    let scratch = &mut scratch[..h.len()];
+    gelu_chunk(scratch, h);
+    h.copy_from_slice(scratch);
+}
+
+multiversion! {
+    /// `gate ← silu(gate) · up` (SwiGLU), with candle's `silu(x) = x / (1 + e⁻ˣ)`.
+    pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        for (g, &u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    }
+}
+
+/// Rotates one head-major row `x (H·D)` by position tables `cos`, `sin (D/2)` (rotate-half
+/// form, as [`crate::kernels::composed::rope()`]).
+pub fn rope_row(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        let (x1, x2) = head.split_at_mut(half);
+        for i in 0..half {
+            let (a, b) = (x1[i], x2[i]);
+            x1[i] = a * cos[i] - b * sin[i];
+            x2[i] = b * cos[i] + a * sin[i];
+        }
+    }
+}
+
+/// One query row's attention over a sequence's cached keys and values.
+#[derive(Clone, Copy)]
+pub struct CachedKeys<'a> {
+    /// `(S, C)` keys and values of positions `0..S` of this sequence (row stride `C`).
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// `out (C) = softmax(q·Kᵀ · scale) · V` per head, over every cached position (the query's
+/// own included): the attention of a position that sees all keys before it. `scores` holds
+/// at least `S` floats.
+pub fn attend_row(out: &mut [f32], q: &[f32], keys: CachedKeys, scores: &mut [f32]) {
+    let d = keys.head_dim;
+    let c = keys.heads * d;
+    let s = keys.k.len() / c;
+    let scale = 1.0 / (d as f32).sqrt();
+    for h in 0..keys.heads {
+        let (q, out) = (&q[h * d..(h + 1) * d], &mut out[h * d..(h + 1) * d]);
+        let scores = &mut scores[..s];
+        head_scores(scores, q, &keys.k[h * d..], c, scale);
+        softmax_in_place(scores);
+        weighted_sum(out, scores, &keys.v[h * d..], c);
+    }
+}
+
+multiversion! {
+    /// `scores[j] = (q · k_j) · scale` for `k_j = k[j·stride .. j·stride + D]`.
+    fn head_scores(scores: &mut [f32], q: &[f32], k: &[f32], stride: usize, scale: f32) {
+        let d = q.len();
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = super::dot_lanes(q, &k[j * stride..j * stride + d]) * scale;
+        }
+    }
+}
+
+multiversion! {
+    /// `out = Σ_j p[j] · v_j` for `v_j = v[j·stride .. j·stride + D]`.
+    fn weighted_sum(out: &mut [f32], p: &[f32], v: &[f32], stride: usize) {
+        let d = out.len();
+        out.fill(0.0);
+        for (j, &p) in p.iter().enumerate() {
+            let v = &v[j * stride..j * stride + d];
+            for (o, &v) in out.iter_mut().zip(v) {
+                *o += p * v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(n: usize, a: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * a).sin()).collect()
+    }
+
+    /// Every path of the linear layer (one row on one thread and split across threads,
+    /// several rows) against an f64 sum.
+    #[test]
+    fn linear_matches_an_f64_product_on_every_path() -> Result<()> {
+        for (rows, out, inp) in [
+            (1, 7, 13),
+            (1, 600, 256),
+            (1, 5, 8),
+            (3, 9, 20),
+            (16, 70, 33),
+        ] {
+            let (w, b) = (ramp(out * inp, 0.37), ramp(out, 1.3));
+            let lin = HostLinear::new(&w, Some(b.clone()), out, inp)?;
+            let x = ramp(rows * inp, 0.71);
+            let mut y = vec![f32::NAN; rows * out];
+            lin.forward(&mut y, &x, rows)?;
+            for r in 0..rows {
+                for o in 0..out {
+                    let want: f64 = (0..inp)
+                        .map(|p| w[o * inp + p] as f64 * x[r * inp + p] as f64)
+                        .sum::<f64>()
+                        + b[o] as f64;
+                    // f32 sums of ≤ 256 products of size ≤ 1: 1e-5 absolute is ~40 ulp of
+                    // the largest partial sum.
+                    let got = y[r * out + o] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "({rows},{out},{inp}) [{r},{o}] {got} vs {want}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn attention_over_the_cache_matches_an_f64_softmax() {
+        let (heads, d, s) = (2, 4, 5);
+        let c = heads * d;
+        let (k, v, q) = (ramp(s * c, 0.3), ramp(s * c, 0.9), ramp(c, 1.7));
+        let mut out = vec![0f32; c];
+        let mut scores = vec![0f32; s];
+        attend_row(
+            &mut out,
+            &q,
+            CachedKeys {
+                k: &k,
+                v: &v,
+                heads,
+                head_dim: d,
+            },
+            &mut scores,
+        );
+        for h in 0..heads {
+            let logits: Vec<f64> = (0..s)
+                .map(|j| {
+                    (0..d)
+                        .map(|i| q[h * d + i] as f64 * k[j * c + h * d + i] as f64)
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
+                .collect();
+            let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for i in 0..d {
+                let want: f64 = (0..s).map(|j| e[j] / z * v[j * c + h * d + i] as f64).sum();
+                // exp_fast's 2e-7 relative error and f32 sums over 5 terms.
+                assert!(
+                    (out[h * d + i] as f64 - want).abs() < 1e-6,
+                    "head {h} dim {i}"
+                );
+            }
+        }
+    }
+}
