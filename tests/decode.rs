@@ -56,7 +56,7 @@ fn decoding_one_token_at_a_time_gives_the_forwards_logits_at_every_position() {
         let (m, w) = model(&cfg);
         let ids = sequence(&cfg, 0);
         let want = full_logits(&m.with_kernels(kernels), &ids);
-        let mut dec = Decoder::new(&cfg, w, 1);
+        let mut dec = Decoder::new(&cfg, w, 1, 1);
         for (t, want) in want.iter().enumerate() {
             let got = dec
                 .forward(&[Feed {
@@ -84,7 +84,7 @@ fn prompts_and_batches_of_sequences_decode_as_each_alone() {
         let (a, b) = (sequence(&cfg, 0), sequence(&cfg, 1));
         let (want_a, want_b) = (full_logits(&m, &a), full_logits(&m, &b));
         let v = cfg.vocab_size;
-        let mut dec = Decoder::new(&cfg, w, 2);
+        let mut dec = Decoder::new(&cfg, w, 2, 2);
         let (pa, pb) = (3, 5); // prompt lengths
         let got = dec
             .forward(&[
@@ -148,7 +148,7 @@ fn prompts_and_batches_of_sequences_decode_as_each_alone() {
 fn feeds_past_the_context_or_outside_the_vocabulary_are_refused() {
     let cfg = all_variants().remove(0);
     let (_, w) = model(&cfg);
-    let mut dec = Decoder::new(&cfg, w, 1);
+    let mut dec = Decoder::new(&cfg, w, 1, 1);
     let ids = sequence(&cfg, 0);
     dec.forward(&[Feed {
         slot: 0,

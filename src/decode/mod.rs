@@ -12,6 +12,8 @@
 //! `D` head dim, `F` MLP width, `V` vocab; each sequence ("slot") owns `context` cache rows
 //! per layer.
 
+mod one;
+mod team;
 pub mod weights;
 
 use crate::config::{ModelConfig, Positions};
@@ -19,6 +21,8 @@ use crate::kernels::cpu::decode::{self as k, CachedKeys, HostLinear};
 use crate::model::ngram::{self, NO_TOKEN};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
+use std::sync::Mutex;
+use team::Team;
 pub use weights::Weights;
 use weights::{BlockWeights, MlpWeights};
 
@@ -74,13 +78,23 @@ pub struct Decoder {
     /// RoPE's `(context, D/2)` cos and sin tables.
     rope: Option<(Vec<f32>, Vec<f32>)>,
     s: Scratch,
+    /// The threads of a single token's forward, and each one's own buffers.
+    team: Team,
+    own: Vec<Mutex<one::Own>>,
 }
 
 impl Decoder {
-    pub fn new(cfg: &ModelConfig, w: Weights, slots: usize) -> Self {
+    /// A decoder whose single-token steps run on `threads` threads.
+    pub fn new(cfg: &ModelConfig, w: Weights, slots: usize, threads: usize) -> Self {
         let cache = slots * cfg.context * cfg.d_model;
         let rope = (cfg.positions == Positions::Rope).then(|| rope_tables(cfg));
+        let team = Team::new(threads);
+        let own = (0..team.threads())
+            .map(|_| Mutex::new(one::Own::new(cfg)))
+            .collect();
         Self {
+            team,
+            own,
             cfg: cfg.clone(),
             w,
             keys: vec![vec![0.0; cache]; cfg.n_layers],
@@ -119,6 +133,9 @@ impl Decoder {
         let rows = self.s.at.len();
         let c = self.cfg.d_model;
         self.embed(feeds)?;
+        if rows == 1 && self.team.threads() > 1 {
+            return Ok(self.forward_one(feeds[0].slot));
+        }
         for i in 0..self.cfg.n_layers {
             self.block(i, rows)?;
         }
@@ -137,6 +154,39 @@ impl Decoder {
             self.lens[f.slot] += f.tokens.len();
         }
         Ok(&self.s.logits[..n * v])
+    }
+
+    /// One new token of `slot` (embedded in `x`) on the team.
+    fn forward_one(&mut self, slot: usize) -> &[f32] {
+        let (c, f, v) = (self.cfg.d_model, self.cfg.hidden_dim(), self.w.head.out());
+        let s = &mut self.s;
+        let (qkv, att) = (grow(&mut s.qkv, 3 * c), grow(&mut s.h, c));
+        let (y, f1, f2) = (grow(&mut s.y, c), grow(&mut s.f1, f), grow(&mut s.f2, f));
+        let logits = grow(&mut s.logits, v);
+        let pass = one::Pass {
+            cfg: &self.cfg,
+            w: &self.w,
+            rope: self.rope.as_ref(),
+            keys: self.keys.iter_mut().map(|k| one::Shared::new(k)).collect(),
+            values: self
+                .values
+                .iter_mut()
+                .map(|v| one::Shared::new(v))
+                .collect(),
+            qkv: one::Shared::new(qkv),
+            att: one::Shared::new(att),
+            y: one::Shared::new(y),
+            f1: one::Shared::new(f1),
+            f2: one::Shared::new(f2),
+            logits: one::Shared::new(logits),
+            own: &self.own,
+            x0: &s.x[..c],
+            slot,
+            pos: self.lens[slot],
+        };
+        pass.run(&self.team);
+        self.lens[slot] += 1;
+        &self.s.logits[..v]
     }
 
     /// Each row's slot and position; checks the feeds.

@@ -53,7 +53,8 @@ impl Engine {
         let cfg = model.config();
         if kind == EngineKind::Auto && device.is_cpu() {
             let w = Weights::from_varmap(cfg, varmap)?;
-            return Ok(Self::Host(Box::new(Decoder::new(cfg, w, slots))));
+            let threads = rayon::current_num_threads();
+            return Ok(Self::Host(Box::new(Decoder::new(cfg, w, slots, threads))));
         }
         Ok(Self::Candle(Box::new(CandleEngine {
             model: model.clone(),

@@ -79,6 +79,16 @@ impl HostLinear {
     }
 }
 
+impl HostLinear {
+    /// Outputs `c0..c0 + y.len()` of one row: `y = x · W[:, c0..] + b[c0..]`, on this thread.
+    pub fn forward_cols(&self, y: &mut [f32], x: &[f32], c0: usize) {
+        gemv(y, &x[..self.inp], &self.wt[c0..], self.out);
+        if let Some(b) = &self.b {
+            add_into(y, &b[c0..c0 + y.len()]);
+        }
+    }
+}
+
 /// Output columns [`gemv`] keeps in L1 at a time (2 KB of `y`).
 const GEMV_BLOCK: usize = 512;
 
@@ -188,12 +198,24 @@ pub struct CachedKeys<'a> {
 /// own included): the attention of a position that sees all keys before it. `scores` holds
 /// at least `S` floats.
 pub fn attend_row(out: &mut [f32], q: &[f32], keys: CachedKeys, scores: &mut [f32]) {
+    attend_heads(out, q, keys, 0, scores)
+}
+
+/// [`attend_row`] for the heads `first..first + out.len() / D` only: `out` and `q` hold just
+/// those heads' columns.
+pub fn attend_heads(
+    out: &mut [f32],
+    q: &[f32],
+    keys: CachedKeys,
+    first: usize,
+    scores: &mut [f32],
+) {
     let d = keys.head_dim;
     let c = keys.heads * d;
     let s = keys.k.len() / c;
     let scale = 1.0 / (d as f32).sqrt();
-    for h in 0..keys.heads {
-        let (q, out) = (&q[h * d..(h + 1) * d], &mut out[h * d..(h + 1) * d]);
+    for (i, (out, q)) in out.chunks_exact_mut(d).zip(q.chunks_exact(d)).enumerate() {
+        let h = first + i;
         let scores = &mut scores[..s];
         head_scores(scores, q, &keys.k[h * d..], c, scale);
         softmax_in_place(scores);
