@@ -5,6 +5,7 @@
 //! `<BOS>` is predicted, `<EOS>` included, padding never counts. Perplexity = e^loss, bits per
 //! token = loss / ln 2.
 
+use crate::config::DataFormat;
 use crate::data::batch::{make_eval_windows, Batcher};
 use crate::data::dataset::{self, TokenSeqs};
 use crate::model::{Gpt, Mode};
@@ -131,6 +132,17 @@ pub struct EvalOptions {
     pub batch_size: Option<usize>,
     /// New targets per window on long sequences (`data.eval_stride`); default: the run's.
     pub stride: Option<usize>,
+    /// How `data` is read; default: the run's `data.format`.
+    pub format: Option<DataFormat>,
+}
+
+/// `lines`, `text` or `jsonl` (what `--format` accepts; anything else reads as `lines`).
+pub fn parse_format(name: &str) -> DataFormat {
+    match name {
+        "text" => DataFormat::Text,
+        "jsonl" => DataFormat::Jsonl,
+        _ => DataFormat::Lines,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,7 +168,9 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     let cfg = &loaded.config;
     let (seqs, source, unk_rate) = match &opts.data {
         Some(path) => {
-            let (seqs, unk) = dataset::encode_file(path, &loaded.vocab, &cfg.data)?;
+            let mut data_cfg = cfg.data.clone();
+            data_cfg.format = opts.format.unwrap_or(data_cfg.format);
+            let (seqs, unk) = dataset::encode_file(path, &loaded.vocab, &data_cfg)?;
             (seqs, path.display().to_string(), Some(unk))
         }
         None => {

@@ -1,6 +1,7 @@
 //! `lmtrain sample` as a user drives it: echo, JSON, batches of samples and prompts, stop
 //! strings, the minimum length, the repetition penalty, unknown prompt tokens, generation past
-//! the context window, and the two engines agreeing.
+//! the context window, and the two engines agreeing; and `eval --format`, which reads `--data`
+//! in another format than the run's.
 
 mod common;
 
@@ -281,4 +282,63 @@ fn bad_sampling_options_are_refused_by_name() {
         all.extend_from_slice(args);
         common::assert_fails_with(&lmtrain(&all), &[needle]);
     }
+}
+
+/// The line corpus as plain text (a document per line) and as JSON lines: with `--format`
+/// each scores exactly what the line corpus scores (a character vocabulary reads plain text
+/// one character per token, as `sample` reads a prompt); without it the text is refused as a
+/// malformed line corpus.
+#[test]
+fn eval_format_reads_text_and_jsonl_as_the_same_documents() {
+    let dir = common::temp_dir("eval-format");
+    let corpus = std::fs::read_to_string(common::sample_corpus()).unwrap();
+    let docs: Vec<String> = corpus
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.split("  ")
+                .filter(|t| *t != "<BOS>" && *t != "<EOS>")
+                .collect()
+        })
+        .collect();
+    let text = dir.join("docs.txt");
+    std::fs::write(&text, docs.join("\n")).unwrap();
+    let jsonl = dir.join("docs.jsonl");
+    let lines: Vec<String> = docs
+        .iter()
+        .map(|d| serde_json::json!({ "text": d }).to_string())
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let eval = |data: &Path, format: Option<&str>| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            run().to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+            "--device",
+            "cpu",
+        ];
+        if let Some(f) = format {
+            args.extend(["--format", f]);
+        }
+        lmtrain(&args)
+    };
+    let parse = |o: std::process::Output| -> Value {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let lines = parse(eval(&common::sample_corpus(), None));
+    for (file, format) in [(&text, "text"), (&jsonl, "jsonl")] {
+        let got = parse(eval(file, Some(format)));
+        assert_eq!(got["tokens"], lines["tokens"], "{format}");
+        let (a, b) = (
+            got["loss"].as_f64().unwrap(),
+            lines["loss"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() <= 1e-12 * b, "{format}: loss {a} vs {b}");
+        assert!(got["tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    common::assert_fails_with(&eval(&text, None), &["docs.txt:1", "<BOS>"]);
 }

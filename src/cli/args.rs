@@ -110,6 +110,10 @@ pub struct EvalArgs {
     /// context (default: the run's data.eval_stride; 0 = the training windows).
     #[arg(long, value_name = "N")]
     pub stride: Option<usize>,
+    /// How to read --data: lines (`<BOS>  tok  …  <EOS>`), text (a document per line) or
+    /// jsonl (default: the run's data.format).
+    #[arg(long, value_parser = ["lines", "text", "jsonl"], requires = "data")]
+    pub format: Option<String>,
 }
 
 #[derive(Args)]

@@ -84,6 +84,8 @@ pub struct Vocab {
     tokens: Vec<String>,
     ids: HashMap<String, u32>,
     specials: Specials,
+    /// [`Vocab::is_char_level`], computed once (it reads every token).
+    char_level: std::sync::OnceLock<bool>,
 }
 
 impl std::fmt::Debug for Vocab {
@@ -172,6 +174,7 @@ impl Vocab {
             tokens,
             ids,
             specials: Specials::LMTRAIN,
+            char_level: Default::default(),
         };
         vocab.check_specials()?;
         Ok(vocab)
@@ -213,6 +216,7 @@ impl Vocab {
             tokens,
             ids,
             specials: Specials { pad, unk, bos, eos },
+            char_level: Default::default(),
         })
     }
 
@@ -244,6 +248,10 @@ impl Vocab {
     /// Whether this is a word-level vocabulary whose regular tokens are all one character (a
     /// character corpus): its plain text is read one token per character.
     pub fn is_char_level(&self) -> bool {
+        *self.char_level.get_or_init(|| self.compute_char_level())
+    }
+
+    fn compute_char_level(&self) -> bool {
         let s = self.specials;
         let special = |id: u32| [Some(s.pad), s.unk, Some(s.bos), Some(s.eos)].contains(&Some(id));
         self.is_word_level()
@@ -252,8 +260,22 @@ impl Vocab {
                 .all(|id| self.tokens[id as usize].chars().count() == 1)
     }
 
-    /// The ids of plain `text` without special tokens added (raw-text vocabularies).
+    /// The ids of plain `text` without special tokens added: the tokenizer's for raw-text
+    /// vocabularies; for word-level ones its characters (whitespace dropped) when the
+    /// vocabulary is a character one, its whitespace-separated words otherwise — as `sample`
+    /// reads a plain prompt and the exported tokenizer reads plain text.
     pub fn encode_text(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        if self.is_word_level() {
+            return Ok(if self.is_char_level() {
+                let mut buf = [0u8; 4];
+                text.chars()
+                    .filter(|c| !c.is_whitespace())
+                    .map(|c| self.id(c.encode_utf8(&mut buf)))
+                    .collect()
+            } else {
+                text.split_whitespace().map(|w| self.id(w)).collect()
+            });
+        }
         let enc = self
             .tokenizer
             .encode_fast(text, false)
@@ -339,6 +361,7 @@ impl Vocab {
             tokens,
             ids,
             specials: Specials::LMTRAIN,
+            char_level: Default::default(),
         };
         vocab
             .check_specials()

@@ -68,7 +68,8 @@ fn grow(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
 pub struct Decoder {
     cfg: ModelConfig,
     w: Weights,
-    /// Per layer `(slots, context, C)` keys and values (RoPE already applied to the keys).
+    /// Per layer `(slots, H, context, D)` keys and values (RoPE already applied to the keys):
+    /// head-major, so one head's keys are contiguous.
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     /// Positions cached per slot.
@@ -269,9 +270,11 @@ impl Decoder {
                 let (cos, sin) = (&cos[pos * d / 2..], &sin[pos * d / 2..]);
                 k::rope_row(&mut row[..2 * c], d, cos, sin);
             }
-            let at = (slot * cfg.context + pos) * c;
-            keys[at..at + c].copy_from_slice(&row[c..2 * c]);
-            values[at..at + c].copy_from_slice(&row[2 * c..]);
+            for h in 0..cfg.n_heads {
+                let at = k::cache_offset((slot, h, pos), cfg.n_heads, cfg.context, d);
+                keys[at..at + d].copy_from_slice(&row[c + h * d..c + (h + 1) * d]);
+                values[at..at + d].copy_from_slice(&row[2 * c + h * d..2 * c + (h + 1) * d]);
+            }
         }
         let (cached, at) = (Cache { keys, values, cfg }, &s.at);
         let h = &mut h[..rows * c];
@@ -324,14 +327,15 @@ impl Cache<'_> {
     /// `out (C)`: query `q (C)` of `slot` at `pos` attending to that slot's positions `..=pos`.
     fn attend(&self, out: &mut [f32], q: &[f32], (slot, pos): (usize, usize), scores: &mut [f32]) {
         let (ctx, c) = (self.cfg.context, self.cfg.d_model);
-        let seen = (slot * ctx * c)..((slot * ctx + pos + 1) * c);
+        let block = slot * ctx * c..(slot + 1) * ctx * c; // (H, context, D)
         let keys = CachedKeys {
-            k: &self.keys[seen.clone()],
-            v: &self.values[seen],
-            heads: self.cfg.n_heads,
+            k: &self.keys[block.clone()],
+            v: &self.values[block],
             head_dim: self.cfg.head_dim(),
+            cap: ctx,
+            len: pos + 1,
         };
-        k::attend_row(out, q, keys, scores);
+        k::attend(out, q, keys, scores);
     }
 }
 

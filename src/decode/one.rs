@@ -133,8 +133,8 @@ impl Pass<'_> {
         barrier.wait(); // qkv complete
         let heads = share(cfg.n_heads, n, t);
         let cols = heads.start * d..heads.end * d;
-        // SAFETY: this thread's heads' columns of q, k, v and of this position's cache row are
-        // touched by this thread only (until the barrier below).
+        // SAFETY: this thread's heads' columns of q, k and v are touched by this thread only
+        // (until the barrier below).
         let (q, kk, v) = unsafe {
             (
                 self.qkv.part(cols.clone()),
@@ -147,31 +147,28 @@ impl Pass<'_> {
             k::rope_row(q, d, &cos[at..], &sin[at..]);
             k::rope_row(kk, d, &cos[at..], &sin[at..]);
         }
-        let row = (self.slot * cfg.context + self.pos) * c;
-        unsafe {
-            self.keys[i]
-                .part(row + cols.start..row + cols.end)
-                .copy_from_slice(kk);
-            self.values[i]
-                .part(row + cols.start..row + cols.end)
-                .copy_from_slice(v);
+        // This thread's heads of this sequence: a contiguous (heads, context, D) block of the
+        // head-major cache.
+        let (nh, ctx) = (cfg.n_heads, cfg.context);
+        let block = k::cache_offset((self.slot, heads.start, 0), nh, ctx, d)
+            ..k::cache_offset((self.slot, heads.end, 0), nh, ctx, d);
+        // SAFETY: only this thread touches its heads' block (until the next layer).
+        let (keys, values) =
+            unsafe { (self.keys[i].part(block.clone()), self.values[i].part(block)) };
+        for (j, (kh, vh)) in kk.chunks_exact(d).zip(v.chunks_exact(d)).enumerate() {
+            let at = (j * ctx + self.pos) * d;
+            keys[at..at + d].copy_from_slice(kh);
+            values[at..at + d].copy_from_slice(vh);
         }
-        let seen = self.slot * cfg.context * c..row + c;
-        // SAFETY: this thread reads only its heads' columns of the cache, which only it writes.
-        let (keys, values) = unsafe {
-            (
-                &self.keys[i].all()[seen.clone()],
-                &self.values[i].all()[seen],
-            )
-        };
         let cached = CachedKeys {
             k: keys,
             v: values,
-            heads: cfg.n_heads,
             head_dim: d,
+            cap: ctx,
+            len: self.pos + 1,
         };
         let out = unsafe { self.att.part(cols) };
-        k::attend_heads(out, q, cached, heads.start, &mut own.scores);
+        k::attend(out, q, cached, &mut own.scores);
         barrier.wait(); // attention complete
         self.product(&b.proj, &self.y, unsafe { self.att.all() }, tn);
         barrier.wait(); // projection complete

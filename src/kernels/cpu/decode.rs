@@ -184,62 +184,69 @@ pub fn rope_row(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// One query row's attention over a sequence's cached keys and values.
+/// One sequence's cached keys and values for some of its heads, head-major: `k`, `v` are
+/// `(heads, cap, D)` with positions `0..len` of each head filled, so one head's keys are
+/// contiguous.
 #[derive(Clone, Copy)]
 pub struct CachedKeys<'a> {
-    /// `(S, C)` keys and values of positions `0..S` of this sequence (row stride `C`).
     pub k: &'a [f32],
     pub v: &'a [f32],
-    pub heads: usize,
     pub head_dim: usize,
+    pub cap: usize,
+    pub len: usize,
 }
 
-/// `out (C) = softmax(q·Kᵀ · scale) · V` per head, over every cached position (the query's
-/// own included): the attention of a position that sees all keys before it. `scores` holds
-/// at least `S` floats.
-pub fn attend_row(out: &mut [f32], q: &[f32], keys: CachedKeys, scores: &mut [f32]) {
-    attend_heads(out, q, keys, 0, scores)
+/// Where position `pos` of `head` of `slot` starts in a layer's `(slots, H, cap, D)` cache.
+pub fn cache_offset(
+    (slot, head, pos): (usize, usize, usize),
+    heads: usize,
+    cap: usize,
+    d: usize,
+) -> usize {
+    ((slot * heads + head) * cap + pos) * d
 }
 
-/// [`attend_row`] for the heads `first..first + out.len() / D` only: `out` and `q` hold just
-/// those heads' columns.
-pub fn attend_heads(
-    out: &mut [f32],
-    q: &[f32],
-    keys: CachedKeys,
-    first: usize,
-    scores: &mut [f32],
-) {
-    let d = keys.head_dim;
-    let c = keys.heads * d;
-    let s = keys.k.len() / c;
+/// `out = softmax(q·Kᵀ / √D) · V` per head, for the heads `keys` holds (`out` and `q` hold the
+/// same heads' columns, `D` each) over every cached position (the query's own included): the
+/// attention of a position that sees all keys before it. `scores` holds at least `len` floats.
+pub fn attend(out: &mut [f32], q: &[f32], keys: CachedKeys, scores: &mut [f32]) {
+    let (d, len) = (keys.head_dim, keys.len);
     let scale = 1.0 / (d as f32).sqrt();
+    let scores = &mut scores[..len];
     for (i, (out, q)) in out.chunks_exact_mut(d).zip(q.chunks_exact(d)).enumerate() {
-        let h = first + i;
-        let scores = &mut scores[..s];
-        head_scores(scores, q, &keys.k[h * d..], c, scale);
+        let head = i * keys.cap * d..(i * keys.cap + len) * d;
+        head_scores(scores, q, &keys.k[head.clone()], scale);
         softmax_in_place(scores);
-        weighted_sum(out, scores, &keys.v[h * d..], c);
+        weighted_sum(out, scores, &keys.v[head]);
     }
 }
 
 multiversion! {
-    /// `scores[j] = (q · k_j) · scale` for `k_j = k[j·stride .. j·stride + D]`.
-    fn head_scores(scores: &mut [f32], q: &[f32], k: &[f32], stride: usize, scale: f32) {
-        let d = q.len();
-        for (j, s) in scores.iter_mut().enumerate() {
-            *s = super::dot_lanes(q, &k[j * stride..j * stride + d]) * scale;
+    /// `scores[j] = (q · k_j) · scale` for the contiguous keys `k (len, D)`.
+    fn head_scores(scores: &mut [f32], q: &[f32], k: &[f32], scale: f32) {
+        for (s, k) in scores.iter_mut().zip(k.chunks_exact(q.len())) {
+            *s = super::dot_lanes(q, k) * scale;
         }
     }
 }
 
 multiversion! {
-    /// `out = Σ_j p[j] · v_j` for `v_j = v[j·stride .. j·stride + D]`.
-    fn weighted_sum(out: &mut [f32], p: &[f32], v: &[f32], stride: usize) {
+    /// `out = Σ_j p[j] · v_j` for the contiguous values `v (len, D)`, four positions per pass
+    /// over `out`.
+    fn weighted_sum(out: &mut [f32], p: &[f32], v: &[f32]) {
         let d = out.len();
         out.fill(0.0);
-        for (j, &p) in p.iter().enumerate() {
-            let v = &v[j * stride..j * stride + d];
+        let mut quads = p.chunks_exact(4).zip(v.chunks_exact(4 * d));
+        for (p4, v4) in &mut quads {
+            let (v0, rest) = v4.split_at(d);
+            let (v1, rest) = rest.split_at(d);
+            let (v2, v3) = rest.split_at(d);
+            for i in 0..d {
+                out[i] += p4[0] * v0[i] + p4[1] * v1[i] + p4[2] * v2[i] + p4[3] * v3[i];
+            }
+        }
+        let done = p.len() - p.len() % 4;
+        for (&p, v) in p[done..].iter().zip(v[done * d..].chunks_exact(d)) {
             for (o, &v) in out.iter_mut().zip(v) {
                 *o += p * v;
             }
@@ -292,27 +299,29 @@ mod tests {
 
     #[test]
     fn attention_over_the_cache_matches_an_f64_softmax() {
-        let (heads, d, s) = (2, 4, 5);
-        let c = heads * d;
-        let (k, v, q) = (ramp(s * c, 0.3), ramp(s * c, 0.9), ramp(c, 1.7));
-        let mut out = vec![0f32; c];
-        let mut scores = vec![0f32; s];
-        attend_row(
-            &mut out,
-            &q,
-            CachedKeys {
-                k: &k,
-                v: &v,
-                heads,
-                head_dim: d,
-            },
-            &mut scores,
+        // 2 heads, D 4, 7 of 9 reserved positions filled (and a remainder past the quads).
+        let (heads, d, cap, len) = (2, 4, 9, 7);
+        let (k, v, q) = (
+            ramp(heads * cap * d, 0.3),
+            ramp(heads * cap * d, 0.9),
+            ramp(heads * d, 1.7),
         );
+        let mut out = vec![0f32; heads * d];
+        let mut scores = vec![0f32; len];
+        let keys = CachedKeys {
+            k: &k,
+            v: &v,
+            head_dim: d,
+            cap,
+            len,
+        };
+        attend(&mut out, &q, keys, &mut scores);
         for h in 0..heads {
-            let logits: Vec<f64> = (0..s)
+            let at = |j: usize, i: usize| cache_offset((0, h, j), heads, cap, d) + i;
+            let logits: Vec<f64> = (0..len)
                 .map(|j| {
                     (0..d)
-                        .map(|i| q[h * d + i] as f64 * k[j * c + h * d + i] as f64)
+                        .map(|i| q[h * d + i] as f64 * k[at(j, i)] as f64)
                         .sum::<f64>()
                         / (d as f64).sqrt()
                 })
@@ -321,8 +330,8 @@ mod tests {
             let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
             let z: f64 = e.iter().sum();
             for i in 0..d {
-                let want: f64 = (0..s).map(|j| e[j] / z * v[j * c + h * d + i] as f64).sum();
-                // exp_fast's 2e-7 relative error and f32 sums over 5 terms.
+                let want: f64 = (0..len).map(|j| e[j] / z * v[at(j, i)] as f64).sum();
+                // exp_fast's 2e-7 relative error and f32 sums over 7 terms.
                 assert!(
                     (out[h * d + i] as f64 - want).abs() < 1e-6,
                     "head {h} dim {i}"
