@@ -126,15 +126,33 @@ impl Pass<'_> {
         own: &mut Own,
         barrier: &Barrier,
     ) {
-        let (cfg, (t, n)) = (self.cfg, tn);
-        let (c, d) = (cfg.d_model, cfg.head_dim());
         b.ln1.forward(&mut own.h, &own.x);
         self.product(&b.qkv, &self.qkv, &own.h, tn);
         barrier.wait(); // qkv complete
-        let heads = share(cfg.n_heads, n, t);
+        self.attention(i, tn, own);
+        barrier.wait(); // attention complete
+        self.product(&b.proj, &self.y, unsafe { self.att.all() }, tn);
+        barrier.wait(); // projection complete
+        k::residual_add(&mut own.x, unsafe { self.y.all() });
+        b.ln2.forward(&mut own.h, &own.x);
+        let proj = self.hidden(&b.mlp, tn, own);
+        barrier.wait(); // hidden activations complete
+        self.product(proj, &self.y, unsafe { self.f1.all() }, tn);
+        barrier.wait(); // MLP output complete
+        k::residual_add(&mut own.x, unsafe { self.y.all() });
+        // The next block writes qkv and then att, y and f1 only after barriers every thread
+        // passes after its last read of them here.
+    }
+
+    /// This thread's heads of layer `i`: RoPE, the new key and value into the cache, and the
+    /// attention over it into `att`.
+    fn attention(&self, i: usize, (t, n): (usize, usize), own: &mut Own) {
+        let cfg = self.cfg;
+        let (c, d, nh, ctx) = (cfg.d_model, cfg.head_dim(), cfg.n_heads, cfg.context);
+        let heads = share(nh, n, t);
         let cols = heads.start * d..heads.end * d;
         // SAFETY: this thread's heads' columns of q, k and v are touched by this thread only
-        // (until the barrier below).
+        // (until the next barrier).
         let (q, kk, v) = unsafe {
             (
                 self.qkv.part(cols.clone()),
@@ -149,7 +167,6 @@ impl Pass<'_> {
         }
         // This thread's heads of this sequence: a contiguous (heads, context, D) block of the
         // head-major cache.
-        let (nh, ctx) = (cfg.n_heads, cfg.context);
         let block = k::cache_offset((self.slot, heads.start, 0), nh, ctx, d)
             ..k::cache_offset((self.slot, heads.end, 0), nh, ctx, d);
         // SAFETY: only this thread touches its heads' block (until the next layer).
@@ -167,15 +184,16 @@ impl Pass<'_> {
             cap: ctx,
             len: self.pos + 1,
         };
-        let out = unsafe { self.att.part(cols) };
-        k::attend(out, q, cached, &mut own.scores);
-        barrier.wait(); // attention complete
-        self.product(&b.proj, &self.y, unsafe { self.att.all() }, tn);
-        barrier.wait(); // projection complete
-        k::residual_add(&mut own.x, unsafe { self.y.all() });
-        b.ln2.forward(&mut own.h, &own.x);
-        let f = share(cfg.hidden_dim(), n, t);
-        let proj = match &b.mlp {
+        // SAFETY: this thread's heads' columns of `att`, as above.
+        k::attend(unsafe { self.att.part(cols) }, q, cached, &mut own.scores);
+    }
+
+    /// This thread's share of the MLP's hidden activations into `f1`; returns the output
+    /// projection that reads them.
+    fn hidden<'w>(&self, mlp: &'w MlpWeights, tn: (usize, usize), own: &mut Own) -> &'w HostLinear {
+        let f = share(self.cfg.hidden_dim(), tn.1, tn.0);
+        // SAFETY: each thread activates only its own share of `f1` and `f2`.
+        match mlp {
             MlpWeights::Gelu { fc, proj } => {
                 self.product(fc, &self.f1, &own.h, tn);
                 k::gelu_in_place(unsafe { self.f1.part(f) }, &mut own.scratch);
@@ -188,12 +206,6 @@ impl Pass<'_> {
                 k::silu_mul(unsafe { self.f1.part(f) }, up);
                 proj
             }
-        };
-        barrier.wait(); // hidden activations complete
-        self.product(proj, &self.y, unsafe { self.f1.all() }, tn);
-        barrier.wait(); // MLP output complete
-        k::residual_add(&mut own.x, unsafe { self.y.all() });
-        // The next block writes qkv and then att, y and f1 only after barriers every thread
-        // passes after its last read of them here.
+        }
     }
 }

@@ -62,75 +62,95 @@ impl Weights {
 
     /// As [`Weights::from_varmap`], from tensors by name.
     pub fn from_tensors(cfg: &ModelConfig, tensors: &HashMap<String, Tensor>) -> Result<Self> {
-        let get = |name: &str| -> Result<Vec<f32>> {
-            let t = tensors
-                .get(name)
-                .with_context(|| format!("decode: the model has no weight `{name}`"))?;
-            Ok(t.to_device(&Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()?)
-        };
-        let has = |name: &str| tensors.contains_key(name);
-        let (c, f, v) = (cfg.d_model, cfg.hidden_dim(), cfg.vocab_size);
-        let linear = |name: &str, out: usize, inp: usize| -> Result<HostLinear> {
-            let w = get(&format!("{name}.weight"))?;
-            let bias = format!("{name}.bias");
-            let b = if has(&bias) { Some(get(&bias)?) } else { None };
-            HostLinear::new(&w, b, out, inp).with_context(|| format!("decode: `{name}`"))
-        };
-        let norm = |name: &str| -> Result<HostNorm> {
-            let bias = format!("{name}.bias");
-            Ok(HostNorm {
-                rms: cfg.norm == Norm::RmsNorm,
-                w: get(&format!("{name}.weight"))?,
-                b: if has(&bias) { Some(get(&bias)?) } else { None },
-                eps: cfg.norm_eps as f32,
-            })
-        };
+        let r = Reader { cfg, tensors };
+        let (c, v) = (cfg.d_model, cfg.vocab_size);
         let blocks = (0..cfg.n_layers)
-            .map(|i| {
-                let p = format!("blocks.{i}");
-                let mlp = match cfg.mlp {
-                    Mlp::Gelu => MlpWeights::Gelu {
-                        fc: linear(&format!("{p}.mlp.fc"), f, c)?,
-                        proj: linear(&format!("{p}.mlp.proj"), c, f)?,
-                    },
-                    Mlp::SwiGlu => MlpWeights::SwiGlu {
-                        gate: linear(&format!("{p}.mlp.gate"), f, c)?,
-                        up: linear(&format!("{p}.mlp.up"), f, c)?,
-                        proj: linear(&format!("{p}.mlp.proj"), c, f)?,
-                    },
-                };
-                Ok(BlockWeights {
-                    ln1: norm(&format!("{p}.ln1"))?,
-                    qkv: linear(&format!("{p}.attn.qkv"), 3 * c, c)?,
-                    proj: linear(&format!("{p}.attn.proj"), c, c)?,
-                    ln2: norm(&format!("{p}.ln2"))?,
-                    mlp,
-                })
-            })
+            .map(|i| r.block(&format!("blocks.{i}")))
             .collect::<Result<Vec<_>>>()?;
-        let tok_emb = get("tok_emb.weight")?;
+        let tok_emb = r.get("tok_emb.weight")?;
         let head = if cfg.tie_embeddings {
             HostLinear::new(&tok_emb, None, v, c)?
         } else {
-            linear("lm_head", v, c)?
+            r.linear("lm_head", v, c)?
         };
         let ngram = ngram::tables(cfg)
             .into_iter()
-            .map(|spec| Ok((spec, get(&spec.weight_name())?)))
+            .map(|spec| Ok((spec, r.get(&spec.weight_name())?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             tok_emb,
             pos_emb: match cfg.positions {
-                Positions::Learned => Some(get("pos_emb.weight")?),
+                Positions::Learned => Some(r.get("pos_emb.weight")?),
                 Positions::Rope => None,
             },
             ngram,
             blocks,
-            ln_f: norm("ln_f")?,
+            ln_f: r.norm("ln_f")?,
             head,
+        })
+    }
+}
+
+/// Reads weights by name out of a model's tensors.
+struct Reader<'a> {
+    cfg: &'a ModelConfig,
+    tensors: &'a HashMap<String, Tensor>,
+}
+
+impl Reader<'_> {
+    fn get(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("decode: the model has no weight `{name}`"))?;
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?)
+    }
+
+    fn optional(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        match self.tensors.contains_key(name) {
+            true => Ok(Some(self.get(name)?)),
+            false => Ok(None),
+        }
+    }
+
+    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<HostLinear> {
+        let w = self.get(&format!("{name}.weight"))?;
+        let b = self.optional(&format!("{name}.bias"))?;
+        HostLinear::new(&w, b, out, inp).with_context(|| format!("decode: `{name}`"))
+    }
+
+    fn norm(&self, name: &str) -> Result<HostNorm> {
+        Ok(HostNorm {
+            rms: self.cfg.norm == Norm::RmsNorm,
+            w: self.get(&format!("{name}.weight"))?,
+            b: self.optional(&format!("{name}.bias"))?,
+            eps: self.cfg.norm_eps as f32,
+        })
+    }
+
+    /// The block under prefix `p` (`blocks.{i}`).
+    fn block(&self, p: &str) -> Result<BlockWeights> {
+        let (c, f) = (self.cfg.d_model, self.cfg.hidden_dim());
+        let mlp = match self.cfg.mlp {
+            Mlp::Gelu => MlpWeights::Gelu {
+                fc: self.linear(&format!("{p}.mlp.fc"), f, c)?,
+                proj: self.linear(&format!("{p}.mlp.proj"), c, f)?,
+            },
+            Mlp::SwiGlu => MlpWeights::SwiGlu {
+                gate: self.linear(&format!("{p}.mlp.gate"), f, c)?,
+                up: self.linear(&format!("{p}.mlp.up"), f, c)?,
+                proj: self.linear(&format!("{p}.mlp.proj"), c, f)?,
+            },
+        };
+        Ok(BlockWeights {
+            ln1: self.norm(&format!("{p}.ln1"))?,
+            qkv: self.linear(&format!("{p}.attn.qkv"), 3 * c, c)?,
+            proj: self.linear(&format!("{p}.attn.proj"), c, c)?,
+            ln2: self.norm(&format!("{p}.ln2"))?,
+            mlp,
         })
     }
 }
