@@ -18,11 +18,17 @@ use candle_nn::{Init, VarBuilder, VarMap};
 pub struct SeededInit {
     seed: u64,
     vars: VarMap,
+    /// False: normal draws become zeros (a model whose weights are loaded next).
+    draw: bool,
 }
 
 impl SeededInit {
     pub fn new(seed: u64, vars: VarMap) -> Self {
-        Self { seed, vars }
+        Self {
+            seed,
+            vars,
+            draw: true,
+        }
     }
 
     /// The initial values of weight `name`: `Const(c)` → all `c`; `Randn { mean, stdev }` →
@@ -32,6 +38,7 @@ impl SeededInit {
         let n = shape.elem_count();
         Ok(match init {
             Init::Const(c) => vec![c as f32; n],
+            Init::Randn { .. } if !self.draw => vec![0.0; n],
             Init::Randn { mean, stdev } => {
                 let mut rng = Rng::derive(self.seed, &format!("init/{name}"));
                 (0..n)
@@ -88,6 +95,20 @@ impl SimpleBackend for SeededInit {
 /// Builds an f32 model with GPT-2 init from `seed`; returns the `VarMap` holding every trainable
 /// variable (names as in [`super::weight_table`]) and the model built on it. To resume, call
 /// `varmap.load(path)` afterwards: `Var::set` copies into the same storage the model uses.
+/// The model of `cfg` with its normal draws left at zero (the constants as in [`init_model`]):
+/// for a model whose weights are loaded next, which then costs no random draws (seconds for a
+/// model with large n-gram tables).
+pub fn blank_model(cfg: &ModelConfig, device: &Device) -> Result<(VarMap, Gpt)> {
+    let vars = VarMap::new();
+    let backend = SeededInit {
+        seed: 0,
+        vars: vars.clone(),
+        draw: false,
+    };
+    let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+    Ok((vars, Gpt::new(cfg, vb)?))
+}
+
 pub fn init_model(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<(VarMap, Gpt)> {
     init_model_dtype(cfg, seed, DType::F32, device)
 }

@@ -63,7 +63,7 @@ pub mod positions;
 pub use crate::kernels::Kernels;
 pub use attention::KvCache;
 pub use gpt::Gpt;
-pub use init::{init_model, init_model_dtype};
+pub use init::{blank_model, init_model, init_model_dtype};
 pub use linear::Linear;
 
 use crate::config::{Mlp, ModelConfig, Norm, Positions};

@@ -95,7 +95,8 @@ pub fn load_model(path: &Path, pick: Pick, device: &Device) -> Result<LoadedMode
             config.model.vocab_size
         );
     }
-    let (varmap, model) = crate::model::init_model(&config.model, config.run.seed, device)?;
+    // Every weight is overwritten by the checkpoint's (`set_weights` checks each is there).
+    let (varmap, model) = crate::model::blank_model(&config.model, device)?;
     load_weights(&varmap, &dir, device)?;
     Ok(LoadedModel {
         dir,
