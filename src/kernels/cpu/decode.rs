@@ -1,7 +1,8 @@
 //! Row kernels for generation ([`crate::decode`]): the forward of a few positions at a time on
-//! plain f32 slices, with no autograd graph and no allocation. Each kernel is the same
-//! arithmetic as the training forward's fused kernel (the norms, GELU and softmax are those
-//! kernels' own row functions) and runs on the SIMD level of [`super::simd::level`].
+//! plain f32 slices, with no autograd graph and no allocation. The norms, GELU and softmax are
+//! the training kernels' own row functions; the products sum the same terms in another order
+//! (within float rounding of the training forward, `tests/decode.rs`). Every kernel runs on the
+//! SIMD level of [`super::simd::level`].
 
 use super::gemm::{self, View};
 use super::layer_norm::{norm_fwd_row, Kind};
