@@ -136,12 +136,13 @@ pub struct EvalOptions {
     pub format: Option<DataFormat>,
 }
 
-/// `lines`, `text` or `jsonl` (what `--format` accepts; anything else reads as `lines`).
-pub fn parse_format(name: &str) -> DataFormat {
+/// `lines`, `text` or `jsonl`, as `--format` takes them.
+pub fn parse_format(name: &str) -> Result<DataFormat> {
     match name {
-        "text" => DataFormat::Text,
-        "jsonl" => DataFormat::Jsonl,
-        _ => DataFormat::Lines,
+        "lines" => Ok(DataFormat::Lines),
+        "text" => Ok(DataFormat::Text),
+        "jsonl" => Ok(DataFormat::Jsonl),
+        other => anyhow::bail!("--format {other:?}: use lines, text or jsonl"),
     }
 }
 

@@ -98,7 +98,7 @@ pub fn eval_cmd(a: EvalArgs, out: &mut String) -> anyhow::Result<()> {
         device: a.device,
         batch_size: a.batch_size,
         stride: a.stride,
-        format: a.format.as_deref().map(eval::parse_format),
+        format: a.format.as_deref().map(eval::parse_format).transpose()?,
     })?;
     if a.json {
         say!(out, "{}", serde_json::to_string(&r)?);

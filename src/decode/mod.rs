@@ -126,14 +126,15 @@ impl Decoder {
     /// feed's last token. An error when a slot would pass the context window (crop and
     /// [`Decoder::reset`] first) or a slot appears twice.
     ///
-    /// Call it from inside the rayon pool (`rayon::scope`, `ThreadPool::install`): its
-    /// matrix–vector products split across the threads, and from outside the pool each split
-    /// waits for a sleeping worker to wake (~15 µs, dozens of times per token).
+    /// One new token runs on the decoder's own team of threads. Prompts and batches use rayon
+    /// (gemm's threads and the attention's rows): call it from inside the rayon pool
+    /// (`rayon::scope`, `ThreadPool::install`), where a split need not wait for a sleeping
+    /// worker to wake (~15 µs each).
     pub fn forward(&mut self, feeds: &[Feed]) -> Result<&[f32]> {
         self.place(feeds)?;
         let rows = self.s.at.len();
         let c = self.cfg.d_model;
-        self.embed(feeds)?;
+        self.embed(feeds);
         if rows == 1 && self.team.threads() > 1 {
             return Ok(self.forward_one(feeds[0].slot));
         }
@@ -227,7 +228,7 @@ impl Decoder {
     }
 
     /// `x (R, C)`: token embeddings, plus n-gram rows, plus learned positions.
-    fn embed(&mut self, feeds: &[Feed]) -> Result<()> {
+    fn embed(&mut self, feeds: &[Feed]) {
         let c = self.cfg.d_model;
         let rows = self.s.at.len();
         let x = grow(&mut self.s.x, rows * c);
@@ -251,7 +252,6 @@ impl Decoder {
                 r += 1;
             }
         }
-        Ok(())
     }
 
     /// Block `i` on the `rows` rows of `x`, writing its keys and values into the cache.

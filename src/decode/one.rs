@@ -78,7 +78,7 @@ pub(super) struct Pass<'a> {
     pub cfg: &'a ModelConfig,
     pub w: &'a Weights,
     pub rope: Option<&'a (Vec<f32>, Vec<f32>)>,
-    /// Per layer `(slots, context, C)`.
+    /// Per layer `(slots, H, context, D)`.
     pub keys: Vec<Shared>,
     pub values: Vec<Shared>,
     /// `(3C)`, `(C)`, `(C)`, `(F)`, `(F)`, `(V)`.

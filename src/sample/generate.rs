@@ -18,22 +18,6 @@ pub(super) struct Generation<'a> {
     pub context: usize,
 }
 
-#[derive(Debug, Default)]
-pub(super) struct Timing {
-    tokens: usize,
-    seconds: f64,
-}
-
-impl Timing {
-    pub fn tokens_per_s(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.tokens as f64 / self.seconds
-        } else {
-            0.0
-        }
-    }
-}
-
 /// One sequence being generated.
 struct Seq {
     prompt_index: usize,
@@ -53,11 +37,10 @@ impl Seq {
 
 impl Generation<'_> {
     /// Every prompt's samples, in batches of the engine's slots.
-    pub fn all(&self, engine: &mut Engine, prompts: &[Vec<u32>]) -> Result<(Vec<Sample>, Timing)> {
+    pub fn all(&self, engine: &mut Engine, prompts: &[Vec<u32>]) -> Result<Vec<Sample>> {
         let jobs: Vec<(usize, usize)> = (0..prompts.len())
             .flat_map(|p| (0..self.opts.num_samples).map(move |s| (p, s)))
             .collect();
-        let mut timing = Timing::default();
         let mut samples = Vec::with_capacity(jobs.len());
         let slots = self.opts.batch_size.min(jobs.len());
         for batch in jobs.chunks(slots) {
@@ -76,14 +59,11 @@ impl Generation<'_> {
             let t0 = Instant::now();
             let first = self.decode(engine, &mut seqs, t0)?;
             let dt = t0.elapsed().as_secs_f64();
-            let made: usize = seqs.iter().map(|s| s.generated().len()).sum();
-            timing.tokens += made;
-            timing.seconds += dt;
             for s in seqs {
                 samples.push(self.finish(s, dt, first)?);
             }
         }
-        Ok((samples, timing))
+        Ok(samples)
     }
 
     /// Generates until every sequence has stopped; returns the seconds from `t0` to the first

@@ -122,8 +122,6 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Which engine computed the logits.
     pub engine: &'static str,
-    /// All generated tokens ÷ all decoding time.
-    pub tokens_per_s: f64,
 }
 
 fn check(opts: &SampleOptions) -> Result<()> {
@@ -198,12 +196,11 @@ pub fn run(opts: &SampleOptions) -> Result<Report> {
         context,
     };
     // Inside the pool: the decode path's parallel products start without a wake-up.
-    let (samples, timing) = rayon::scope(|_| gen.all(&mut engine, &prompts))?;
+    let samples = rayon::scope(|_| gen.all(&mut engine, &prompts))?;
     Ok(Report {
         samples,
         notes,
         engine: engine.name(),
-        tokens_per_s: timing.tokens_per_s(),
     })
 }
 

@@ -34,6 +34,8 @@ impl Default for Policy {
 #[derive(Debug, Default)]
 pub struct Picker {
     logits: Vec<f32>,
+    /// Which tokens the repetition penalty has already touched this call.
+    penalised: Vec<bool>,
     order: Vec<usize>,
     probs: Vec<f64>,
 }
@@ -54,13 +56,13 @@ impl Picker {
         let l = &mut self.logits;
         if policy.repetition_penalty != 1.0 {
             let p = policy.repetition_penalty as f32;
-            // Once per distinct token: a first pass marks them with NaN-free flags.
-            self.order.clear();
-            self.order.resize(l.len(), 0);
+            // Once per distinct token, however often it was seen.
+            self.penalised.clear();
+            self.penalised.resize(l.len(), false);
             for &t in seen {
                 let t = t as usize;
-                if t < l.len() && self.order[t] == 0 {
-                    self.order[t] = 1;
+                if t < l.len() && !self.penalised[t] {
+                    self.penalised[t] = true;
                     l[t] = if l[t] < 0.0 { l[t] * p } else { l[t] / p };
                 }
             }
