@@ -34,6 +34,8 @@ pub enum Command {
     Plot(PlotArgs),
     /// A table of the runs in a folder: size, progress, best val loss, baseline, config differences.
     Runs(RunsArgs),
+    /// Train many configs of one base: a grid, random draws, ASHA that continues its trials.
+    Sweep(SweepArgs),
     /// Training throughput of the reference GPT (flags and JSON as ../shared/bench/ref_gpt.py).
     Bench(BenchArgs),
 }
@@ -59,6 +61,49 @@ impl ConfigArgs {
         }
         all
     }
+}
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// The base config (and optionally its `[sweep]` table), its `--set`s and device.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// A grid axis: `--grid train.lr=1e-3,3e-3` (repeatable; every combination is a trial).
+    #[arg(long, value_name = "KEY=A,B,…")]
+    pub grid: Vec<String>,
+    /// A distribution random trials draw from: `--random 'train.lr=loguniform(1e-4,1e-2)'`;
+    /// also uniform(a,b), int(a,b), choice(a,b,…) (repeatable).
+    #[arg(long, value_name = "KEY=DIST(…)")]
+    pub random: Vec<String>,
+    /// Random draws per grid point (default 10 with --random).
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Seed of the random draws (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// none (every trial to train.max_steps) or asha.
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// ASHA: the first rung's step (a multiple of train.eval_every).
+    #[arg(long)]
+    pub min_steps: Option<u64>,
+    /// ASHA: each rung keeps the best 1/eta (default 3); rungs at min_steps·etaᵏ.
+    #[arg(long)]
+    pub eta: Option<u64>,
+    /// Trials at once, each a process with cores ÷ N threads (default 1); with
+    /// --emit-slurm, the array's tasks (default: one per trial).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// The sweep folder's name under run.out_dir (default `<run.name>-sweep`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Continue the sweep stored in this folder (what Slurm's array tasks run).
+    #[arg(long, value_name = "SWEEP_DIR")]
+    pub from: Option<PathBuf>,
+    /// Write `<sweep>/sweep.sbatch` (an `sbatch --array` job of sweep processes) instead of
+    /// training.
+    #[arg(long)]
+    pub emit_slurm: bool,
 }
 
 #[derive(Args)]
@@ -88,6 +133,10 @@ pub struct TrainArgs {
     /// rank's share of its node's cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Stop after step N with a checkpoint (status `paused`); the learning-rate schedule stays
+    /// that of train.max_steps, so `--resume` continues exactly as if never paused.
+    #[arg(long, value_name = "N")]
+    pub stop_at_step: Option<u64>,
 }
 
 #[derive(Args)]

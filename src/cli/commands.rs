@@ -34,6 +34,7 @@ pub fn train_cmd(a: TrainArgs, out: &mut String) -> anyhow::Result<()> {
         overrides,
         resume: a.resume,
         overwrite: a.overwrite,
+        stop_at: a.stop_at_step,
         ..Default::default()
     };
     let root = world.is_root();
@@ -66,9 +67,10 @@ pub fn train_cmd(a: TrainArgs, out: &mut String) -> anyhow::Result<()> {
         0 => String::new(),
         from => format!(" since the resume at step {from}"),
     };
+    let done = if s.paused { "paused" } else { "done" };
     say!(
         out,
-        "done: step {}, {} tokens in {:.1} s{since} ({:.0} tokens/s), train loss {:.4}{val}",
+        "{done}: step {}, {} tokens in {:.1} s{since} ({:.0} tokens/s), train loss {:.4}{val}",
         s.steps,
         s.tokens_this_run,
         s.wall_s,
@@ -319,6 +321,32 @@ pub fn runs(a: RunsArgs, out: &mut String) -> anyhow::Result<()> {
         );
     } else {
         out.push_str(&report::runs_table(&a.dir)?);
+    }
+    Ok(())
+}
+
+pub fn sweep(a: SweepArgs, out: &mut String) -> anyhow::Result<()> {
+    let cmd = crate::sweep::SweepCommand {
+        request: crate::sweep::SweepRequest {
+            config: a.config.config.clone(),
+            sets: a.config.overrides(),
+            grid: a.grid,
+            random: a.random,
+            trials: a.trials,
+            seed: a.seed,
+            scheduler: a.scheduler,
+            min_steps: a.min_steps,
+            eta: a.eta,
+            name: a.name,
+            workers: a.workers,
+        },
+        from: a.from,
+        emit_slurm: a.emit_slurm,
+    };
+    crate::sweep::check_from(&cmd)?;
+    let dir = crate::sweep::run(&cmd)?;
+    if !cmd.emit_slurm {
+        out.push_str(&report::runs_table(&dir)?);
     }
     Ok(())
 }

@@ -42,6 +42,10 @@ fn exit_code(result: anyhow::Result<()>) -> (ExitCode, bool) {
         }
         return (ExitCode::from(stop.signal.exit_code()), false);
     }
+    if let Some(stop) = e.downcast_ref::<crate::sweep::SweepStopped>() {
+        output::err(&stop.to_string());
+        return (ExitCode::from(stop.signal.exit_code()), false);
+    }
     if e.downcast_ref::<crate::dist::Reported>().is_some() {
         return (ExitCode::FAILURE, false); // every rank printed it already
     }
@@ -75,6 +79,7 @@ fn run(cli: Cli, out: &mut String) -> anyhow::Result<()> {
         Command::Baseline(a) => commands::baseline_cmd(a, out),
         Command::Plot(a) => commands::plot(a, out),
         Command::Runs(a) => commands::runs(a, out),
+        Command::Sweep(a) => commands::sweep(a, out),
         Command::Bench(a) => commands::bench(a, out),
     }
 }

@@ -37,6 +37,19 @@ pub fn lock_path(run_dir: &Path) -> PathBuf {
 
 /// Takes `run_dir`'s lock at once or fails naming the holder.
 pub fn acquire(run_dir: &Path) -> Result<RunLock> {
+    match try_acquire(run_dir)? {
+        Ok(lock) => Ok(lock),
+        Err(holder) => bail!(
+            "run folder {} is in use by another trainer: {}; wait for it to finish or stop it (lock {})",
+            run_dir.display(),
+            describe(holder),
+            lock_path(run_dir).display()
+        ),
+    }
+}
+
+/// `run_dir`'s lock, or (`Err`) what its holder wrote when another process holds it.
+pub fn try_acquire(run_dir: &Path) -> Result<std::result::Result<RunLock, Option<Holder>>> {
     let path = lock_path(run_dir);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -57,12 +70,7 @@ pub fn acquire(run_dir: &Path) -> Result<RunLock> {
         }
         let mut text = String::new();
         let _ = file.read_to_string(&mut text);
-        bail!(
-            "run folder {} is in use by another trainer: {}; wait for it to finish or stop it (lock {})",
-            run_dir.display(),
-            describe(serde_json::from_str(&text).ok()),
-            path.display()
-        );
+        return Ok(Err(serde_json::from_str(&text).ok()));
     }
     let holder = Holder {
         pid: std::process::id(),
@@ -74,7 +82,7 @@ pub fn acquire(run_dir: &Path) -> Result<RunLock> {
     file.rewind()?;
     file.write_all(serde_json::to_string(&holder)?.as_bytes())?;
     file.flush()?;
-    Ok(RunLock { _file: file, path })
+    Ok(Ok(RunLock { _file: file, path }))
 }
 
 fn describe(holder: Option<Holder>) -> String {

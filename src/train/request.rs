@@ -20,6 +20,9 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Replace an existing run folder instead of refusing to touch it.
     pub overwrite: bool,
+    /// Stop after this step with a checkpoint (status `paused`), the schedule still that of
+    /// `train.max_steps`: a sweep's rung, continued later by `--resume` as if never paused.
+    pub stop_at: Option<u64>,
     /// Print less (tests).
     pub quiet: bool,
     /// Failures to inject (empty unless built with the tests' `fault-injection` feature).

@@ -39,6 +39,8 @@ pub struct Session {
     pub resume_from: Option<PathBuf>,
     /// No progress output (tests).
     pub quiet: bool,
+    /// Pause after this step ([`TrainOptions::stop_at`]).
+    pub stop_at: Option<u64>,
     pub faults: Faults,
     /// The n-gram baseline's val bits per token, to print beside the model's.
     pub baseline: Option<BaselineReport>,
@@ -150,6 +152,7 @@ impl Session {
             run_dir,
             resume_from,
             quiet,
+            stop_at: opts.stop_at,
             faults: opts.faults.clone(),
             baseline,
             micro_batch,

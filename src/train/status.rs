@@ -18,6 +18,9 @@ pub enum Recorded {
     Running,
     Finished,
     Stopped,
+    /// Stopped at the step `train --stop-at-step` asked for, with a checkpoint (a sweep's
+    /// rung): `--resume` continues it exactly.
+    Paused,
     Failed,
 }
 
@@ -43,6 +46,7 @@ pub enum Observed {
     Running,
     Finished,
     Stopped,
+    Paused,
     Failed,
     /// Recorded as running by a process that is gone; `resumable` = a checkpoint exists.
     Crashed {
@@ -59,6 +63,7 @@ impl Observed {
             Observed::Running => "running",
             Observed::Finished => "finished",
             Observed::Stopped => "stopped",
+            Observed::Paused => "paused",
             Observed::Failed => "failed",
             Observed::Crashed { resumable: true } => "crashed",
             Observed::Crashed { resumable: false } => "crashed, no checkpoint",
@@ -106,6 +111,7 @@ pub fn observe(run_dir: &Path) -> Observed {
     match s.state {
         Recorded::Finished => Observed::Finished,
         Recorded::Stopped => Observed::Stopped,
+        Recorded::Paused => Observed::Paused,
         Recorded::Failed => Observed::Failed,
         Recorded::Running if s.host != super::lock::hostname() || alive(s.pid) => {
             Observed::Running // another host's process cannot be checked from here

@@ -45,6 +45,8 @@ pub struct TrainSummary {
     pub tokens_this_run: u64,
     pub wall_s: f64,
     pub stopped_early: bool,
+    /// Stopped at `--stop-at-step` (before `train.max_steps`), with a checkpoint.
+    pub paused: bool,
 }
 
 pub fn train(s: Session) -> Result<TrainSummary> {
@@ -66,6 +68,7 @@ pub fn train_in(s: Session, world: World) -> Result<TrainSummary> {
         t.run()
     });
     match &result {
+        Ok(summary) if summary.paused => record(Recorded::Paused, Some(summary.steps), None),
         Ok(summary) => record(Recorded::Finished, Some(summary.steps), None),
         Err(e) => match e.downcast_ref::<Interrupted>() {
             Some(stop) => record(Recorded::Stopped, Some(stop.step), Some(stop.to_string())),
@@ -178,9 +181,13 @@ impl Trainer {
     fn run(mut self) -> Result<TrainSummary> {
         let t = self.s.config.train.clone();
         let signals = Handlers::install().context("installing the SIGINT/SIGTERM handlers")?;
+        let stop_at = self.s.stop_at;
         let stopped_early = loop {
             if t.max_steps > 0 && self.state.step >= t.max_steps {
                 break false;
+            }
+            if stop_at.is_some_and(|s| self.state.step >= s) {
+                return self.pause();
             }
             let Some(work) = self.next_step()? else {
                 break false;
@@ -219,6 +226,30 @@ impl Trainer {
         Ok(self.summary(stopped_early))
     }
 
+    /// `--stop-at-step` reached: a checkpoint of this step (as on a stop signal), then the
+    /// summary of a paused run.
+    fn pause(mut self) -> Result<TrainSummary> {
+        self.checkpoint_now()
+            .context("the checkpoint on pausing could not be written")?;
+        let mut summary = self.summary(false);
+        summary.paused = true;
+        Ok(summary)
+    }
+
+    /// The checkpoint of the step just finished: the one already written at this step, or a
+    /// new one.
+    fn checkpoint_now(&mut self) -> Result<PathBuf> {
+        match self.saved.clone() {
+            // The step's periodic checkpoint is already on disk: not the same step twice.
+            Some((step, dir)) if step == self.state.step => Ok(dir),
+            _ => {
+                self.opt.flush()?;
+                self.state.elapsed_s = self.elapsed();
+                self.save_checkpoint()
+            }
+        }
+    }
+
     /// A stop signal arrived during the step just finished: its checkpoint, then the report.
     fn stop(mut self, signal: Signal) -> Result<Interrupted> {
         self.progress.say(format!(
@@ -226,17 +257,9 @@ impl Trainer {
             signal.name(),
             self.state.step
         ));
-        let checkpoint = match self.saved.clone() {
-            // The step's periodic checkpoint is already on disk: not the same step twice.
-            Some((step, dir)) if step == self.state.step => dir,
-            _ => {
-                self.opt.flush()?;
-                self.state.elapsed_s = self.elapsed();
-                self.save_checkpoint().context(
-                    "the checkpoint on stopping could not be written; the earlier checkpoints are intact",
-                )?
-            }
-        };
+        let checkpoint = self.checkpoint_now().context(
+            "the checkpoint on stopping could not be written; the earlier checkpoints are intact",
+        )?;
         self.progress.bar.finish_and_clear();
         Ok(Interrupted {
             signal,
@@ -546,6 +569,7 @@ impl Trainer {
             tokens_this_run: self.state.tokens_seen - self.start_tokens,
             wall_s,
             stopped_early,
+            paused: false,
         }
     }
 }
