@@ -302,6 +302,13 @@ pub fn baseline_cmd(a: BaselineArgs, out: &mut String) -> anyhow::Result<()> {
 
 pub fn plot(a: PlotArgs, out: &mut String) -> anyhow::Result<()> {
     match (a.runs.as_slice(), a.out) {
+        ([dir], file) if crate::sweep::is_sweep(dir) => {
+            say!(
+                out,
+                "{}",
+                report::render_sweep(dir, file.as_deref())?.display()
+            )
+        }
         ([run], None) => say!(out, "{}", report::render_run(run)?.display()),
         (runs, file) => {
             let file = file.unwrap_or_else(|| PathBuf::from("runs.svg"));
@@ -319,6 +326,8 @@ pub fn runs(a: RunsArgs, out: &mut String) -> anyhow::Result<()> {
             "{}",
             serde_json::to_string_pretty(&report::runs_json(&a.dir)?)?
         );
+    } else if crate::sweep::is_sweep(&a.dir) {
+        out.push_str(&report::sweep_table(&a.dir)?);
     } else {
         out.push_str(&report::runs_table(&a.dir)?);
     }
@@ -346,7 +355,7 @@ pub fn sweep(a: SweepArgs, out: &mut String) -> anyhow::Result<()> {
     crate::sweep::check_from(&cmd)?;
     let dir = crate::sweep::run(&cmd)?;
     if !cmd.emit_slurm {
-        out.push_str(&report::runs_table(&dir)?);
+        out.push_str(&report::sweep_table(&dir)?);
     }
     Ok(())
 }

@@ -10,8 +10,10 @@ mod draw;
 pub mod plot;
 pub mod runs;
 pub mod series;
+mod sweep;
 mod text;
 
 pub use compare::render_comparison;
 pub use plot::{render_run, LOSS_SVG};
 pub use runs::{runs_json, runs_table};
+pub use sweep::{render_sweep, sweep_table};

@@ -5,6 +5,7 @@ use super::space::Trial;
 use super::spec::Sweep;
 use super::store::{Store, What};
 use crate::train::metrics::{self, EvalRecord, Record};
+use crate::train::signals::STOP_SIGNALS;
 use crate::train::status::{self, Recorded};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -32,8 +33,18 @@ pub fn read(
         return Outcome::Interrupted;
     }
     if let Some(sig) = exit.signal() {
+        // Killed by a stop signal before its handlers were installed (while it prepared the
+        // data, say): nothing of it is lost, so it is continued like a stopped one.
+        if STOP_SIGNALS.contains(&sig) {
+            return Outcome::Interrupted;
+        }
+        let hint = if sig == libc::SIGKILL {
+            " (the OOM killer, or kill -9)"
+        } else {
+            ""
+        };
         return failed(format!(
-            "its trainer was killed by signal {sig} (the OOM killer?); see {}",
+            "its trainer was killed by signal {sig}{hint}; see {}",
             log_of(store, trial).display()
         ));
     }
@@ -42,28 +53,26 @@ pub fn read(
     }
     let evals = evals(&run_dir);
     let recorded = status::read(&run_dir).map(|s| (s.state, s.step.unwrap_or(0)));
+    let best = best_eval(&evals);
     match recorded {
         Some((Recorded::Paused, step)) if Some(step) == to_step => match eval_at(&evals, step) {
             Some(e) => Outcome::Record(What::Rung {
                 step,
                 val_loss: e.val_loss.unwrap_or(f64::NAN),
                 val_bits_per_token: e.val_bits_per_token.unwrap_or(f64::NAN),
+                best_val_bits_per_token: best
+                    .and_then(|b| b.val_bits_per_token)
+                    .unwrap_or(f64::NAN),
                 wall_s,
             }),
             None => failed(format!("no evaluation at step {step} in its metrics.jsonl")),
         },
-        Some((Recorded::Finished, step)) => {
-            let best = evals
-                .iter()
-                .filter_map(|e| e.val_loss.map(|l| (l, e.val_bits_per_token)))
-                .min_by(|a, b| a.0.total_cmp(&b.0));
-            Outcome::Record(What::Finished {
-                step,
-                best_val_loss: best.map(|b| b.0),
-                best_val_bits_per_token: best.and_then(|b| b.1),
-                wall_s,
-            })
-        }
+        Some((Recorded::Finished, step)) => Outcome::Record(What::Finished {
+            step,
+            best_val_loss: best.and_then(|b| b.val_loss),
+            best_val_bits_per_token: best.and_then(|b| b.val_bits_per_token),
+            wall_s,
+        }),
         other => failed(format!(
             "its trainer exited with success but recorded {other:?} in {}",
             run_dir.join(status::STATUS_FILE).display()
@@ -81,6 +90,18 @@ fn evals(run_dir: &std::path::Path) -> Vec<EvalRecord> {
             _ => None,
         })
         .collect()
+}
+
+/// The evaluation with the lowest finite val loss.
+fn best_eval(evals: &[EvalRecord]) -> Option<&EvalRecord> {
+    evals
+        .iter()
+        .filter(|e| e.val_loss.is_some_and(f64::is_finite))
+        .min_by(|a, b| {
+            a.val_loss
+                .unwrap_or(f64::NAN)
+                .total_cmp(&b.val_loss.unwrap_or(f64::NAN))
+        })
 }
 
 /// The evaluation at `step` with a finite loss (a NaN one is a diverged trial).
@@ -117,6 +138,7 @@ pub fn describe(what: &What) -> String {
             val_loss,
             val_bits_per_token,
             wall_s,
+            ..
         } => {
             format!("rung step {step}: val loss {val_loss:.4} ({val_bits_per_token:.3} bits/token), {wall_s:.1} s")
         }

@@ -63,16 +63,14 @@ pub fn fold(n: usize, events: &[Event]) -> Vec<TrialState> {
             What::Rung {
                 step,
                 val_loss,
-                val_bits_per_token,
+                best_val_bits_per_token,
                 wall_s,
+                ..
             } => {
                 s.rungs.insert(*step, *val_loss);
                 s.status = Status::Paused { step: *step };
                 s.wall_s += wall_s;
-                let best = s
-                    .best_val_bits_per_token
-                    .map_or(*val_bits_per_token, |b| b.min(*val_bits_per_token));
-                s.best_val_bits_per_token = Some(best);
+                s.best_val_bits_per_token = Some(*best_val_bits_per_token);
             }
             What::Finished {
                 best_val_bits_per_token,

@@ -43,6 +43,8 @@ pub enum What {
         step: u64,
         val_loss: f64,
         val_bits_per_token: f64,
+        /// The best of all its evaluations so far (what trials are ranked by in the end).
+        best_val_bits_per_token: f64,
         wall_s: f64,
     },
     /// Trained to its end (`train.max_steps`, its epochs, or early stopping).
