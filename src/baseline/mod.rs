@@ -109,7 +109,12 @@ fn sample(train: &TokenSeqs, max_tokens: u64) -> Option<TokenSeqs> {
 
 /// Reads `<run>/baseline.json` if present (None when absent).
 pub fn load_report(run_dir: &Path) -> Result<Option<BaselineReport>> {
-    let path = run_dir.join(REPORT_FILE);
+    load_report_as(run_dir, REPORT_FILE)
+}
+
+/// [`load_report`] of another file name in `dir`.
+pub fn load_report_as(dir: &Path, name: &str) -> Result<Option<BaselineReport>> {
+    let path = dir.join(name);
     if !path.exists() {
         return Ok(None);
     }

@@ -442,14 +442,28 @@ fn ensure_baseline(run_dir: &Path, data: &Prepared, t: &TrainConfig) -> Option<B
     if order == 0 {
         return None;
     }
+    let fits = |r: &BaselineReport| {
+        r.order == order && r.data_key == data.key() && r.max_tokens == max_tokens
+    };
     if let Ok(Some(r)) = baseline::load_report(run_dir) {
-        if r.order == order && r.data_key == data.key() && r.max_tokens == max_tokens {
+        if fits(&r) {
             return Some(r);
         }
     }
-    let report = baseline::compute(data, order, None, max_tokens)
-        .and_then(|r| baseline::write_report(run_dir, &r).map(|_| r));
-    match report {
+    // The prepared data's folder keeps a copy: every run of the same data (a sweep's trials)
+    // reads it instead of computing it again.
+    let shared = format!("baseline-kn{order}-{max_tokens}.json");
+    let cached = baseline::load_report_as(&data.dir, &shared)
+        .ok()
+        .flatten()
+        .filter(fits);
+    let report = match cached {
+        Some(r) => Ok(r),
+        None => baseline::compute(data, order, None, max_tokens).inspect(|r| {
+            let _ = baseline::write_report_as(&data.dir, &shared, r); // a cache: best effort
+        }),
+    };
+    match report.and_then(|r| baseline::write_report(run_dir, &r).map(|_| r)) {
         Ok(r) => Some(r),
         Err(e) => {
             crate::note!("warning: no n-gram baseline for this run: {e:#}");
