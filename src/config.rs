@@ -165,6 +165,9 @@ fn with_hint(message: String) -> String {
         .split("unknown field `")
         .nth(1)
         .and_then(|rest| rest.split('`').next());
+    if field == Some("sweep") {
+        return format!("{} (a [sweep] table is read by `lmtrain sweep -c FILE`, which trains its trials; `train` takes a config without one)", message.trim_end());
+    }
     match field.map(did_you_mean).filter(|h| !h.is_empty()) {
         Some(hint) => format!("{}{hint}", message.trim_end()),
         None => message,

@@ -499,3 +499,25 @@ fn two_sweep_processes_share_one_folder_and_run_each_trial_once() {
     assert_eq!(of_kind(&ev, "finished").len(), 4);
     assert!(sweep.join("best.toml").exists());
 }
+
+#[test]
+fn a_sweep_table_in_the_config_file_is_the_same_sweep_as_its_flags() {
+    let dir = temp_dir("sweep-table");
+    let cfg = base(&dir, 20);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[sweep]\nname = \"tab\"\nseed = 5\ntrials = 2\n[sweep.grid]\n\"model.d_model\" = [16, 32]\n[sweep.random]\n\"train.lr\" = \"loguniform(1e-3,1e-2)\"\n");
+    let with_table = dir.join("with-table.toml");
+    std::fs::write(&with_table, text).unwrap();
+    lmtrain_ok(&["sweep", "-c", with_table.to_str().unwrap()]);
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tab/sweep.json")).unwrap()).unwrap();
+    assert_eq!(stored["trials"].as_array().unwrap().len(), 4, "2 grid points × 2 draws");
+    // The same sweep from flags resolves to the same trials (same seed, same draws).
+    let flags = lmtrain(&["sweep", "-c", cfg.to_str().unwrap(), "--name", "flags", "--grid", "model.d_model=16,32", "--random", "train.lr=loguniform(1e-3,1e-2)", "--trials", "2", "--seed", "5", "--emit-slurm"]);
+    assert!(flags.status.success(), "{}", String::from_utf8_lossy(&flags.stderr));
+    let other: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("flags/sweep.json")).unwrap()).unwrap();
+    assert_eq!(stored["trials"], other["trials"]);
+    // An unknown key of the table is refused naming it.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, std::fs::read_to_string(&cfg).unwrap() + "\n[sweep]\nnme = \"x\"\n").unwrap();
+    assert_fails_with(&lmtrain(&["sweep", "-c", bad.to_str().unwrap()]), &["nme", "[sweep]"]);
+}
