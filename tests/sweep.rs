@@ -412,7 +412,7 @@ fn a_sweep_killed_with_kill_9_stops_its_trainers_and_continues_from_their_checkp
 fn ctrl_c_stops_every_trial_with_a_checkpoint_and_exits_130() {
     let dir = temp_dir("sweep-int");
     let cfg = base(&dir, 400);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+    let child = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
         .args(long_sweep_args(&cfg))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -509,15 +509,49 @@ fn a_sweep_table_in_the_config_file_is_the_same_sweep_as_its_flags() {
     let with_table = dir.join("with-table.toml");
     std::fs::write(&with_table, text).unwrap();
     lmtrain_ok(&["sweep", "-c", with_table.to_str().unwrap()]);
-    let stored: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tab/sweep.json")).unwrap()).unwrap();
-    assert_eq!(stored["trials"].as_array().unwrap().len(), 4, "2 grid points × 2 draws");
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tab/sweep.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        stored["trials"].as_array().unwrap().len(),
+        4,
+        "2 grid points × 2 draws"
+    );
     // The same sweep from flags resolves to the same trials (same seed, same draws).
-    let flags = lmtrain(&["sweep", "-c", cfg.to_str().unwrap(), "--name", "flags", "--grid", "model.d_model=16,32", "--random", "train.lr=loguniform(1e-3,1e-2)", "--trials", "2", "--seed", "5", "--emit-slurm"]);
-    assert!(flags.status.success(), "{}", String::from_utf8_lossy(&flags.stderr));
-    let other: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("flags/sweep.json")).unwrap()).unwrap();
+    let flags = lmtrain(&[
+        "sweep",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--name",
+        "flags",
+        "--grid",
+        "model.d_model=16,32",
+        "--random",
+        "train.lr=loguniform(1e-3,1e-2)",
+        "--trials",
+        "2",
+        "--seed",
+        "5",
+        "--emit-slurm",
+    ]);
+    assert!(
+        flags.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flags.stderr)
+    );
+    let other: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("flags/sweep.json")).unwrap())
+            .unwrap();
     assert_eq!(stored["trials"], other["trials"]);
     // An unknown key of the table is refused naming it.
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, std::fs::read_to_string(&cfg).unwrap() + "\n[sweep]\nnme = \"x\"\n").unwrap();
-    assert_fails_with(&lmtrain(&["sweep", "-c", bad.to_str().unwrap()]), &["nme", "[sweep]"]);
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&cfg).unwrap() + "\n[sweep]\nnme = \"x\"\n",
+    )
+    .unwrap();
+    assert_fails_with(
+        &lmtrain(&["sweep", "-c", bad.to_str().unwrap()]),
+        &["nme", "[sweep]"],
+    );
 }

@@ -212,62 +212,98 @@ fn curves_panel(
     Ok(())
 }
 
-/// Best val bits/token against one swept key: numbers on a numeric axis (log-spaced when they
-/// span more than a factor of ten), other values at evenly spaced positions.
-fn key_panel(area: &Area, r: &Rows, key: &str, winner: Option<usize>) -> Result<()> {
-    let col = r
-        .sweep
-        .space
-        .keys()
-        .iter()
-        .position(|k| *k == key)
-        .unwrap_or(0);
-    let values: Vec<&str> = r
-        .sweep
-        .trials
-        .iter()
-        .map(|t| t.settings[col].1.as_str())
-        .collect();
-    let numbers: Option<Vec<f64>> = values.iter().map(|v| v.parse::<f64>().ok()).collect();
-    let mut names: Vec<&str> = values.clone();
-    names.sort();
-    names.dedup();
-    let log = numbers
-        .as_ref()
-        .is_some_and(|n| n.iter().all(|&x| x > 0.0) && max(n) / min(n) > 10.0);
-    let x_of = |i: usize| -> f64 {
-        match &numbers {
-            Some(n) if log => n[i].log10(),
-            Some(n) => n[i],
-            None => names.iter().position(|v| *v == values[i]).unwrap_or(0) as f64,
+/// Where a swept key's values sit on a panel's x axis: numbers on a numeric axis (log10 when
+/// they span more than a factor of ten), other values at evenly spaced positions.
+struct KeyAxis<'a> {
+    values: Vec<&'a str>,
+    numbers: Option<Vec<f64>>,
+    /// The distinct values, sorted (the positions of non-numeric values).
+    names: Vec<&'a str>,
+    log: bool,
+}
+
+impl<'a> KeyAxis<'a> {
+    fn new(r: &'a Rows, key: &str) -> Self {
+        let col = r
+            .sweep
+            .space
+            .keys()
+            .iter()
+            .position(|k| *k == key)
+            .unwrap_or(0);
+        let values: Vec<&str> = r
+            .sweep
+            .trials
+            .iter()
+            .map(|t| t.settings[col].1.as_str())
+            .collect();
+        let numbers: Option<Vec<f64>> = values.iter().map(|v| v.parse::<f64>().ok()).collect();
+        let mut names = values.clone();
+        names.sort();
+        names.dedup();
+        let log = numbers
+            .as_ref()
+            .is_some_and(|n| n.iter().all(|&x| x > 0.0) && max(n) / min(n) > 10.0);
+        Self {
+            values,
+            numbers,
+            names,
+            log,
         }
+    }
+
+    /// Trial `i`'s x.
+    fn x(&self, i: usize) -> f64 {
+        match &self.numbers {
+            Some(n) if self.log => n[i].log10(),
+            Some(n) => n[i],
+            None => self
+                .names
+                .iter()
+                .position(|v| *v == self.values[i])
+                .unwrap_or(0) as f64,
+        }
+    }
+
+    /// A tick's label: the number, or the value at a whole position.
+    fn label(&self, x: f64) -> String {
+        match &self.numbers {
+            Some(_) => format!("{x:.3}"),
+            None => self
+                .names
+                .get(x.round().max(0.0) as usize)
+                .filter(|_| (x - x.round()).abs() < 1e-6)
+                .map_or(String::new(), |s| s.to_string()),
+        }
+    }
+}
+
+/// `lo..hi` of `xs` widened by a tenth (at least `min_pad`) on each side.
+fn padded(xs: &[f64], min_pad: f64) -> std::ops::Range<f64> {
+    let (lo, hi) = if xs.is_empty() {
+        (0.0, 1.0)
+    } else {
+        (min(xs), max(xs))
     };
+    let pad = ((hi - lo) * 0.1).max(min_pad);
+    (lo - pad)..(hi + pad)
+}
+
+/// Best val bits/token against one swept key, a dot per evaluated trial (the winner red).
+fn key_panel(area: &Area, r: &Rows, key: &str, winner: Option<usize>) -> Result<()> {
+    let axis = KeyAxis::new(r, key);
     let pts: Vec<(f64, f64, bool)> = r
         .states
         .iter()
         .enumerate()
         .filter_map(|(i, s)| {
-            Some((
-                x_of(i),
-                s.best_val_bits_per_token.filter(|b| b.is_finite())?,
-                Some(i) == winner,
-            ))
+            let bits = s.best_val_bits_per_token.filter(|b| b.is_finite())?;
+            Some((axis.x(i), bits, Some(i) == winner))
         })
         .collect();
     let xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
     let ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
-    let (x0, x1) = if xs.is_empty() {
-        (0.0, 1.0)
-    } else {
-        (min(&xs), max(&xs))
-    };
-    let (y0, y1) = if ys.is_empty() {
-        (0.0, 1.0)
-    } else {
-        (min(&ys), max(&ys))
-    };
-    let (xp, yp) = (((x1 - x0) * 0.1).max(0.5), ((y1 - y0) * 0.1).max(1e-3));
-    let desc = if log {
+    let desc = if axis.log {
         format!("log10 {key}")
     } else {
         key.to_string()
@@ -277,19 +313,12 @@ fn key_panel(area: &Area, r: &Rows, key: &str, winner: Option<usize>) -> Result<
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0 - xp)..(x1 + xp), (y0 - yp)..(y1 + yp))?;
-    let label = |x: &f64| match &numbers {
-        Some(_) => format!("{x:.3}"),
-        None => names
-            .get(x.round().max(0.0) as usize)
-            .filter(|_| (x - x.round()).abs() < 1e-6)
-            .map_or(String::new(), |s| s.to_string()),
-    };
+        .build_cartesian_2d(padded(&xs, 0.5), padded(&ys, 1e-3))?;
     chart
         .configure_mesh()
         .x_desc(desc)
         .y_desc("bits/token")
-        .x_label_formatter(&label)
+        .x_label_formatter(&|x| axis.label(*x))
         .label_style((FONT, 12))
         .axis_desc_style((FONT, 13))
         .draw()?;

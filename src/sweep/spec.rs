@@ -175,7 +175,7 @@ fn check_asha(base: &Config, min_steps: u64, eta: u64, space: &Space) -> Result<
         );
     }
     // A rung compares the val loss of its own step, so an evaluation must fall on it.
-    if t.eval_every == 0 || min_steps % t.eval_every != 0 {
+    if t.eval_every == 0 || !min_steps.is_multiple_of(t.eval_every) {
         bail!("--min-steps {min_steps} must be a multiple of train.eval_every = {} (each rung is scored by the evaluation at its step)", t.eval_every);
     }
     if space
