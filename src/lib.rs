@@ -26,4 +26,5 @@ pub mod plan;
 pub mod report;
 pub mod rng;
 pub mod sample;
+pub mod track;
 pub mod train;
