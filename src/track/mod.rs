@@ -1,13 +1,15 @@
 //! Experiment tracking in the formats other tools read: TensorBoard event files, written by
 //! lmtrain itself (no Python or TensorFlow at run time). From the bottom up: `crc` (CRC-32C
 //! and TFRecord's mask), `proto` (the protobuf wire format, just what the messages need),
-//! `tfrecord` (the framing), `event` (Event/Summary messages, the event file and its name) and
-//! `scalars` (a run's curves, rebuilt on a resume). This room knows nothing of training:
-//! `train::metrics` maps its records to tags and calls `scalars`; W&B (`wandb sync`) and trackio
+//! `tfrecord` (the framing), `event` (Event/Summary messages, the event file and its name),
+//! `scalars` (a run's curves, rebuilt on a resume) and `hparams` (the HParams plugin's
+//! summaries, for sweeps). This room knows nothing of training: `train::metrics` maps its
+//! records to tags and calls `scalars`; W&B (`sync_tensorboard`) and trackio
 //! (`import_tf_events`) read the same files.
 
 pub mod crc;
 pub mod event;
+pub mod hparams;
 pub mod proto;
 pub mod scalars;
 pub mod tfrecord;
