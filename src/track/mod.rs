@@ -4,7 +4,7 @@
 //! `tfrecord` (the framing), `event` (Event/Summary messages, the event file and its name),
 //! `scalars` (a run's curves, rebuilt on a resume) and `hparams` (the HParams plugin's
 //! summaries, for sweeps). This room knows nothing of training: `train::metrics` maps its
-//! records to tags and calls `scalars`; W&B (`sync_tensorboard`) and trackio
+//! records to tags and calls `scalars`; W&B (`wandb sync`) and trackio
 //! (`import_tf_events`) read the same files.
 
 pub mod crc;
