@@ -208,6 +208,12 @@ pub struct RunConfig {
     /// Data parallel (`mpirun`/`srun`): seconds a rank waits in a training step's collective
     /// for the others before it reports a dead or hung rank and exits (0 = wait forever).
     pub collective_timeout_s: u64,
+    /// Write TensorBoard event files beside metrics.jsonl, in `<run>/tb/` (the same values,
+    /// flushed at every logged record: `tensorboard --logdir <out_dir>` shows the run live; W&B
+    /// and trackio import them). A view of metrics.jsonl, rebuilt from it on a resume; a write
+    /// that fails is a warning and the run goes on without them. `false` removes the run's
+    /// earlier scalar files (they would go stale).
+    pub tensorboard: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -509,6 +515,7 @@ impl Default for RunConfig {
             seed: 1337,
             kernels: crate::kernels::Kernels::Auto,
             collective_timeout_s: 600,
+            tensorboard: true,
         }
     }
 }

@@ -27,4 +27,5 @@ pub mod report;
 pub mod rng;
 pub mod sample;
 pub mod sweep;
+pub mod track;
 pub mod train;

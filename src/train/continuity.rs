@@ -11,11 +11,12 @@ use anyhow::{bail, Result};
 use std::path::Path;
 
 /// Keys a resume may change, and what a change does.
-const MAY_CHANGE: [(&str, Effect); 22] = [
+const MAY_CHANGE: [(&str, Effect); 23] = [
     ("run.name", Effect::None),
     ("run.out_dir", Effect::None),
     ("run.device", Effect::Rounding),
     ("run.collective_timeout_s", Effect::None),
+    ("run.tensorboard", Effect::None),
     ("data.train_file", Effect::DataKey),
     ("data.val_file", Effect::DataKey),
     ("data.cache_dir", Effect::None),

@@ -133,7 +133,8 @@ impl Trainer {
             None => TrainState::fresh(s.config.run.seed, &s.data_key),
         };
         let log = if world.is_root() {
-            MetricsLog::open(&s.run_dir, s.resume_from.as_ref().map(|_| state.step))?
+            let resumed_at = s.resume_from.as_ref().map(|_| state.step);
+            MetricsLog::open(&s.run_dir, resumed_at, s.config.run.tensorboard)?
         } else {
             MetricsLog::discard() // rank 0 alone writes the run's files
         };

@@ -108,7 +108,7 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
 /// Whether `var`, an `LMTRAIN_REQUIRE_*`, is `1`: `.ci/run` and scripts/gpu-check.sh set those
 /// whose dependency they installed, so that a test that cannot run there fails instead of
 /// passing by skipping. The variables: `LMTRAIN_REQUIRE_HF` (a Python with `tokenizers`,
-/// `transformers`, `torch`), `LMTRAIN_REQUIRE_MPI` (OpenMPI), `LMTRAIN_REQUIRE_GPU` (CUDA or
+/// `transformers`, `torch`, `tensorboard`), `LMTRAIN_REQUIRE_MPI` (OpenMPI), `LMTRAIN_REQUIRE_GPU` (CUDA or
 /// Metal, never the CPU standing in for one), `LMTRAIN_REQUIRE_PKU` (the shared PKU corpus).
 pub fn required(var: &str) -> bool {
     std::env::var(var).as_deref() == Ok("1")
