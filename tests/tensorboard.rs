@@ -366,3 +366,67 @@ fn check_sessions(groups: &Value) {
         assert_eq!(value("val/loss"), Some(loss), "the last val loss");
     }
 }
+
+/// A real sweep's HParams data, as TensorBoard's HParams tab asks its backend for it: one
+/// session per trial with its swept settings, SUCCESS, and its best val bits/token equal to
+/// the one `trials.jsonl` recorded (an f32 in the event: compared after rounding to f32).
+#[test]
+fn a_sweeps_trials_appear_in_the_hparams_tab_with_their_settings_and_results() {
+    let Some(py) = common::python_or_skip("tensorboard") else {
+        return;
+    };
+    let dir = common::temp_dir("tb-sweep");
+    let cfg = common::write_config(
+        &dir,
+        &common::tiny_config(&dir, 10).replace("eval_every = 0", "eval_every = 5"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+        .args([
+            "sweep",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--grid",
+            "train.lr=1e-3,3e-3",
+            "--name",
+            "s",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sweep = dir.join("s");
+    let read = python_json(&py, READ_HPARAMS, &[&sweep]);
+    let infos = &read["experiment"]["hparamInfos"];
+    assert_eq!(infos[0]["name"], "train.lr");
+    assert_eq!(
+        infos[0]["domainDiscrete"],
+        serde_json::json!([0.001, 0.003])
+    );
+    let groups = read["groups"]["sessionGroups"]
+        .as_array()
+        .expect("session groups");
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    let events = std::fs::read_to_string(sweep.join("trials.jsonl")).unwrap();
+    for line in events.lines().filter(|l| l.contains("\"finished\"")) {
+        let e: Value = serde_json::from_str(line).unwrap();
+        let session = format!("{}/tb", e["name"].as_str().unwrap());
+        let g = groups
+            .iter()
+            .find(|g| g["sessions"][0]["name"] == session.as_str())
+            .unwrap_or_else(|| panic!("no session {session}: {groups:?}"));
+        assert_eq!(g["sessions"][0]["status"], "STATUS_SUCCESS");
+        let lr: f64 = e["settings"]["train.lr"].as_str().unwrap().parse().unwrap();
+        assert_eq!(g["hparams"]["train.lr"], lr);
+        let best = e["best_val_bits_per_token"].as_f64().unwrap();
+        let shown = g["metricValues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"]["tag"] == "hparams/best_val_bits_per_token")
+            .and_then(|m| m["value"].as_f64());
+        assert_eq!(shown.map(|v| v as f32), Some(best as f32), "{g:?}");
+    }
+}

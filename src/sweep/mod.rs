@@ -7,6 +7,7 @@
 //! with `--set` overrides, `--resume auto` and, below the last rung, `--stop-at-step`.
 
 pub mod best;
+pub mod hparams;
 pub mod outcome;
 pub mod scheduler;
 pub mod slurm;
@@ -59,6 +60,7 @@ pub fn run(cmd: &SweepCommand) -> Result<std::path::PathBuf> {
         sweep.workers,
         sweep.dir.display()
     );
+    hparams::experiment(&sweep);
     worker::Worker::new(&sweep, store).run()?;
     Ok(sweep.dir.clone())
 }

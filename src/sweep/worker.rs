@@ -99,6 +99,7 @@ impl<'a> Worker<'a> {
         };
         self.store
             .append(&Event::new(t, What::Started { to_step }))?;
+        super::hparams::started(self.sweep, t);
         let child = self.spawn(t, to_step)?;
         let goal = to_step.map_or("its end".to_string(), |s| format!("step {s}"));
         crate::note!("[{}] training to {goal}", t.name);
@@ -164,7 +165,17 @@ impl<'a> Worker<'a> {
             match found {
                 Outcome::Record(what) => {
                     crate::note!("[{}] {}", trial.name, outcome::describe(&what));
+                    let settled = match &what {
+                        What::Finished { step, .. } => Some(*step),
+                        What::Failed { .. } => Some(0),
+                        _ => None,
+                    };
                     self.store.append(&Event::new(trial, what))?;
+                    if let Some(step) = settled {
+                        let states =
+                            scheduler::fold(self.sweep.trials.len(), &self.store.events()?);
+                        super::hparams::ended(self.sweep, trial, &states[r.trial], step);
+                    }
                 }
                 Outcome::Interrupted => crate::note!("[{}] stopped with a checkpoint", trial.name),
             }
@@ -192,6 +203,7 @@ impl<'a> Worker<'a> {
             if let scheduler::Status::Paused { step } = state.status {
                 self.store
                     .append(&Event::new(trial, What::Pruned { step }))?;
+                super::hparams::ended(self.sweep, trial, state, step);
             }
         }
         super::best::write(self.sweep, &self.store.dir, &states)
