@@ -5,14 +5,14 @@
 # optimizer steps trained in all (every trial's last step), and the wall time. A benchmark, not
 # a test: it asserts nothing.
 #
-#   scripts/sweep-bench.sh            env: MAX_STEPS (270), LMTRAIN, WORK (target/sweep-bench)
+#   scripts/sweep-bench.sh            env: MAX_STEPS (810), LMTRAIN, WORK (target/sweep-bench)
 #
 # Needs the PKU corpus (research use only, never committed): ../shared/data/pku/train.txt, or
 # data/pku/train.txt (scripts/get-pku.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MAX_STEPS=${MAX_STEPS:-270}
+MAX_STEPS=${MAX_STEPS:-810}
 LMTRAIN=${LMTRAIN:-target/release/lmtrain}
 WORK=${WORK:-target/sweep-bench}
 corpus=""

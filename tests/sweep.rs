@@ -118,6 +118,11 @@ fn a_grid_trains_every_combination_names_its_runs_writes_the_best_and_repeats_no
     assert_eq!(events(&sweep).len(), ev.len());
     let runs = lmtrain_ok(&["runs", sweep.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&runs.stdout), table);
+    let json = lmtrain_ok(&["runs", sweep.to_str().unwrap(), "--json"]);
+    let json: Value = serde_json::from_slice(&json.stdout).expect("runs --json");
+    assert_eq!(json["best"], winner.as_str());
+    assert_eq!(json["trials"][0]["name"], winner.as_str());
+    assert_eq!(json["trials"].as_array().map(Vec::len), Some(4));
     let plot = lmtrain_ok(&["plot", sweep.to_str().unwrap()]);
     let svg = std::fs::read_to_string(sweep.join("sweep.svg")).expect("sweep.svg");
     assert!(String::from_utf8_lossy(&plot.stdout).contains("sweep.svg"));

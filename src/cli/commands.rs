@@ -320,13 +320,14 @@ pub fn plot(a: PlotArgs, out: &mut String) -> anyhow::Result<()> {
 }
 
 pub fn runs(a: RunsArgs, out: &mut String) -> anyhow::Result<()> {
+    let sweep = crate::sweep::is_sweep(&a.dir);
     if a.json {
-        say!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&report::runs_json(&a.dir)?)?
-        );
-    } else if crate::sweep::is_sweep(&a.dir) {
+        let value = match sweep {
+            true => report::sweep_json(&a.dir)?,
+            false => report::runs_json(&a.dir)?,
+        };
+        say!(out, "{}", serde_json::to_string_pretty(&value)?);
+    } else if sweep {
         out.push_str(&report::sweep_table(&a.dir)?);
     } else {
         out.push_str(&report::runs_table(&a.dir)?);

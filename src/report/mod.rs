@@ -16,4 +16,4 @@ mod text;
 pub use compare::render_comparison;
 pub use plot::{render_run, LOSS_SVG};
 pub use runs::{runs_json, runs_table};
-pub use sweep::{render_sweep, sweep_table};
+pub use sweep::{render_sweep, sweep_json, sweep_table};

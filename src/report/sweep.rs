@@ -113,6 +113,42 @@ pub fn sweep_table(dir: &Path) -> Result<String> {
     Ok(out)
 }
 
+/// The same as [`sweep_table`] as JSON: `{"dir", "name", "rungs", "keys", "best", "trials":
+/// [{rank, id, name, path, status, steps, settings: {key: value}, best_val_bits_per_token,
+/// wall_s, error}]}`, best first.
+pub fn sweep_json(dir: &Path) -> Result<serde_json::Value> {
+    let r = load(dir)?;
+    let trials: Vec<serde_json::Value> = r
+        .order
+        .iter()
+        .enumerate()
+        .map(|(rank, &i)| {
+            let (t, s) = (&r.sweep.trials[i], &r.states[i]);
+            let run = r.sweep.run_dir(t);
+            let steps = Series::load(&run).ok().and_then(|x| x.last_step());
+            let settings: serde_json::Map<String, serde_json::Value> = t
+                .settings
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            serde_json::json!({
+                "rank": rank + 1, "id": t.id, "name": t.name, "path": run.display().to_string(),
+                "status": r.labels[i], "steps": steps, "settings": settings,
+                "best_val_bits_per_token": s.best_val_bits_per_token.filter(|b| b.is_finite()),
+                "wall_s": s.wall_s, "error": s.error,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "dir": dir.display().to_string(),
+        "name": r.sweep.name,
+        "rungs": r.sweep.rungs(),
+        "keys": r.sweep.space.keys(),
+        "best": best::winner(&r.states).map(|w| r.sweep.trials[w].name.clone()),
+        "trials": trials,
+    }))
+}
+
 /// `lmtrain plot SWEEP`: writes `<sweep>/sweep.svg` (or `out`) and returns its path.
 pub fn render_sweep(dir: &Path, out: Option<&Path>) -> Result<PathBuf> {
     let r = load(dir)?;

@@ -131,6 +131,12 @@ impl Sweep {
         self.dir.join(&trial.name)
     }
 
+    /// The order new trials start in ([`super::scheduler::start_order`]).
+    pub fn start_order(&self) -> Vec<usize> {
+        let asha = matches!(self.scheduler, Scheduler::Asha { .. });
+        super::scheduler::start_order(self.trials.len(), asha, self.space.seed)
+    }
+
     /// ASHA's reduction factor (1 without ASHA: nothing is promoted).
     pub fn eta(&self) -> u64 {
         match self.scheduler {

@@ -89,7 +89,8 @@ impl<'a> Worker<'a> {
         let trials = &self.sweep.trials;
         let busy = |i: usize| self.store.claimed(&trials[i]).unwrap_or(true);
         let (eta, rungs) = (self.sweep.eta(), self.sweep.rungs());
-        let next = scheduler::next(&states, &rungs, eta, &busy);
+        let order = self.sweep.start_order();
+        let next = scheduler::next(&states, &rungs, eta, &order, &busy);
         let Next::Run { trial, to_step } = next else {
             return Ok(next);
         };
