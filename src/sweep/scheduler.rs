@@ -109,7 +109,7 @@ fn to_rung(rungs: &[u64], k: usize) -> Option<u64> {
 }
 
 /// Picks the next segment. `busy(trial)`: another segment of it is running now; `order`: the
-/// order new trials start in (see [`start_order`]).
+/// order new trials start in (see [`super::space::start_order`]).
 pub fn next(
     states: &[TrialState],
     rungs: &[u64],
@@ -147,19 +147,6 @@ pub fn next(
     }
 }
 
-/// The order `n` trials start in: as numbered without promotions, else shuffled by `seed`.
-/// Under ASHA the order matters: a grid is numbered along its axes, so a trial that starts
-/// later is often better than all before it and is promoted before its rung fills (a
-/// mispromotion). On a 16-trial PKU grid the numbered order trained 44% of the full grid's
-/// steps, the shuffled one 28% (docs/perf-log.md, entry 26).
-pub fn start_order(n: usize, shuffled: bool, seed: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    if shuffled {
-        crate::rng::Rng::derive(seed, "sweep/start-order").shuffle(&mut order);
-    }
-    order
-}
-
 /// A trial paused at `step` whose loss there is among the best ⌊n/η⌋ of the rung's n results
 /// (ties go to the lower trial number).
 pub fn promotable(states: &[TrialState], step: u64, eta: u64) -> Option<usize> {
@@ -180,6 +167,10 @@ pub fn promotable(states: &[TrialState], step: u64, eta: u64) -> Option<usize> {
 mod tests {
     use super::*;
 
+    fn in_order(n: usize) -> Vec<usize> {
+        (0..n).collect()
+    }
+
     fn paused(step: u64, loss: f64) -> TrialState {
         let mut s = TrialState::pending();
         s.rungs.insert(step, loss);
@@ -192,13 +183,9 @@ mod tests {
         let states = vec![paused(10, 1.0), paused(10, 2.0), TrialState::pending()];
         assert_eq!(promotable(&states, 10, 3), None);
         assert_eq!(
-            next(
-                &states,
-                &[10, 30, 90],
-                3,
-                &start_order(states.len(), false, 0),
-                &|_| false
-            ),
+            next(&states, &[10, 30, 90], 3, &in_order(states.len()), &|_| {
+                false
+            }),
             Next::Run {
                 trial: 2,
                 to_step: Some(10)
@@ -215,13 +202,9 @@ mod tests {
             TrialState::pending(),
         ];
         assert_eq!(
-            next(
-                &states,
-                &[10, 30, 90],
-                3,
-                &start_order(states.len(), false, 0),
-                &|_| false
-            ),
+            next(&states, &[10, 30, 90], 3, &in_order(states.len()), &|_| {
+                false
+            }),
             Next::Run {
                 trial: 1,
                 to_step: Some(30)
@@ -230,13 +213,9 @@ mod tests {
         // From the second-to-last rung the promotion trains to the run's end.
         let states = vec![paused(30, 3.0), paused(30, 1.0), paused(30, 2.0)];
         assert_eq!(
-            next(
-                &states,
-                &[10, 30, 90],
-                3,
-                &start_order(states.len(), false, 0),
-                &|_| false
-            ),
+            next(&states, &[10, 30, 90], 3, &in_order(states.len()), &|_| {
+                false
+            }),
             Next::Run {
                 trial: 1,
                 to_step: None
@@ -251,13 +230,9 @@ mod tests {
         let states = vec![winner, paused(10, 2.0), paused(10, 3.0)];
         // Its segment runs elsewhere: the second best is not in the top ⌊3/3⌋ = 1.
         assert_eq!(
-            next(
-                &states,
-                &[10, 30, 90],
-                3,
-                &start_order(states.len(), false, 0),
-                &|_| true
-            ),
+            next(&states, &[10, 30, 90], 3, &in_order(states.len()), &|_| {
+                true
+            }),
             Next::Wait
         );
     }
@@ -268,26 +243,14 @@ mod tests {
         s.status = Status::Started { to_step: Some(10) };
         let states = vec![s, TrialState::pending()];
         assert_eq!(
-            next(
-                &states,
-                &[10, 30],
-                3,
-                &start_order(states.len(), false, 0),
-                &|_| false
-            ),
+            next(&states, &[10, 30], 3, &in_order(states.len()), &|_| false),
             Next::Run {
                 trial: 0,
                 to_step: Some(10)
             }
         );
         assert_eq!(
-            next(
-                &states,
-                &[10, 30],
-                3,
-                &start_order(states.len(), false, 0),
-                &|_| true
-            ),
+            next(&states, &[10, 30], 3, &in_order(states.len()), &|_| true),
             Next::Run {
                 trial: 1,
                 to_step: Some(10)
@@ -301,24 +264,12 @@ mod tests {
         finished.status = Status::Finished;
         let states = vec![finished, paused(10, 2.0), paused(10, 3.0)];
         assert_eq!(
-            next(
-                &states,
-                &[10, 30],
-                3,
-                &start_order(states.len(), false, 0),
-                &|_| false
-            ),
+            next(&states, &[10, 30], 3, &in_order(states.len()), &|_| false),
             Next::Done
         );
         // A full grid: one rung, every trial trains to its end.
         assert_eq!(
-            next(
-                &[TrialState::pending()],
-                &[50],
-                3,
-                &start_order(1, false, 0),
-                &|_| false
-            ),
+            next(&[TrialState::pending()], &[50], 3, &in_order(1), &|_| false),
             Next::Run {
                 trial: 0,
                 to_step: None
@@ -327,7 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn new_trials_start_in_the_given_order_and_asha_shuffles_it() {
+    fn new_trials_start_in_the_given_order() {
         let states = vec![TrialState::pending(); 4];
         let order = [2, 0, 3, 1];
         assert_eq!(
@@ -337,15 +288,5 @@ mod tests {
                 to_step: Some(10)
             }
         );
-        let shuffled = start_order(16, true, 5);
-        let mut sorted = shuffled.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..16).collect::<Vec<_>>());
-        assert_ne!(
-            shuffled, sorted,
-            "a shuffle of 16 leaves them in order with p = 1/16!"
-        );
-        assert_eq!(shuffled, start_order(16, true, 5));
-        assert_eq!(start_order(4, false, 5), [0, 1, 2, 3]);
     }
 }

@@ -131,10 +131,10 @@ impl Sweep {
         self.dir.join(&trial.name)
     }
 
-    /// The order new trials start in ([`super::scheduler::start_order`]).
+    /// The order new trials start in ([`space::start_order`]).
     pub fn start_order(&self) -> Vec<usize> {
         let asha = matches!(self.scheduler, Scheduler::Asha { .. });
-        super::scheduler::start_order(self.trials.len(), asha, self.space.seed)
+        space::start_order(self.trials.len(), asha, self.space.seed)
     }
 
     /// ASHA's reduction factor (1 without ASHA: nothing is promoted).
