@@ -560,3 +560,38 @@ fn a_sweep_table_in_the_config_file_is_the_same_sweep_as_its_flags() {
         &["nme", "[sweep]"],
     );
 }
+
+#[test]
+fn a_sweep_restarted_at_once_after_kill_9_waits_for_the_old_trainers_checkpoints() {
+    let dir = temp_dir("sweep-restart");
+    let cfg = base(&dir, 400);
+    let args = long_sweep_args(&cfg);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+        .args(&args)
+        // Slow checkpoints (the tests' fault hook, 3 pauses each): the trainers of the killed
+        // sweep are still writing theirs when the next sweep starts.
+        .env("LMTRAIN_TEST_CHECKPOINT_PAUSE_MS", "200")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sweep = dir.join("k");
+    wait_for("a trial's first checkpoint", || {
+        has_checkpoint(&sweep.join("t00-lr1e-3"))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // At once: the killed sweep's trainers may still be writing their checkpoints.
+    let out = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = events(&sweep);
+    assert_eq!(of_kind(&ev, "failed").len(), 0, "{ev:?}");
+    assert_eq!(of_kind(&ev, "finished").len(), 3, "{ev:?}");
+}

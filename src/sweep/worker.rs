@@ -98,6 +98,11 @@ impl<'a> Worker<'a> {
         let Some(claim) = self.store.claim(t)? else {
             return Ok(Next::Wait); // taken between the check and now
         };
+        // The trainer of a sweep process that died may still be writing its checkpoint (it got
+        // SIGTERM): a new one would find the run folder locked and fail.
+        if crate::train::lock::try_acquire(&self.sweep.run_dir(t))?.is_err() {
+            return Ok(Next::Wait);
+        }
         self.store
             .append(&Event::new(t, What::Started { to_step }))?;
         super::hparams::started(self.sweep, t);
