@@ -26,6 +26,7 @@ pub mod plan;
 pub mod report;
 pub mod rng;
 pub mod sample;
+pub mod serve;
 pub mod sweep;
 pub mod track;
 pub mod train;

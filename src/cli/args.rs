@@ -36,6 +36,8 @@ pub enum Command {
     Runs(RunsArgs),
     /// Train many configs of one base: a grid, random draws, ASHA that continues its trials.
     Sweep(SweepArgs),
+    /// A live dashboard of the runs and sweeps under a folder, in the browser.
+    Serve(ServeArgs),
     /// Training throughput of the reference GPT (flags and JSON as ../shared/bench/ref_gpt.py).
     Bench(BenchArgs),
 }
@@ -104,6 +106,20 @@ pub struct SweepArgs {
     /// training.
     #[arg(long)]
     pub emit_slurm: bool,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The folder holding the run folders (and sweep folders) to show.
+    #[arg(default_value = "checkpoints")]
+    pub dir: PathBuf,
+    /// Port to listen on (0: any free one, printed at start).
+    #[arg(long, default_value_t = 6006)]
+    pub port: u16,
+    /// Address to listen on; anything but 127.0.0.1 / localhost makes the (read-only,
+    /// unauthenticated) page reachable from other machines, and says so.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
 }
 
 #[derive(Args)]

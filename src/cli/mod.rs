@@ -80,6 +80,11 @@ fn run(cli: Cli, out: &mut String) -> anyhow::Result<()> {
         Command::Plot(a) => commands::plot(a, out),
         Command::Runs(a) => commands::runs(a, out),
         Command::Sweep(a) => commands::sweep(a, out),
+        Command::Serve(a) => crate::serve::run(&crate::serve::ServeOptions {
+            dir: a.dir,
+            host: a.host,
+            port: a.port,
+        }),
         Command::Bench(a) => commands::bench(a, out),
     }
 }

@@ -109,7 +109,7 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
 /// whose dependency they installed, so that a test that cannot run there fails instead of
 /// passing by skipping. The variables: `LMTRAIN_REQUIRE_HF` (a Python with `tokenizers`,
 /// `transformers`, `torch`, `tensorboard`), `LMTRAIN_REQUIRE_MPI` (OpenMPI), `LMTRAIN_REQUIRE_GPU` (CUDA or
-/// Metal, never the CPU standing in for one), `LMTRAIN_REQUIRE_PKU` (the shared PKU corpus).
+/// Metal, never the CPU standing in for one), `LMTRAIN_REQUIRE_PKU` (the shared PKU corpus), `LMTRAIN_REQUIRE_BROWSER` (chromium and chromedriver).
 pub fn required(var: &str) -> bool {
     std::env::var(var).as_deref() == Ok("1")
 }

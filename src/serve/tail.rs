@@ -1,0 +1,214 @@
+//! Reading `metrics.jsonl` files that trainers are appending to, each byte once: per run, the
+//! bytes read so far (whole lines only: a half-written last line waits for its end), a
+//! summary folded from them, and an index of every 256th line's step and offset, so the
+//! records after a step are read from near that step instead of from the start. A file
+//! replaced by a resume (another inode) or cut shorter starts over.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Index every this many lines.
+const INDEX_EVERY: u64 = 256;
+
+/// What the runs table shows of a run's metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub step: u64,
+    pub best_val_loss: Option<f64>,
+    pub best_val_bits_per_token: Option<f64>,
+    pub baseline_bits_per_token: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    pub tokens_seen: Option<u64>,
+    pub lines: u64,
+}
+
+impl Summary {
+    fn fold(&mut self, v: &Value) {
+        let num = |k: &str| v.get(k).and_then(Value::as_f64);
+        self.step = self
+            .step
+            .max(v.get("step").and_then(Value::as_u64).unwrap_or(0));
+        self.lines += 1;
+        match v.get("kind").and_then(Value::as_str) {
+            Some("train") => {
+                self.tokens_per_s = num("tokens_per_s").or(self.tokens_per_s);
+                self.tokens_seen = v
+                    .get("tokens_seen")
+                    .and_then(Value::as_u64)
+                    .or(self.tokens_seen);
+            }
+            Some("eval") => {
+                if let Some(loss) = num("val_loss").filter(|l| l.is_finite()) {
+                    if self.best_val_loss.is_none_or(|b| loss < b) {
+                        self.best_val_loss = Some(loss);
+                        self.best_val_bits_per_token = num("val_bits_per_token");
+                    }
+                }
+                self.baseline_bits_per_token =
+                    num("baseline_bits_per_token").or(self.baseline_bits_per_token);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tail {
+    inode: u64,
+    /// Bytes of whole lines read.
+    offset: u64,
+    summary: Summary,
+    /// (step, byte offset) of every INDEX_EVERY-th line.
+    index: Vec<(u64, u64)>,
+}
+
+/// The tails of every run seen, behind one lock (a request holds it while it reads new bytes).
+#[derive(Default)]
+pub struct Tails {
+    map: Mutex<HashMap<PathBuf, Tail>>,
+}
+
+fn metrics_path(run: &Path) -> PathBuf {
+    run.join("metrics.jsonl")
+}
+
+/// Reads `file` from `from` to its end; returns the text of its whole lines.
+fn read_from(file: &mut File, from: u64) -> std::io::Result<String> {
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    bytes.truncate(end);
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+impl Tails {
+    /// The run's summary, after reading what was appended since the last call.
+    pub fn summary(&self, run: &Path) -> Summary {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let tail = map.entry(run.to_path_buf()).or_default();
+        catch_up(tail, &metrics_path(run));
+        tail.summary.clone()
+    }
+
+    /// The records with a step above `since` (all of them without), in file order.
+    pub fn records_since(&self, run: &Path, since: Option<u64>) -> Vec<Value> {
+        let path = metrics_path(run);
+        let (start, end) = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            let tail = map.entry(run.to_path_buf()).or_default();
+            catch_up(tail, &path);
+            let start = since.map_or(0, |s| {
+                tail.index
+                    .iter()
+                    .rev()
+                    .find(|(step, _)| *step <= s)
+                    .map_or(0, |&(_, o)| o)
+            });
+            (start, tail.offset)
+        };
+        let Ok(mut file) = File::open(&path) else {
+            return Vec::new();
+        };
+        let text = read_from(&mut file, start).unwrap_or_default();
+        let mut budget = end.saturating_sub(start) as usize;
+        let mut out = Vec::new();
+        for line in text.split_inclusive('\n') {
+            if line.len() > budget {
+                break; // past what the summary has seen: the next call reads it
+            }
+            budget -= line.len();
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let step = v.get("step").and_then(Value::as_u64).unwrap_or(0);
+            if since.is_none_or(|s| step > s) {
+                out.push(v);
+            }
+        }
+        out
+    }
+}
+
+/// Reads the lines appended to `path` since `tail.offset` into the summary and the index.
+fn catch_up(tail: &mut Tail, path: &Path) {
+    let Ok(mut file) = File::open(path) else {
+        *tail = Tail::default(); // gone (or not yet written): nothing to show
+        return;
+    };
+    let Ok(meta) = file.metadata() else { return };
+    if meta.ino() != tail.inode || meta.len() < tail.offset {
+        *tail = Tail {
+            inode: meta.ino(),
+            ..Tail::default()
+        };
+    }
+    if meta.len() == tail.offset {
+        return;
+    }
+    let Ok(text) = read_from(&mut file, tail.offset) else {
+        return;
+    };
+    for line in text.split_inclusive('\n') {
+        let at = tail.offset;
+        tail.offset += line.len() as u64;
+        // A line cut short by a crash, or not JSON, is skipped as metrics::read skips it.
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if tail.summary.lines.is_multiple_of(INDEX_EVERY) {
+            tail.index
+                .push((v.get("step").and_then(Value::as_u64).unwrap_or(0), at));
+        }
+        tail.summary.fold(&v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn appended_lines_are_read_once_a_half_line_waits_and_since_filters() {
+        let run = std::env::temp_dir().join(format!("lmtrain-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(&run).unwrap();
+        let path = run.join("metrics.jsonl");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for s in 1..=600 {
+            writeln!(
+                f,
+                r#"{{"kind":"train","step":{s},"loss":1.0,"tokens_per_s":{s}}}"#
+            )
+            .unwrap();
+        }
+        write!(f, r#"{{"kind":"eval","step":600,"val_loss":2.0,"val_bits"#).unwrap();
+        let tails = Tails::default();
+        let s = tails.summary(&run);
+        assert_eq!(
+            (s.step, s.lines, s.tokens_per_s, s.best_val_loss),
+            (600, 600, Some(600.0), None)
+        );
+        assert_eq!(tails.records_since(&run, Some(590)).len(), 10);
+        writeln!(f, r#"_per_token":2.885}}"#).unwrap();
+        let s = tails.summary(&run);
+        assert_eq!(
+            (s.lines, s.best_val_loss, s.best_val_bits_per_token),
+            (601, Some(2.0), Some(2.885))
+        );
+        let since = tails.records_since(&run, Some(599));
+        assert_eq!(since.len(), 2, "{since:?}");
+        assert_eq!(tails.records_since(&run, None).len(), 601);
+        // A resume rewrites the file (a new inode): it is read again from its start.
+        std::fs::write(run.join("m.tmp"), "{\"kind\":\"train\",\"step\":1}\n").unwrap();
+        std::fs::rename(run.join("m.tmp"), &path).unwrap();
+        assert_eq!(tails.summary(&run).lines, 1);
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+}
