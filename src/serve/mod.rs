@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Requests answered at once; a connection beyond them waits in the listener's queue.
+/// Requests answered at once; the others wait for a worker. (tiny_http reads each open
+/// connection on a thread of its own, without a cap.)
 const WORKERS: usize = 4;
 /// The longest request line accepted (a run name is a folder path).
 const MAX_URL: usize = 2048;
