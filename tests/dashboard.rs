@@ -67,6 +67,25 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Stri
     (status, String::from_utf8_lossy(&raw).into_owned())
 }
 
+/// Sends `request` as is and returns what comes back before the server closes.
+fn raw(port: u16, request: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = s.write_all(request.as_bytes());
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || out.len() > 65536 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.windows(4).any(|w| w == b"\r\n\r\n") && !out.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -419,11 +438,13 @@ fn the_api_refuses_every_traversal_form_and_every_write() {
         assert_eq!(status, 404, "{path} answered {status}: {body}");
         assert!(!body.contains("[run]"), "{path} leaked a config");
     }
+    // Writes: refused for their method, or for their body before it is read.
     for method in ["POST", "PUT", "DELETE"] {
+        assert_eq!(http(port, method, "/api/runs", None).0, 405, "{method}");
         assert_eq!(
             http(port, method, "/api/runs", Some(&json!({}))).0,
-            405,
-            "{method}"
+            413,
+            "{method} with a body"
         );
     }
     assert_eq!(
@@ -461,6 +482,40 @@ fn the_api_refuses_every_traversal_form_and_every_write() {
     assert_eq!(http(port, "GET", "/api/runs/gone/metrics", None).0, 200);
     std::fs::remove_dir_all(runs.join("gone")).unwrap();
     assert_eq!(http(port, "GET", "/api/runs/gone/metrics", None).0, 404);
+    // Bounded: a request head over 8 KiB, and connections past the 8 served and the 32
+    // waiting, are refused at once; closed, they free the server again.
+    let big = format!(
+        "GET /api/runs HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert!(
+        raw(port, &big).starts_with("HTTP/1.1 431"),
+        "a 9 KB head was not refused"
+    );
+    // 45 connections at once: the server holds at most 40 of them (8 served, 32 waiting), and
+    // answers the others 503 without reading them.
+    let conns: Vec<TcpStream> = (0..45)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = conns
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut buf = [0u8; 16];
+            (&**c)
+                .read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"HTTP/1.1 503"))
+        })
+        .count();
+    assert!(
+        refused >= 5,
+        "only {refused} of 45 connections were refused"
+    );
+    let idle = conns;
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
     // The server still answers after all that.
     assert_eq!(http(port, "GET", "/api/runs", None).0, 200);
 }

@@ -11,6 +11,7 @@
 use super::paths::{is_run_dir, Root};
 use super::tail::Tails;
 use crate::train::{checkpoint, manifest, status};
+use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -91,8 +92,9 @@ impl Api {
         let dirs = self.run_dirs();
         let configs: Vec<Option<toml::Value>> = dirs.iter().map(|d| read_config(d)).collect();
         let differing = differing_keys(&configs);
+        // Rows on the CPU pool: the first table reads every run's metrics.
         let runs: Vec<Value> = dirs
-            .iter()
+            .par_iter()
             .zip(&configs)
             .map(|(dir, cfg)| self.run_row(dir, cfg.as_ref(), &differing))
             .collect();
