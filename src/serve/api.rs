@@ -20,6 +20,9 @@ use std::sync::Mutex;
 /// What a request gets: a status code and a JSON body.
 pub type Answer = (u16, Value);
 
+/// An answer as its status and its JSON text.
+pub type Text = (u16, String);
+
 fn not_found() -> Answer {
     (404, json!({"error": "not found"}))
 }
@@ -41,8 +44,26 @@ impl Api {
         }
     }
 
-    /// Routes `/api/…` (`path` without the query; `query` percent-decoded pairs).
-    pub fn answer(&self, path: &str, query: &HashMap<String, String>) -> Answer {
+    /// Routes `/api/…` (`path` without the query; `query` percent-decoded pairs). A run's
+    /// records are sent as the file holds them, never parsed into values and written again.
+    pub fn answer(&self, path: &str, query: &HashMap<String, String>) -> Text {
+        let metrics = path
+            .strip_prefix("/api/runs/")
+            .and_then(|r| r.strip_suffix("/metrics"));
+        if let Some(dir) = metrics.and_then(|name| self.root.run_dir(name)) {
+            let since = query.get("since").and_then(|s| s.parse().ok());
+            let lines = self.tails.records_since(&dir, since);
+            let name = json!(metrics.unwrap_or_default());
+            return (
+                200,
+                format!("{{\"name\":{name},\"records\":[{}]}}", lines.join(",")),
+            );
+        }
+        let (status, value) = self.answer_value(path);
+        (status, value.to_string())
+    }
+
+    fn answer_value(&self, path: &str) -> Answer {
         let rest = path.strip_prefix("/api/").unwrap_or("");
         if rest == "runs" {
             return (200, self.runs());
@@ -63,13 +84,6 @@ impl Api {
             return not_found();
         };
         match what {
-            "metrics" => {
-                let since = query.get("since").and_then(|s| s.parse().ok());
-                (
-                    200,
-                    json!({"name": name, "records": self.tails.records_since(&dir, since)}),
-                )
-            }
             "config" => (
                 200,
                 json!({"name": name, "toml": read_text(&dir.join("config.toml"))}),

@@ -81,11 +81,11 @@ fn route(api: &api::Api, request: &http::Request) -> http::Response {
     if !path.starts_with("/api/") {
         return http::plain(404, "not found");
     }
-    let (status, value) = api.answer(&path, &query(raw_query));
+    let (status, text) = api.answer(&path, &query(raw_query));
     http::Response {
         status,
         kind: "application/json",
-        body: value.to_string().into_bytes(),
+        body: text.into_bytes(),
     }
 }
 

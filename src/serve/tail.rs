@@ -4,7 +4,6 @@
 //! records after a step are read from near that step instead of from the start. A file
 //! replaced by a resume (another inode) or cut shorter starts over.
 
-use serde_json::Value;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 /// Index every this many lines.
 const INDEX_EVERY: u64 = 256;
+/// Bytes read at a time.
+const BLOCK: usize = 256 * 1024;
 
 /// What the runs table shows of a run's metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -93,7 +94,8 @@ fn read_from(file: &mut File, from: u64) -> std::io::Result<String> {
     file.read_to_end(&mut bytes)?;
     let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     bytes.truncate(end);
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 impl Tails {
@@ -111,8 +113,9 @@ impl Tails {
         tail.summary.clone()
     }
 
-    /// The records with a step above `since` (all of them without), in file order.
-    pub fn records_since(&self, run: &Path, since: Option<u64>) -> Vec<Value> {
+    /// The records with a step above `since` (all of them without), in file order, each its
+    /// line's JSON text (lines that are not JSON are left out).
+    pub fn records_since(&self, run: &Path, since: Option<u64>) -> Vec<String> {
         let path = metrics_path(run);
         let (start, end) = {
             let tail = self.tail(run);
@@ -138,12 +141,11 @@ impl Tails {
                 break; // past what the summary has seen: the next call reads it
             }
             budget -= line.len();
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
+            let Ok(v) = serde_json::from_str::<Line>(line) else {
                 continue;
             };
-            let step = v.get("step").and_then(Value::as_u64).unwrap_or(0);
-            if since.is_none_or(|s| step > s) {
-                out.push(v);
+            if since.is_none_or(|s| v.step.unwrap_or(0) > s) {
+                out.push(line.trim_end().to_string());
             }
         }
         out
@@ -152,7 +154,7 @@ impl Tails {
 
 /// Reads the lines appended to `path` since `tail.offset` into the summary and the index.
 fn catch_up(tail: &mut Tail, path: &Path) {
-    let Ok(mut file) = File::open(path) else {
+    let Ok(file) = File::open(path) else {
         *tail = Tail::default(); // gone (or not yet written): nothing to show
         return;
     };
@@ -166,14 +168,22 @@ fn catch_up(tail: &mut Tail, path: &Path) {
     if meta.len() == tail.offset {
         return;
     }
-    let Ok(text) = read_from(&mut file, tail.offset) else {
+    // In blocks, so a first read of a large file holds one block, not the file.
+    let mut reader = std::io::BufReader::with_capacity(BLOCK, file);
+    if reader.seek(SeekFrom::Start(tail.offset)).is_err() {
         return;
-    };
-    for line in text.split_inclusive('\n') {
+    }
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match std::io::BufRead::read_until(&mut reader, b'\n', &mut line) {
+            Ok(n) if n > 0 && line.ends_with(b"\n") => {}
+            _ => return, // the end, or a half-written last line: it waits for its end
+        }
         let at = tail.offset;
         tail.offset += line.len() as u64;
         // A line cut short by a crash, or not JSON, is skipped as metrics::read skips it.
-        let Ok(v) = serde_json::from_str::<Line>(line) else {
+        let Ok(v) = serde_json::from_slice::<Line>(&line) else {
             continue;
         };
         if tail.summary.lines.is_multiple_of(INDEX_EVERY) {
