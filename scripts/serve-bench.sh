@@ -18,6 +18,8 @@ mkdir -p "$WORK/runs"
 python3 - "$WORK/runs" "$RUNS" "$LINES" <<'PY'
 import json, sys, pathlib
 root, runs, lines = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+# Compact, `kind` first: as the trainer writes its records.
+dump = lambda r: json.dumps(r, separators=(",", ":"))
 for r in range(runs):
     d = root / f"r{r:03d}"
     d.mkdir()
@@ -26,9 +28,9 @@ for r in range(runs):
     with open(d / "metrics.jsonl", "w") as f:
         for s in range(1, lines + 1):
             if s % 100 == 0:
-                f.write(json.dumps({"kind": "eval", "step": s, "val_loss": 5 - s / lines, "val_bits_per_token": (5 - s / lines) / 0.6931, "baseline_bits_per_token": 6.2}) + "\n")
+                f.write(dump({"kind": "eval", "step": s, "val_loss": 5 - s / lines, "val_bits_per_token": (5 - s / lines) / 0.6931, "baseline_bits_per_token": 6.2}) + "\n")
             else:
-                f.write(json.dumps({"kind": "train", "step": s, "loss": 5 - s / lines, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 30000.0, "tokens_seen": s * 1024, "step_ms": 30.0}) + "\n")
+                f.write(dump({"kind": "train", "step": s, "loss": 5 - s / lines, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 30000.0, "tokens_seen": s * 1024, "step_ms": 30.0}) + "\n")
 PY
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $RUNS runs x $LINES lines ($(du -sh "$WORK/runs" | cut -f1))"
 "$LMTRAIN" serve "$WORK/runs" --port 0 2>"$WORK/serve.log" &

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 /// Index every this many lines.
 const INDEX_EVERY: u64 = 256;
+/// How every train record of metrics.jsonl begins (`Record` is tagged by `kind`).
+const TRAIN_PREFIX: &[u8] = br#"{"kind":"train""#;
 /// Bytes read at a time.
 const BLOCK: usize = 256 * 1024;
 
@@ -45,7 +47,6 @@ struct Line<'a> {
 impl Summary {
     fn fold(&mut self, v: &Line) {
         self.step = self.step.max(v.step.unwrap_or(0));
-        self.lines += 1;
         match v.kind.as_deref() {
             Some("train") => {
                 self.tokens_per_s = v.tokens_per_s.or(self.tokens_per_s);
@@ -173,22 +174,38 @@ fn catch_up(tail: &mut Tail, path: &Path) {
     if reader.seek(SeekFrom::Start(tail.offset)).is_err() {
         return;
     }
-    let mut line = Vec::new();
+    let (mut line, mut last_train) = (Vec::new(), Vec::new());
     loop {
         line.clear();
         match std::io::BufRead::read_until(&mut reader, b'\n', &mut line) {
             Ok(n) if n > 0 && line.ends_with(b"\n") => {}
-            _ => return, // the end, or a half-written last line: it waits for its end
+            _ => break, // the end, or a half-written last line: it waits for its end
         }
         let at = tail.offset;
         tail.offset += line.len() as u64;
+        let indexed = tail.summary.lines.is_multiple_of(INDEX_EVERY);
+        // Of the train lines (99% of a file) the summary needs only the last: the others are
+        // counted, not parsed, unless the index wants their step. The trainer writes `kind`
+        // first; a line written otherwise is parsed.
+        if !indexed && line.starts_with(TRAIN_PREFIX) {
+            std::mem::swap(&mut line, &mut last_train);
+            tail.summary.lines += 1;
+            continue;
+        }
         // A line cut short by a crash, or not JSON, is skipped as metrics::read skips it.
         let Ok(v) = serde_json::from_slice::<Line>(&line) else {
             continue;
         };
-        if tail.summary.lines.is_multiple_of(INDEX_EVERY) {
+        if indexed {
             tail.index.push((v.step.unwrap_or(0), at));
         }
+        if v.kind.as_deref() == Some("train") {
+            last_train.clear(); // this one is newer
+        }
+        tail.summary.lines += 1;
+        tail.summary.fold(&v);
+    }
+    if let Ok(v) = serde_json::from_slice::<Line>(&last_train) {
         tail.summary.fold(&v);
     }
 }
@@ -229,6 +246,27 @@ mod tests {
         let since = tails.records_since(&run, Some(599));
         assert_eq!(since.len(), 2, "{since:?}");
         assert_eq!(tails.records_since(&run, None).len(), 601);
+        // The last train line decides tokens/s, whether or not the index parsed it (line 257 is
+        // the 257th: indexed), and a line written with spaces is parsed all the same.
+        for (n, last) in [(257, "257"), (300, "300")] {
+            let text: String = (1..=n)
+                .map(|s| format!("{{\"kind\":\"train\",\"step\":{s},\"tokens_per_s\":{s}}}\n"))
+                .collect();
+            std::fs::write(run.join("m.tmp"), text).unwrap();
+            std::fs::rename(run.join("m.tmp"), &path).unwrap();
+            assert_eq!(
+                tails.summary(&run).tokens_per_s,
+                last.parse().ok(),
+                "{n} lines"
+            );
+        }
+        std::fs::write(
+            run.join("m.tmp"),
+            "{\"kind\": \"train\", \"step\": 3, \"tokens_per_s\": 9.0}\n",
+        )
+        .unwrap();
+        std::fs::rename(run.join("m.tmp"), &path).unwrap();
+        assert_eq!(tails.summary(&run).tokens_per_s, Some(9.0));
         // A resume rewrites the file (a new inode): it is read again from its start.
         std::fs::write(run.join("m.tmp"), "{\"kind\":\"train\",\"step\":1}\n").unwrap();
         std::fs::rename(run.join("m.tmp"), &path).unwrap();
