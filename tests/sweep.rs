@@ -385,15 +385,8 @@ fn a_sweep_killed_with_kill_9_stops_its_trainers_and_continues_from_their_checkp
         .iter()
         .map(|e| e["trial"].as_u64().unwrap())
         .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lmtrain_ok(&args);
     let after = events(&sweep);
     assert_eq!(of_kind(&after, "finished").len(), 3, "{after:?}");
     // Trials finished before the kill were not started again; the interrupted one resumed.
@@ -582,15 +575,8 @@ fn a_sweep_restarted_at_once_after_kill_9_waits_for_the_old_trainers_checkpoints
     child.kill().unwrap();
     child.wait().unwrap();
     // At once: the killed sweep's trainers may still be writing their checkpoints.
-    let out = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lmtrain_ok(&args);
     let ev = events(&sweep);
     assert_eq!(of_kind(&ev, "failed").len(), 0, "{ev:?}");
     assert_eq!(of_kind(&ev, "finished").len(), 3, "{ev:?}");

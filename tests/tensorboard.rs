@@ -380,23 +380,15 @@ fn a_sweeps_trials_appear_in_the_hparams_tab_with_their_settings_and_results() {
         &dir,
         &common::tiny_config(&dir, 10).replace("eval_every = 0", "eval_every = 5"),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_lmtrain"))
-        .args([
-            "sweep",
-            "-c",
-            cfg.to_str().unwrap(),
-            "--grid",
-            "train.lr=1e-3,3e-3",
-            "--name",
-            "s",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::lmtrain_ok(&[
+        "sweep",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--grid",
+        "train.lr=1e-3,3e-3",
+        "--name",
+        "s",
+    ]);
     let sweep = dir.join("s");
     let read = python_json(&py, READ_HPARAMS, &[&sweep]);
     let infos = &read["experiment"]["hparamInfos"];

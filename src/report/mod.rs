@@ -15,5 +15,5 @@ mod text;
 
 pub use compare::render_comparison;
 pub use plot::{render_run, LOSS_SVG};
-pub use runs::{runs_json, runs_table};
+pub use runs::{differing, runs_json, runs_table};
 pub use sweep::{render_sweep, sweep_json, sweep_table};

@@ -229,14 +229,23 @@ fn load_row(path: &Path) -> Result<RunRow> {
 /// The keys whose values differ between runs, each with its value per run (`-` where a run's
 /// config lacks the key). `run.name` is left out: the folder names head the columns already.
 fn differences(rows: &[RunRow]) -> Vec<(String, Vec<String>)> {
-    let keys: std::collections::BTreeSet<&String> =
-        rows.iter().flat_map(|r| r.config.keys()).collect();
+    let configs: Vec<&BTreeMap<String, String>> = rows.iter().map(|r| &r.config).collect();
+    differing(&configs, &["run.name"])
+}
+
+/// The keys of flattened configs whose values differ, each with its value per config (`-`
+/// where one lacks the key), the keys in `ignore` left out.
+pub fn differing(
+    configs: &[&BTreeMap<String, String>],
+    ignore: &[&str],
+) -> Vec<(String, Vec<String>)> {
+    let keys: std::collections::BTreeSet<&String> = configs.iter().flat_map(|c| c.keys()).collect();
     keys.into_iter()
-        .filter(|k| k.as_str() != "run.name")
+        .filter(|k| !ignore.contains(&k.as_str()))
         .filter_map(|k| {
-            let vals: Vec<String> = rows
+            let vals: Vec<String> = configs
                 .iter()
-                .map(|r| r.config.get(k).cloned().unwrap_or_else(|| "-".into()))
+                .map(|c| c.get(k).cloned().unwrap_or_else(|| "-".into()))
                 .collect();
             vals.iter()
                 .any(|v| v != &vals[0])

@@ -20,6 +20,8 @@ struct Rows {
     /// Trial indices, best val bits/token first (unevaluated ones last, in order).
     order: Vec<usize>,
     labels: Vec<String>,
+    /// Each trial's metrics (empty for a trial not started yet), read once.
+    series: Vec<Series>,
 }
 
 fn load(dir: &Path) -> Result<Rows> {
@@ -42,11 +44,17 @@ fn load(dir: &Path) -> Result<Rows> {
         .zip(&states)
         .map(|(t, s)| label(s.status, store.claimed(t).unwrap_or(false)))
         .collect();
+    let series = sweep
+        .trials
+        .iter()
+        .map(|t| Series::load(&sweep.run_dir(t)).unwrap_or_default())
+        .collect();
     Ok(Rows {
         sweep,
         states,
         order,
         labels,
+        series,
     })
 }
 
@@ -72,9 +80,7 @@ pub fn sweep_table(dir: &Path) -> Result<String> {
     let mut lines = vec![header];
     for (rank, &i) in r.order.iter().enumerate() {
         let (t, s) = (&r.sweep.trials[i], &r.states[i]);
-        let steps = Series::load(&r.sweep.run_dir(t))
-            .ok()
-            .and_then(|x| x.last_step());
+        let steps = r.series[i].last_step();
         let mut line = vec![
             (rank + 1).to_string(),
             t.name.clone(),
@@ -125,7 +131,7 @@ pub fn sweep_json(dir: &Path) -> Result<serde_json::Value> {
         .map(|(rank, &i)| {
             let (t, s) = (&r.sweep.trials[i], &r.states[i]);
             let run = r.sweep.run_dir(t);
-            let steps = Series::load(&run).ok().and_then(|x| x.last_step());
+            let steps = r.series[i].last_step();
             let settings: serde_json::Map<String, serde_json::Value> = t
                 .settings
                 .iter()
@@ -154,14 +160,11 @@ pub fn render_sweep(dir: &Path, out: Option<&Path>) -> Result<PathBuf> {
     let r = load(dir)?;
     let path = out.map_or_else(|| dir.join("sweep.svg"), Path::to_path_buf);
     let curves: Vec<Vec<(f64, f64)>> = r
-        .sweep
-        .trials
+        .series
         .iter()
-        .map(|t| {
-            let s = Series::load(&r.sweep.run_dir(t)).unwrap_or_default();
-            s.eval
-                .iter()
-                .map(|p| (p.step as f64, p.val_loss * BITS_PER_NAT))
+        .map(|s| {
+            let val = s.eval.iter();
+            val.map(|p| (p.step as f64, p.val_loss * BITS_PER_NAT))
                 .collect()
         })
         .collect();

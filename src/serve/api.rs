@@ -94,12 +94,16 @@ impl Api {
         }
     }
 
-    /// Every run folder under the root, by name.
-    fn run_dirs(&self) -> Vec<PathBuf> {
+    /// Every folder under the root that `found` picks, by name.
+    fn find(&self, found: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        walk(&self.root.dir, 0, &mut out);
+        walk(&self.root.dir, 0, found, &mut out);
         out.sort();
         out
+    }
+
+    fn run_dirs(&self) -> Vec<PathBuf> {
+        self.find(&is_run_dir)
     }
 
     fn runs(&self) -> Value {
@@ -198,10 +202,7 @@ impl Api {
     }
 
     fn sweep_dirs(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        walk_sweeps(&self.root.dir, 0, &mut out);
-        out.sort();
-        out
+        self.find(&crate::sweep::is_sweep)
     }
 
     fn sweeps(&self) -> Value {
@@ -231,28 +232,11 @@ fn skipped(name: &str) -> bool {
     name.starts_with('.') || name.starts_with("step-") || ["tb", "logs", "claims"].contains(&name)
 }
 
-/// Run folders at most three levels down (a sweep's trials are two), not following symlinks.
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+/// The folders `found` picks, at most three levels down (a sweep's trials are two), not
+/// following symlinks; neither a found folder nor a run folder is descended into.
+fn walk(dir: &Path, depth: usize, found: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    }; // deleted while listed
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if skipped(&name) || !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let path = e.path();
-        if is_run_dir(&path) {
-            out.push(path);
-        } else if depth < 2 {
-            walk(&path, depth + 1, out);
-        }
-    }
-}
-
-fn walk_sweeps(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return; // deleted while listed
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -260,10 +244,10 @@ fn walk_sweeps(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
             continue;
         }
         let path = e.path();
-        if crate::sweep::is_sweep(&path) {
+        if found(&path) {
             out.push(path);
         } else if depth < 2 && !is_run_dir(&path) {
-            walk_sweeps(&path, depth + 1, out);
+            walk(&path, depth + 1, found, out);
         }
     }
 }
@@ -283,14 +267,9 @@ fn differing_keys(configs: &[Option<toml::Value>]) -> Vec<String> {
         .flatten()
         .map(|c| crate::config::flatten(c).into_iter().collect())
         .collect();
-    let mut keys: Vec<String> = flats.iter().flat_map(|f| f.keys().cloned()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.retain(|k| {
-        !["run.name", "run.out_dir"].contains(&k.as_str())
-            && flats.iter().any(|f| f.get(k) != flats[0].get(k))
-    });
-    keys
+    let refs: Vec<&BTreeMap<String, String>> = flats.iter().collect();
+    let differ = crate::report::differing(&refs, &["run.name", "run.out_dir"]);
+    differ.into_iter().map(|(k, _)| k).collect()
 }
 
 /// The memory plan the run printed when it last started: the `memory plan:` block of its

@@ -69,9 +69,10 @@ impl Root {
     }
 }
 
-/// A folder a trainer made: it holds its resolved `config.toml`.
+/// A folder a trainer made: it holds its resolved `config.toml` (and is not one of its
+/// checkpoints, which hold one too).
 pub fn is_run_dir(dir: &Path) -> bool {
-    dir.join("config.toml").is_file() && !dir.join("state.json").exists()
+    dir.join("config.toml").is_file() && !crate::train::checkpoint::is_checkpoint_dir(dir)
 }
 
 #[cfg(test)]

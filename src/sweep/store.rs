@@ -67,9 +67,7 @@ impl Event {
             name: trial.name.clone(),
             settings: trial.settings.iter().cloned().collect(),
             what,
-            unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            unix: lock::unix_now(),
             worker: format!("{}:{}", lock::hostname(), std::process::id()),
         }
     }
