@@ -28,6 +28,7 @@ pub mod embedding;
 pub mod linear;
 pub mod loss;
 pub mod mlp;
+pub mod muon;
 pub mod norm;
 pub mod reduce;
 pub mod rope;

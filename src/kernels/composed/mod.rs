@@ -13,6 +13,7 @@ pub mod embedding;
 pub mod linear;
 pub mod loss;
 pub mod mlp;
+pub mod muon;
 pub mod norm;
 pub mod rope;
 
@@ -20,6 +21,6 @@ pub use attention::{attend, attention_mask, causal_attention, softmax_last_dim, 
 pub use embedding::lookup;
 pub use linear::{add_bias, linear};
 pub use loss::{head_nll_sum, masked_nll_sum};
-pub use mlp::{gelu, swiglu};
+pub use mlp::{gelu, relu2, swiglu};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::rope;

@@ -22,6 +22,7 @@ mod gemm;
 pub mod head_loss;
 pub mod layer_norm;
 pub mod linear;
+pub mod muon;
 pub mod reduce;
 pub mod simd;
 mod small_gemm;

@@ -6,8 +6,10 @@
 
 use super::clip::global_norm;
 use super::lazy::LazyRows;
+use super::muon::MuonState;
 use crate::kernels::adamw::{self as kernel, AdamWStep};
 use crate::kernels::embedding::LookupGrad;
+use crate::kernels::muon::{self as muon_kernel, MuonStep};
 use crate::kernels::reduce::host_sum_of_squares;
 use crate::kernels::Kernels;
 use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
@@ -41,6 +43,8 @@ pub(super) enum Moments {
     Dense { m: Tensor, v: Tensor },
     /// A lookup table whose rows are updated when looked up ([`AdamW::set_lazy_rows`]).
     Lazy(LazyRows),
+    /// A hidden matrix Muon updates ([`AdamW::set_muon`]): a momentum buffer, no moments.
+    Muon(MuonState),
 }
 
 pub struct AdamW {
@@ -122,8 +126,10 @@ impl AdamW {
         let (now, kernels) = (self.t, self.kernels);
         let p = self.param_mut(name, "lazy row updates")?;
         let w = p.var.as_tensor();
-        let Moments::Dense { m, v } = &p.moments else {
-            return Ok(true);
+        let (m, v) = match &p.moments {
+            Moments::Dense { m, v } => (m, v),
+            Moments::Lazy(_) => return Ok(true),
+            Moments::Muon(_) => return Ok(false),
         };
         if !(kernels.fused_cpu(w) && w.rank() == 2 && LazyRows::supported(beta1, beta2)) {
             return Ok(false);
@@ -145,7 +151,7 @@ impl AdamW {
         let p = self.param_mut(name, "a row catch-up")?;
         match &mut p.moments {
             Moments::Lazy(lazy) => lazy.catch_up(p.var.as_tensor(), rows),
-            Moments::Dense { .. } => Ok(()),
+            Moments::Dense { .. } | Moments::Muon(_) => Ok(()),
         }
     }
 
@@ -160,7 +166,7 @@ impl AdamW {
         Ok(())
     }
 
-    fn param_mut(&mut self, name: &str, what: &str) -> Result<&mut Param> {
+    pub(super) fn param_mut(&mut self, name: &str, what: &str) -> Result<&mut Param> {
         self.params
             .iter_mut()
             .find(|p| p.name == name)
@@ -231,6 +237,18 @@ impl AdamW {
                         candle_core::bail!("optimizer: lazy tables changed during a step")
                     };
                     lazy.step(w, g, grad_scale, lr, p.weight_decay, self.t)?;
+                    continue;
+                }
+                Moments::Muon(state) => {
+                    let Some(g) = g else { continue };
+                    let s = MuonStep {
+                        momentum: state.momentum,
+                        grad_scale,
+                        lr,
+                        weight_decay: p.weight_decay,
+                        blocks: state.blocks,
+                    };
+                    muon_kernel::update(self.kernels, &p.var, &mut state.buf, g, &s)?;
                     continue;
                 }
                 Moments::Dense { m, v } => (m, v),

@@ -3,7 +3,7 @@
 
 use super::adamw::{AdamW, AdamWParams};
 use super::{LazyTable, Optimizer};
-use crate::config::TrainConfig;
+use crate::config::{OptimizerKind, TrainConfig};
 use crate::model::{ngram, Gpt};
 use candle_core::{Result, Var};
 
@@ -23,6 +23,8 @@ impl Optimizer {
     /// - matrices decay by `weight_decay`, vectors (norm gains, biases) not at all;
     /// - the embedding tables learn at `lr · embed_lr_mult` and decay by
     ///   `weight_decay · embed_wd_mult`;
+    /// - with `optimizer = "muon"`, the blocks' matrices are Muon's, at `muon_lr` on the same
+    ///   schedule (multiplier `muon_lr / lr`) with `muon_weight_decay`;
     /// - with `lazy_tables`, the n-gram tables are updated row by row where the kernels allow
     ///   it (the CPU kernels), and the model's lookups of them leave row gradients.
     pub fn from_config(
@@ -41,6 +43,9 @@ impl Optimizer {
             adamw.set_lr_mult(&name, t.embed_lr_mult)?;
             adamw.set_weight_decay(&name, t.weight_decay * t.embed_wd_mult)?;
         }
+        if t.optimizer == OptimizerKind::Muon {
+            set_muon_group(&mut adamw, t)?;
+        }
         let mut lazy = Vec::new();
         if t.lazy_tables {
             for spec in ngram::tables(model.config()) {
@@ -58,4 +63,21 @@ impl Optimizer {
             .collect();
         Ok(Self { adamw, lazy })
     }
+}
+
+/// Hands the blocks' matrices to Muon (see [`super::muon`]).
+fn set_muon_group(adamw: &mut AdamW, t: &TrainConfig) -> Result<()> {
+    let chosen: Vec<(String, usize)> = adamw
+        .params()
+        .iter()
+        .filter_map(|p| {
+            let blocks = super::muon::muon_blocks(&p.name, p.var.as_tensor().rank())?;
+            Some((p.name.clone(), blocks))
+        })
+        .collect();
+    for (name, blocks) in chosen {
+        adamw.set_muon(&name, blocks, t.muon_momentum, t.muon_weight_decay)?;
+        adamw.set_lr_mult(&name, t.muon_lr / t.lr)?;
+    }
+    Ok(())
 }

@@ -1,10 +1,13 @@
-//! The optimizer: AdamW over parameter groups built from the config, with the lazily updated
-//! n-gram tables behind one seam.
+//! The optimizer: AdamW over parameter groups built from the config (Muon for the blocks'
+//! matrices with `train.optimizer = "muon"`), with the lazily updated n-gram tables behind one
+//! seam.
 //!
 //! - `groups`: which parameters decay, their learning-rate multipliers, and which tables are
 //!   updated row by row, all from `TrainConfig`;
 //! - [`adamw`]: every parameter's moments and one step's update (the arithmetic is
 //!   [`crate::kernels::adamw`]'s);
+//! - [`muon`]: which matrices Muon takes, and their momentum (the arithmetic is
+//!   [`crate::kernels::muon`]'s);
 //! - [`lazy`]: the lazy tables' bookkeeping (which rows lag since when, the closed-form
 //!   catch-up);
 //! - [`clip`]: the global gradient norm and the clipping factor;
@@ -20,6 +23,7 @@ pub mod adamw;
 pub mod clip;
 mod groups;
 pub mod lazy;
+pub mod muon;
 pub mod state;
 
 pub use adamw::{AdamW, AdamWParams, Gradients, Param, TableRowGrads};

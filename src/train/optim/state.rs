@@ -1,5 +1,5 @@
-//! The optimizer's state in a checkpoint: `m.<name>`, `v.<name>` (f32) per parameter, and
-//! back.
+//! The optimizer's state in a checkpoint: `m.<name>`, `v.<name>` (f32) per AdamW parameter,
+//! `m.<name>` (the momentum buffer) per Muon parameter, and back.
 
 use super::adamw::{AdamW, Moments};
 use super::lazy::LazyRows;
@@ -31,6 +31,13 @@ impl AdamW {
         let mut out = Vec::with_capacity(2 * self.params.len());
         for p in &self.params {
             let (m, v) = match &p.moments {
+                Moments::Muon(state) => {
+                    out.push((
+                        format!("m.{}", p.name),
+                        StateTensor::Tensor(state.buf.clone()),
+                    ));
+                    continue;
+                }
                 Moments::Dense { m, v } => (
                     StateTensor::Tensor(m.clone()),
                     StateTensor::Tensor(v.clone()),
@@ -77,12 +84,14 @@ impl AdamW {
                 }
                 x.to_dtype(DType::F32)?.to_device(w.device())
             };
-            let (m, v) = (
-                take(format!("m.{}", p.name))?,
-                take(format!("v.{}", p.name))?,
-            );
+            let m = take(format!("m.{}", p.name))?;
+            if let Moments::Muon(state) = &mut p.moments {
+                state.buf = m;
+                continue;
+            }
+            let v = take(format!("v.{}", p.name))?;
             p.moments = match &p.moments {
-                Moments::Dense { .. } => Moments::Dense { m, v },
+                Moments::Dense { .. } | Moments::Muon(_) => Moments::Dense { m, v },
                 Moments::Lazy(_) => {
                     let host = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
                     Moments::Lazy(LazyRows::new(w.dims2()?, host(&m)?, host(&v)?, t, betas)?)
