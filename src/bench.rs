@@ -196,6 +196,9 @@ pub fn reference_model(vocab: usize, o: &BenchOptions) -> ModelConfig {
         trigram_buckets: 0,
         norm_eps: 1e-5,
         rope_theta: 10_000.0,
+        qk_norm: false,
+        logit_softcap: 0.0,
+        zero_init_proj: false,
         init_from: Default::default(),
     }
 }

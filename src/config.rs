@@ -311,6 +311,8 @@ pub enum Mlp {
     Gelu,
     /// `proj(silu(gate(x)) * up(x))`, hidden width `d_ff`.
     SwiGlu,
+    /// `proj(relu(fc(x))²)`, hidden width `d_ff` (modded-nanogpt's ReLU²).
+    Relu2,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -348,6 +350,15 @@ pub struct ModelConfig {
     pub norm_eps: f64,
     /// RoPE base frequency.
     pub rope_theta: f64,
+    /// RMSNorm of each head's queries and keys (over the head dim, with gains `q_norm`,
+    /// `k_norm` of shape (D) per layer) before the rotation and the dot product, as in OLMo 2,
+    /// Qwen 3 and modded-nanogpt: the attention logits stay bounded, so a higher rate is safe.
+    pub qk_norm: bool,
+    /// Soft cap of the logits: `c · tanh(z / c)` (Gemma 2, modded-nanogpt); `0` = off.
+    pub logit_softcap: f64,
+    /// Output projections of attention and MLP (`attn.proj`, `mlp.proj`) start at zero, so
+    /// every block starts as the identity (modded-nanogpt); otherwise N(0, 0.02/√(2L)).
+    pub zero_init_proj: bool,
     /// A Hugging Face GPT-2 or Llama folder (`config.json`, safetensors, `tokenizer.json`) to
     /// start from: its architecture replaces the other model keys but `dropout`, its weights
     /// the seeded init, its tokenizer the corpus' vocabulary (see `lmtrain train --init-from`).
@@ -361,11 +372,20 @@ impl ModelConfig {
     }
     pub fn hidden_dim(&self) -> usize {
         match (self.d_ff, self.mlp) {
-            (0, Mlp::Gelu) => 4 * self.d_model,
+            (0, Mlp::Gelu | Mlp::Relu2) => 4 * self.d_model,
             (0, Mlp::SwiGlu) => (8 * self.d_model / 3).div_ceil(8) * 8,
             (d, _) => d,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW for every parameter.
+    AdamW,
+    /// Muon for the blocks' matrices, AdamW for the rest.
+    Muon,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -451,6 +471,17 @@ pub struct TrainConfig {
     pub decay_fraction: f64,
     /// Decoupled AdamW weight decay, applied to matrices only (not norms, biases or gains).
     pub weight_decay: f64,
+    /// `adamw` for every parameter, or `muon`: Muon (momentum orthogonalised by Newton–Schulz)
+    /// for the blocks' 2-D matrices (attention q, k, v, output; the MLP's), AdamW for the rest
+    /// (embeddings, head, norms, biases, n-gram tables). See `train::optim::muon`.
+    pub optimizer: OptimizerKind,
+    /// Muon's peak learning rate, on the same schedule as `lr` (it follows `lr`'s warmup and
+    /// decay, scaled by `muon_lr / lr`).
+    pub muon_lr: f64,
+    /// Muon's momentum (Nesterov).
+    pub muon_momentum: f64,
+    /// Muon's decoupled weight decay, `w ← w · (1 − lr_muon · muon_weight_decay)`.
+    pub muon_weight_decay: f64,
     /// Learning-rate multiplier of the embedding tables that are looked up, not multiplied:
     /// `tok_emb.weight` (with tied embeddings that table is also the head) and the n-gram
     /// tables `bigram_emb.weight` and `trigram_emb.weight`; their weight decay scales with it.
@@ -564,6 +595,9 @@ impl Default for ModelConfig {
             trigram_buckets: 0,
             norm_eps: 1e-5,
             rope_theta: 10_000.0,
+            qk_norm: false,
+            logit_softcap: 0.0,
+            zero_init_proj: false,
             init_from: PathBuf::new(),
         }
     }
@@ -584,6 +618,10 @@ impl Default for TrainConfig {
             decay_steps: 0,
             decay_fraction: 0.2,
             weight_decay: 0.1,
+            optimizer: OptimizerKind::AdamW,
+            muon_lr: 0.02,
+            muon_momentum: 0.95,
+            muon_weight_decay: 0.0,
             embed_lr_mult: 1.0,
             embed_wd_mult: 1.0,
             lazy_tables: true,
@@ -759,6 +797,11 @@ fn validate_model(m: &ModelConfig) -> Result<(), ConfigError> {
         |v| (0.0..1.0).contains(&v),
         "is not in [0, 1)",
     )?;
+    each(
+        &[("model.logit_softcap", m.logit_softcap)],
+        |v| v >= 0.0 && v.is_finite(),
+        "must be a number >= 0 (0 = off; 15 or 30 are usual)",
+    )?;
     if !m.d_model.is_multiple_of(m.n_heads) {
         return bad(
             "model.n_heads",
@@ -845,6 +888,7 @@ fn validate_train(t: &TrainConfig) -> Result<(), ConfigError> {
             ("train.lr", t.lr),
             ("train.embed_lr_mult", t.embed_lr_mult),
             ("train.eps", t.eps),
+            ("train.muon_lr", t.muon_lr),
         ],
         positive,
         "must be a positive number",
@@ -853,6 +897,7 @@ fn validate_train(t: &TrainConfig) -> Result<(), ConfigError> {
         &[
             ("train.weight_decay", t.weight_decay),
             ("train.embed_wd_mult", t.embed_wd_mult),
+            ("train.muon_weight_decay", t.muon_weight_decay),
             ("train.grad_clip", t.grad_clip),
             ("train.spike_zscore", t.spike_zscore),
         ],
@@ -860,7 +905,11 @@ fn validate_train(t: &TrainConfig) -> Result<(), ConfigError> {
         "must be a number >= 0 (0 = off where it applies)",
     )?;
     each(
-        &[("train.beta1", t.beta1), ("train.beta2", t.beta2)],
+        &[
+            ("train.beta1", t.beta1),
+            ("train.beta2", t.beta2),
+            ("train.muon_momentum", t.muon_momentum),
+        ],
         |v| (0.0..1.0).contains(&v),
         "is not in [0, 1)",
     )?;

@@ -30,7 +30,8 @@ pub fn nll_sum(
     let targets = targets.flatten_all()?; // (B·T)
     let target_mask = target_mask.flatten_all()?; // (B·T)
     let w = model.head_weight(); // (V, C)
-    kernels::loss::head_nll_sum(model.kernels(), &h, w, &targets, &target_mask, with_grad)
+    let how = (with_grad, model.config().logit_softcap);
+    kernels::loss::head_nll_sum(model.kernels(), &h, w, &targets, &target_mask, how)
 }
 
 /// [`nll_sum`] of a batch. With right padding the real inputs are exactly the real targets'

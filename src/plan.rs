@@ -281,11 +281,15 @@ fn activation_bytes(cfg: &Config, b: usize, t: usize, fused: bool) -> u64 {
     );
     let f_tensors = match m.mlp {
         Mlp::Gelu => 2,
+        // fc's output, relu's (kept for sqr's backward) and the square.
+        Mlp::Relu2 => 3,
         Mlp::SwiGlu => 4,
     };
+    // The normalised queries and keys beside the raw ones.
+    let qk = if m.qk_norm { 2 * c } else { 0 };
     let dropout_masks = if m.dropout > 0.0 { 3 * c } else { 0 };
     let (prob_rows, logits) = if fused { (1, 0) } else { (5, 3 * v) };
-    let per_token_layer = 13 * c + f_tensors * f + prob_rows * h * t + dropout_masks;
+    let per_token_layer = 13 * c + qk + f_tensors * f + prob_rows * h * t + dropout_masks;
     let kept = l * per_token_layer + 4 * c + logits;
     // The backward's gradients of one layer's activations, alive beside the kept ones.
     let backward = per_token_layer;

@@ -152,6 +152,7 @@ impl Decoder {
         let v = self.w.head.out();
         let logits = grow(&mut self.s.logits, n * v);
         self.w.head.forward(logits, &self.s.last[..n * c], n)?;
+        self.soft_cap(n * v);
         for f in feeds {
             self.lens[f.slot] += f.tokens.len();
         }
@@ -188,7 +189,15 @@ impl Decoder {
         };
         pass.run(&self.team);
         self.lens[slot] += 1;
+        self.soft_cap(v);
         &self.s.logits[..v]
+    }
+
+    /// The first `n` logits through `model.logit_softcap` (when set).
+    fn soft_cap(&mut self, n: usize) {
+        if self.cfg.logit_softcap > 0.0 {
+            k::softcap_in_place(&mut self.s.logits[..n], self.cfg.logit_softcap as f32);
+        }
     }
 
     /// Each row's slot and position; checks the feeds.
@@ -266,6 +275,10 @@ impl Decoder {
         b.qkv.forward(qkv, h, rows)?; // (R, 3C)
         let (keys, values) = (&mut self.keys[i], &mut self.values[i]);
         for (row, &(slot, pos)) in qkv.chunks_exact_mut(3 * c).zip(&s.at) {
+            if let Some(g) = &b.qk_norm {
+                k::rms_heads_in_place(&mut row[..c], &g.q, g.eps);
+                k::rms_heads_in_place(&mut row[c..2 * c], &g.k, g.eps);
+            }
             if let Some((cos, sin)) = &self.rope {
                 let (cos, sin) = (&cos[pos * d / 2..], &sin[pos * d / 2..]);
                 k::rope_row(&mut row[..2 * c], d, cos, sin);
@@ -300,6 +313,11 @@ impl Decoder {
             MlpWeights::Gelu { fc, proj } => {
                 fc.forward(f1, h, rows)?; // (R, F)
                 k::gelu_in_place(f1, f2);
+                proj
+            }
+            MlpWeights::Relu2 { fc, proj } => {
+                fc.forward(f1, h, rows)?; // (R, F)
+                k::relu2_in_place(f1);
                 proj
             }
             MlpWeights::SwiGlu { gate, up, proj } => {

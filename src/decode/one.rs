@@ -160,6 +160,10 @@ impl Pass<'_> {
                 self.qkv.part(2 * c + cols.start..2 * c + cols.end),
             )
         };
+        if let Some(g) = &self.w.blocks[i].qk_norm {
+            k::rms_heads_in_place(q, &g.q, g.eps);
+            k::rms_heads_in_place(kk, &g.k, g.eps);
+        }
         if let Some((cos, sin)) = self.rope {
             let at = self.pos * d / 2;
             k::rope_row(q, d, &cos[at..], &sin[at..]);
@@ -197,6 +201,11 @@ impl Pass<'_> {
             MlpWeights::Gelu { fc, proj } => {
                 self.product(fc, &self.f1, &own.h, tn);
                 k::gelu_in_place(unsafe { self.f1.part(f) }, &mut own.scratch);
+                proj
+            }
+            MlpWeights::Relu2 { fc, proj } => {
+                self.product(fc, &self.f1, &own.h, tn);
+                k::relu2_in_place(unsafe { self.f1.part(f) });
                 proj
             }
             MlpWeights::SwiGlu { gate, up, proj } => {

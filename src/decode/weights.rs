@@ -18,11 +18,24 @@ pub struct BlockWeights {
     pub proj: HostLinear,
     pub ln2: HostNorm,
     pub mlp: MlpWeights,
+    /// `qk_norm`'s gains, each `(D)`, and the epsilon.
+    pub qk_norm: Option<QkGains>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QkGains {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub eps: f32,
 }
 
 #[derive(Debug, Clone)]
 pub enum MlpWeights {
     Gelu {
+        fc: HostLinear,
+        proj: HostLinear,
+    },
+    Relu2 {
         fc: HostLinear,
         proj: HostLinear,
     },
@@ -139,6 +152,10 @@ impl Reader<'_> {
                 fc: self.linear(&format!("{p}.mlp.fc"), f, c)?,
                 proj: self.linear(&format!("{p}.mlp.proj"), c, f)?,
             },
+            Mlp::Relu2 => MlpWeights::Relu2 {
+                fc: self.linear(&format!("{p}.mlp.fc"), f, c)?,
+                proj: self.linear(&format!("{p}.mlp.proj"), c, f)?,
+            },
             Mlp::SwiGlu => MlpWeights::SwiGlu {
                 gate: self.linear(&format!("{p}.mlp.gate"), f, c)?,
                 up: self.linear(&format!("{p}.mlp.up"), f, c)?,
@@ -151,6 +168,14 @@ impl Reader<'_> {
             proj: self.linear(&format!("{p}.attn.proj"), c, c)?,
             ln2: self.norm(&format!("{p}.ln2"))?,
             mlp,
+            qk_norm: match self.cfg.qk_norm {
+                true => Some(QkGains {
+                    q: self.get(&format!("{p}.attn.q_norm.weight"))?,
+                    k: self.get(&format!("{p}.attn.k_norm.weight"))?,
+                    eps: self.cfg.norm_eps as f32,
+                }),
+                false => None,
+            },
         })
     }
 }

@@ -19,7 +19,7 @@ pub fn to_json(layout: Layout, cfg: &ModelConfig, specials: &Specials) -> Value 
             "n_head": cfg.n_heads,
             "n_positions": cfg.context,
             "n_inner": cfg.hidden_dim(),
-            "activation_function": "gelu_new",
+            "activation_function": gpt2_activation(cfg.mlp),
             "layer_norm_epsilon": cfg.norm_eps,
             "embd_pdrop": cfg.dropout,
             "resid_pdrop": cfg.dropout,
@@ -91,12 +91,22 @@ pub fn from_json(v: &Value, origin: &str) -> Result<(Layout, ModelConfig)> {
     }
 }
 
+/// GPT-2's `activation_function` for an lmtrain MLP of the GPT-2 layout (`transformers`'
+/// `ACT2FN`: "gelu_new" is the tanh GELU, "relu2" is ReLU²).
+fn gpt2_activation(mlp: Mlp) -> &'static str {
+    match mlp {
+        Mlp::Relu2 => "relu2",
+        Mlp::Gelu | Mlp::SwiGlu => "gelu_new",
+    }
+}
+
 fn gpt2(f: &Fields) -> Result<ModelConfig> {
     let d_model = f.usize("n_embd")?;
-    let act = f.str_or("activation_function", "gelu_new")?;
-    if act != "gelu_new" && act != "gelu_pytorch_tanh" {
-        bail!("{}: activation_function {act:?} is not supported: lmtrain's GELU is the tanh form (\"gelu_new\")", f.origin);
-    }
+    let mlp = match f.str_or("activation_function", "gelu_new")?.as_str() {
+        "gelu_new" | "gelu_pytorch_tanh" => Mlp::Gelu,
+        "relu2" => Mlp::Relu2,
+        act => bail!("{}: activation_function {act:?} is not supported: lmtrain's GELU is the tanh form (\"gelu_new\"), and \"relu2\" is its ReLU²", f.origin),
+    };
     f.require("scale_attn_weights", json!(true))?;
     f.require("scale_attn_by_inverse_layer_idx", json!(false))?;
     f.require("add_cross_attention", json!(false))?;
@@ -110,7 +120,7 @@ fn gpt2(f: &Fields) -> Result<ModelConfig> {
         dropout: 0.0,
         positions: Positions::Learned,
         norm: Norm::LayerNorm,
-        mlp: Mlp::Gelu,
+        mlp,
         bias: true,
         tie_embeddings: f.bool_or("tie_word_embeddings", true)?,
         norm_eps: f.f64_or("layer_norm_epsilon", 1e-5)?,

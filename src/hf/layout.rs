@@ -6,8 +6,8 @@ use anyhow::{bail, Result};
 /// A `transformers` architecture lmtrain models map onto exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// `GPT2LMHeadModel`: learned positions, LayerNorm, tanh-GELU MLP, biases everywhere
-    /// (zeros stand in for a run trained without them).
+    /// `GPT2LMHeadModel`: learned positions, LayerNorm, tanh-GELU (or ReLU², `transformers`'
+    /// "relu2") MLP, biases everywhere (zeros stand in for a run trained without them).
     Gpt2,
     /// `LlamaForCausalLM`: rotate-half RoPE, RMSNorm, SwiGLU MLP, biases optional.
     Llama,
@@ -42,17 +42,35 @@ impl Layout {
                 );
             }
         }
+        refuse_block_options(cfg)?;
         match (cfg.positions, cfg.norm, cfg.mlp) {
-            (Positions::Learned, Norm::LayerNorm, Mlp::Gelu) => Ok(Layout::Gpt2),
+            (Positions::Learned, Norm::LayerNorm, Mlp::Gelu | Mlp::Relu2) => Ok(Layout::Gpt2),
             (Positions::Rope, Norm::RmsNorm, Mlp::SwiGlu) => Ok(Layout::Llama),
             (p, n, m) => bail!(
-                "model.positions = {}, model.norm = {}, model.mlp = {} matches no Hugging Face layout: GPT-2 needs positions = \"learned\", norm = \"layernorm\", mlp = \"gelu\"; Llama needs positions = \"rope\", norm = \"rmsnorm\", mlp = \"swiglu\"",
+                "model.positions = {}, model.norm = {}, model.mlp = {} matches no Hugging Face layout: GPT-2 needs positions = \"learned\", norm = \"layernorm\", mlp = \"gelu\" or \"relu2\"; Llama needs positions = \"rope\", norm = \"rmsnorm\", mlp = \"swiglu\"",
                 toml_name(&p),
                 toml_name(&n),
                 toml_name(&m)
             ),
         }
     }
+}
+
+/// The block options GPT-2 and Llama have no place for, refused by name. (`zero_init_proj` is
+/// only an initialisation: the trained weights export as any others.)
+fn refuse_block_options(cfg: &ModelConfig) -> Result<()> {
+    if cfg.qk_norm {
+        bail!(
+            "model.qk_norm = true: GPT-2 and Llama have no norm of the queries and keys, so this model cannot be exported (Qwen 3 has one, with RoPE, RMSNorm and SwiGLU, but lmtrain does not write that layout yet); train with model.qk_norm = false to export"
+        );
+    }
+    if cfg.logit_softcap > 0.0 {
+        bail!(
+            "model.logit_softcap = {}: GPT-2 and Llama have no soft cap of the logits (Gemma 2's final_logit_softcapping comes with a different block), so this model cannot be exported; train with model.logit_softcap = 0 to export",
+            cfg.logit_softcap
+        );
+    }
+    Ok(())
 }
 
 /// How a config enum is spelled in TOML.
@@ -91,5 +109,23 @@ mod tests {
         };
         let e = Layout::of(&ngram).unwrap_err().to_string();
         assert!(e.contains("model.trigram_buckets = 10"), "{e}");
+        let relu2 = ModelConfig {
+            mlp: Mlp::Relu2,
+            zero_init_proj: true,
+            ..ModelConfig::default()
+        };
+        assert_eq!(Layout::of(&relu2).unwrap(), Layout::Gpt2);
+        let qk = ModelConfig {
+            qk_norm: true,
+            ..llama.clone()
+        };
+        let e = Layout::of(&qk).unwrap_err().to_string();
+        assert!(e.contains("model.qk_norm = true"), "{e}");
+        let capped = ModelConfig {
+            logit_softcap: 15.0,
+            ..ModelConfig::default()
+        };
+        let e = Layout::of(&capped).unwrap_err().to_string();
+        assert!(e.contains("model.logit_softcap = 15"), "{e}");
     }
 }

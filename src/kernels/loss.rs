@@ -1,5 +1,5 @@
 //! The masked cross-entropy, alone and behind the LM head. Specification:
-//! [`composed::masked_nll_sum`], [`composed::head_nll_sum`].
+//! [`composed::masked_nll_sum`], [`composed::head_nll_sum`], [`composed::loss::softcap`].
 
 use super::{composed, cpu, Backend, Kernels};
 use candle_core::{DType, Result, Tensor};
@@ -22,7 +22,8 @@ pub fn masked_nll_sum(
 }
 
 /// The LM head and the loss together: `h (N, C)` (the final norm's output), head weight
-/// `w (V, C)`, `targets (N)` u32, `mask (N)` → `masked_nll_sum(h wᵀ, targets, mask)`. The CPU
+/// `w (V, C)`, `targets (N)` u32, `mask (N)` → `masked_nll_sum(softcap(h wᵀ), targets, mask)`
+/// ([`softcap`]; `softcap = 0` = none). The CPU
 /// kernel never holds the `(N, V)` logits and skips pad rows; `with_grad = false`
 /// (evaluation) lets it skip the gradient work too, and makes a backward through its result
 /// an error.
@@ -32,12 +33,18 @@ pub fn head_nll_sum(
     w: &Tensor,
     targets: &Tensor,
     mask: &Tensor,
-    with_grad: bool,
+    (with_grad, softcap): (bool, f64),
 ) -> Result<Tensor> {
     match k.backend(h) {
         Backend::Cpu if cpu::head_loss::applies(h, w, targets) => {
-            cpu::head_loss::head_nll_sum(h, w, targets, mask, with_grad)
+            cpu::head_loss::head_nll_sum(h, w, targets, mask, with_grad, softcap)
         }
-        _ => composed::head_nll_sum(h, w, targets, mask),
+        _ => composed::head_nll_sum(h, w, targets, mask, softcap),
     }
+}
+
+/// The logits' soft cap `cap · tanh(z / cap)`, `0` = none: candle's `tanh` (one kernel with a
+/// backward) on every backend; training's loss caps inside [`head_nll_sum`] instead.
+pub fn softcap(_k: Kernels, logits: &Tensor, cap: f64) -> Result<Tensor> {
+    composed::loss::softcap(logits, cap)
 }

@@ -1,4 +1,5 @@
-//! The MLP's activations. Specification: [`composed::gelu`], [`composed::swiglu`].
+//! The MLP's activations. Specification: [`composed::gelu`], [`composed::swiglu`],
+//! [`composed::relu2`].
 
 use super::{composed, cpu, Backend, Kernels};
 use candle_core::{Result, Tensor};
@@ -16,4 +17,10 @@ pub fn gelu(k: Kernels, x: &Tensor) -> Result<Tensor> {
 /// one kernel with a backward already).
 pub fn swiglu(_k: Kernels, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     composed::swiglu(gate, up)
+}
+
+/// `relu(x)²`: candle's `relu` and `sqr` on every backend (two element-wise kernels, each with
+/// a backward; the MLP's matrix products dwarf them).
+pub fn relu2(_k: Kernels, x: &Tensor) -> Result<Tensor> {
+    composed::relu2(x)
 }

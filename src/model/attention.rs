@@ -4,8 +4,9 @@ use super::pass::Pass;
 use super::{linear, residual_std, Linear, INIT_STD};
 use crate::config::ModelConfig;
 use crate::kernels::attention::{attend, causal_attention, Visibility};
+use crate::kernels::{norm, Kernels};
 use candle_core::{bail, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Init, VarBuilder};
 
 pub use crate::kernels::attention::attention_mask;
 
@@ -71,12 +72,46 @@ impl KvCache {
 }
 
 /// `qkv.weight (3C, C)` projects to queries, keys and values of all heads at once;
-/// `proj.weight (C, C)` mixes the heads back into the residual stream.
+/// `proj.weight (C, C)` mixes the heads back into the residual stream. With `qk_norm`, each
+/// head's queries and keys are RMS-normalised over the head dim with the gains
+/// `q_norm.weight (D)`, `k_norm.weight (D)` (shared by the heads, as in Qwen 3).
 #[derive(Debug, Clone)]
 pub struct Attention {
     qkv: Linear,
     proj: Linear,
     n_heads: usize,
+    qk_norm: Option<QkNorm>,
+}
+
+/// The gains of `qk_norm`, each `(D)`, and the norm's epsilon.
+#[derive(Debug, Clone)]
+struct QkNorm {
+    q: Tensor,
+    k: Tensor,
+    eps: f64,
+}
+
+impl QkNorm {
+    fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Option<Self>> {
+        if !cfg.qk_norm {
+            return Ok(None);
+        }
+        let d = cfg.head_dim();
+        let gain = |name: &str| vb.pp(name).get_with_hints(d, "weight", Init::Const(1.0));
+        Ok(Some(Self {
+            q: gain("q_norm")?,
+            k: gain("k_norm")?,
+            eps: cfg.norm_eps,
+        }))
+    }
+
+    /// `q`, `k (B, T, H, D)` → the same, each head's vector RMS-normalised times its gain.
+    fn apply(&self, kn: Kernels, q: &Tensor, k: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            norm::rms_norm(kn, q, &self.q, self.eps)?,
+            norm::rms_norm(kn, k, &self.k, self.eps)?,
+        ))
+    }
 }
 
 impl Attention {
@@ -86,6 +121,7 @@ impl Attention {
             qkv: linear(c, 3 * c, cfg.bias, INIT_STD, vb.pp("qkv"))?,
             proj: linear(c, c, cfg.bias, residual_std(cfg), vb.pp("proj"))?,
             n_heads: cfg.n_heads,
+            qk_norm: QkNorm::new(cfg, vb)?,
         })
     }
 
@@ -112,6 +148,9 @@ impl Attention {
             y.reshape((b, t, h, d)) // (B, T, H, D), no copy
         };
         let (mut q, mut k, v) = (heads(0)?, heads(1)?, heads(2)?);
+        if let Some(qk) = &self.qk_norm {
+            (q, k) = qk.apply(kn, &q, &k)?; // (B, T, H, D), normalised before the rotation
+        }
         if let Some(tables) = pass.rope {
             q = tables.apply(kn, &q)?; // (B, T, H, D)
             k = tables.apply(kn, &k)?; // (B, T, H, D)

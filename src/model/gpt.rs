@@ -177,7 +177,8 @@ impl Gpt {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let x = self.trunk(ids, key_mask, mode, cache)?; // (B, T, C)
-        self.head.forward(self.kernels, &x) // (B, T, C) @ (C, V) = (B, T, V)
+        let logits = self.head.forward(self.kernels, &x)?; // (B, T, C) @ (C, V) = (B, T, V)
+        crate::kernels::loss::softcap(self.kernels, &logits, self.cfg.logit_softcap)
     }
 
     /// Has the backward passes leave the gradients of n-gram tables `names` (weight names) as

@@ -1,4 +1,4 @@
-//! The position-wise MLP: GELU (GPT-2) or SwiGLU.
+//! The position-wise MLP: GELU (GPT-2), ReLU² (modded-nanogpt) or SwiGLU.
 
 use super::{linear, residual_std, Linear, INIT_STD};
 use crate::config::{Mlp, ModelConfig};
@@ -6,13 +6,18 @@ use crate::kernels::{mlp, Kernels};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// GELU: `proj(gelu(fc(x)))` with `fc.weight (F, C)`, `proj.weight (C, F)`.
-/// SwiGLU: `proj(silu(gate(x)) * up(x))` with `gate.weight`, `up.weight (F, C)`,
+/// GELU: `proj(gelu(fc(x)))` with `fc.weight (F, C)`, `proj.weight (C, F)`; ReLU²:
+/// `proj(relu(fc(x))²)` with the same weights. SwiGLU: `proj(silu(gate(x)) * up(x))` with `gate.weight`, `up.weight (F, C)`,
 /// `proj.weight (C, F)`. GELU is the tanh approximation, as in GPT-2. Specification:
-/// [`crate::kernels::composed::gelu`], [`crate::kernels::composed::swiglu`].
+/// [`crate::kernels::composed::gelu`], [`crate::kernels::composed::relu2`],
+/// [`crate::kernels::composed::swiglu`].
 #[derive(Debug, Clone)]
 pub enum FeedForward {
     Gelu {
+        fc: Linear,
+        proj: Linear,
+    },
+    Relu2 {
         fc: Linear,
         proj: Linear,
     },
@@ -26,9 +31,13 @@ pub enum FeedForward {
 impl FeedForward {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let (c, f, bias) = (cfg.d_model, cfg.hidden_dim(), cfg.bias);
-        let proj = linear(f, c, bias, residual_std(cfg), vb.pp("proj"))?;
+        let proj = linear(f, c, bias, residual_std(cfg), vb.pp("proj"))?; // 0 with zero_init_proj
         Ok(match cfg.mlp {
             Mlp::Gelu => Self::Gelu {
+                fc: linear(c, f, bias, INIT_STD, vb.pp("fc"))?,
+                proj,
+            },
+            Mlp::Relu2 => Self::Relu2 {
                 fc: linear(c, f, bias, INIT_STD, vb.pp("fc"))?,
                 proj,
             },
@@ -44,11 +53,12 @@ impl FeedForward {
     pub fn forward(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
         let hidden = match self {
             Self::Gelu { fc, .. } => mlp::gelu(k, &fc.forward(k, x)?)?, // (B, T, F)
+            Self::Relu2 { fc, .. } => mlp::relu2(k, &fc.forward(k, x)?)?, // (B, T, F)
             Self::SwiGlu { gate, up, .. } => {
                 mlp::swiglu(k, &gate.forward(k, x)?, &up.forward(k, x)?)? // (B, T, F)
             }
         };
-        let (Self::Gelu { proj, .. } | Self::SwiGlu { proj, .. }) = self;
+        let (Self::Gelu { proj, .. } | Self::Relu2 { proj, .. } | Self::SwiGlu { proj, .. }) = self;
         proj.forward(k, &hidden) // (B, T, C)
     }
 }
@@ -57,6 +67,29 @@ impl FeedForward {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn relu2_is_the_square_of_the_positive_part() {
+        let dev = Device::Cpu;
+        let one = |w: f64| Linear::new(Tensor::new(&[[w]], &dev).unwrap(), None);
+        let mlp = FeedForward::Relu2 {
+            fc: one(1.0),
+            proj: one(2.0),
+        };
+        let xs = [-2.0f64, -0.5, 0.0, 0.7, 1.5];
+        let x = Tensor::new(&xs, &dev).unwrap().reshape((1, 5, 1)).unwrap();
+        let y: Vec<f64> = mlp
+            .forward(Kernels::Auto, &x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (x, y) in xs.iter().zip(y) {
+            let want = 2.0 * x.max(0.0).powi(2);
+            assert!((y - want).abs() < 1e-12, "relu2({x}) = {y}, want {want}");
+        }
+    }
 
     #[test]
     fn gelu_is_the_tanh_approximation() {

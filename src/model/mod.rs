@@ -1,5 +1,6 @@
 //! The transformer: a pre-norm GPT (GPT-2 layout) with a choice of learned or rotary positions,
-//! LayerNorm or RMSNorm, and GELU or SwiGLU MLPs.
+//! LayerNorm or RMSNorm, GELU, ReLU² or SwiGLU MLPs, and optionally queries and keys normalised
+//! per head (`qk_norm`) and soft-capped logits (`logit_softcap`).
 //!
 //! Shape legend used in the `// (..)` comments throughout this module:
 //! `B` batch, `T` time (positions in this call), `S` cached + new key positions,
@@ -31,17 +32,19 @@
 //! | `blocks.{i}.ln1.bias` | (C) | `norm = layernorm` and `bias` | 0 |
 //! | `blocks.{i}.attn.qkv.weight` | (3C, C) | always | N(0, 0.02) |
 //! | `blocks.{i}.attn.qkv.bias` | (3C) | `bias` | 0 |
-//! | `blocks.{i}.attn.proj.weight` | (C, C) | always | N(0, 0.02/√(2L)) |
+//! | `blocks.{i}.attn.q_norm.weight` | (D) | `qk_norm` | 1 |
+//! | `blocks.{i}.attn.k_norm.weight` | (D) | `qk_norm` | 1 |
+//! | `blocks.{i}.attn.proj.weight` | (C, C) | always | N(0, 0.02/√(2L)), 0 with `zero_init_proj` |
 //! | `blocks.{i}.attn.proj.bias` | (C) | `bias` | 0 |
 //! | `blocks.{i}.ln2.weight` | (C) | always | 1 |
 //! | `blocks.{i}.ln2.bias` | (C) | `norm = layernorm` and `bias` | 0 |
-//! | `blocks.{i}.mlp.fc.weight` | (F, C) | `mlp = gelu` | N(0, 0.02) |
-//! | `blocks.{i}.mlp.fc.bias` | (F) | `mlp = gelu` and `bias` | 0 |
+//! | `blocks.{i}.mlp.fc.weight` | (F, C) | `mlp = gelu` or `relu2` | N(0, 0.02) |
+//! | `blocks.{i}.mlp.fc.bias` | (F) | `mlp = gelu` or `relu2`, and `bias` | 0 |
 //! | `blocks.{i}.mlp.gate.weight` | (F, C) | `mlp = swiglu` | N(0, 0.02) |
 //! | `blocks.{i}.mlp.gate.bias` | (F) | `mlp = swiglu` and `bias` | 0 |
 //! | `blocks.{i}.mlp.up.weight` | (F, C) | `mlp = swiglu` | N(0, 0.02) |
 //! | `blocks.{i}.mlp.up.bias` | (F) | `mlp = swiglu` and `bias` | 0 |
-//! | `blocks.{i}.mlp.proj.weight` | (C, F) | always | N(0, 0.02/√(2L)) |
+//! | `blocks.{i}.mlp.proj.weight` | (C, F) | always | N(0, 0.02/√(2L)), 0 with `zero_init_proj` |
 //! | `blocks.{i}.mlp.proj.bias` | (C) | `bias` | 0 |
 //! | `ln_f.weight` | (C) | always | 1 |
 //! | `ln_f.bias` | (C) | `norm = layernorm` and `bias` | 0 |
@@ -136,8 +139,13 @@ pub(crate) fn linear(
 pub(crate) const INIT_STD: f64 = 0.02;
 
 /// Standard deviation of the residual output projections: `0.02 / sqrt(2 L)` (GPT-2), so the
-/// residual stream's variance does not grow with depth.
+/// residual stream's variance does not grow with depth; 0 with `zero_init_proj` (every block
+/// starts as the identity; the projections get a gradient from the first step, the layers
+/// before them from the second).
 pub(crate) fn residual_std(cfg: &ModelConfig) -> f64 {
+    if cfg.zero_init_proj {
+        return 0.0;
+    }
     INIT_STD / (2.0 * cfg.n_layers as f64).sqrt()
 }
 
@@ -145,6 +153,7 @@ pub(crate) fn residual_std(cfg: &ModelConfig) -> f64 {
 /// module docs.
 pub fn weight_table(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (v, c, f) = (cfg.vocab_size, cfg.d_model, cfg.hidden_dim());
+    let d = cfg.head_dim();
     let norm_bias = cfg.norm == Norm::LayerNorm && cfg.bias;
     let mut table: Vec<(String, Vec<usize>)> = Vec::new();
     let mut push = |name: String, shape: Vec<usize>, present: bool| {
@@ -167,12 +176,14 @@ pub fn weight_table(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         push(format!("{p}.ln1.bias"), vec![c], norm_bias);
         push(format!("{p}.attn.qkv.weight"), vec![3 * c, c], true);
         push(format!("{p}.attn.qkv.bias"), vec![3 * c], cfg.bias);
+        push(format!("{p}.attn.q_norm.weight"), vec![d], cfg.qk_norm);
+        push(format!("{p}.attn.k_norm.weight"), vec![d], cfg.qk_norm);
         push(format!("{p}.attn.proj.weight"), vec![c, c], true);
         push(format!("{p}.attn.proj.bias"), vec![c], cfg.bias);
         push(format!("{p}.ln2.weight"), vec![c], true);
         push(format!("{p}.ln2.bias"), vec![c], norm_bias);
         let inputs: &[&str] = match cfg.mlp {
-            Mlp::Gelu => &["fc"],
+            Mlp::Gelu | Mlp::Relu2 => &["fc"],
             Mlp::SwiGlu => &["gate", "up"],
         };
         for name in inputs {

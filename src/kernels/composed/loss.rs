@@ -21,9 +21,26 @@ pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Resul
 }
 
 /// The LM head and the loss: `h (N, C)`, head weight `w (V, C)`, `targets (N)`, `mask (N)` →
-/// `masked_nll_sum(h wᵀ, targets, mask)`. The head computes in `h`'s dtype (`w` is cast to it:
+/// `masked_nll_sum(softcap(h wᵀ, cap), targets, mask)`. The head computes in `h`'s dtype (`w` is cast to it:
 /// f32 master weights under bf16 mixed precision).
-pub fn head_nll_sum(h: &Tensor, w: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+pub fn head_nll_sum(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    cap: f64,
+) -> Result<Tensor> {
     let logits = linear(h, &w.to_dtype(h.dtype())?, None)?; // (N, V)
-    masked_nll_sum(&logits, targets, mask)
+    masked_nll_sum(&softcap(&logits, cap)?, targets, mask)
+}
+
+/// The logits' soft cap `cap · tanh(z / cap)` (Gemma 2): smooth, the identity near 0, bounded
+/// by ±cap. `cap = 0` = none (the logits themselves). Half precision is capped in f32 and
+/// rounded back.
+pub fn softcap(logits: &Tensor, cap: f64) -> Result<Tensor> {
+    if cap == 0.0 {
+        return Ok(logits.clone());
+    }
+    let z = logits.to_dtype(compute_dtype(logits.dtype()))?;
+    ((z / cap)?.tanh()? * cap)?.to_dtype(logits.dtype())
 }

@@ -8,6 +8,11 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     x.gelu()
 }
 
+/// ReLU², element-wise: `relu(x)²` (its gradient `2·relu(x)` is 0 wherever `x ≤ 0`).
+pub fn relu2(x: &Tensor) -> Result<Tensor> {
+    x.relu()?.sqr()
+}
+
 /// SwiGLU's gating: `silu(gate) · up`, both `(.., F)`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up

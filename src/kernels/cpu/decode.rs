@@ -6,7 +6,7 @@
 
 use super::gemm::{self, View};
 use super::layer_norm::{norm_fwd_row, Kind};
-use super::{attention::softmax_in_place, gelu::gelu_chunk, multiversion};
+use super::{attention::softmax_in_place, gelu::gelu_chunk, multiversion, tanh_fast};
 use candle_core::{bail, Result};
 use rayon::prelude::*;
 
@@ -160,6 +160,31 @@ pub fn gelu_in_place(h: &mut [f32], scratch: &mut [f32]) {
     let scratch = &mut scratch[..h.len()];
     gelu_chunk(scratch, h);
     h.copy_from_slice(scratch);
+}
+
+multiversion! {
+    /// `h ← relu(h)²` (ReLU²).
+    pub fn relu2_in_place(h: &mut [f32]) {
+        h.iter_mut().for_each(|x| *x = x.max(0.0) * x.max(0.0));
+    }
+}
+
+multiversion! {
+    /// `z ← cap · tanh(z / cap)`: the logits' soft cap (`cap > 0`).
+    pub fn softcap_in_place(z: &mut [f32], cap: f32) {
+        z.iter_mut().for_each(|z| *z = cap * tanh_fast(*z / cap));
+    }
+}
+
+/// Each head's vector `x (H·D)` RMS-normalised in place with the gain `w (D)` (`qk_norm`):
+/// `x / √(mean(x²) + eps) · w`, the training kernel's row arithmetic per head.
+pub fn rms_heads_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for head in x.chunks_exact_mut(d) {
+        let ms = head.iter().map(|&v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        head.iter_mut().zip(w).for_each(|(v, &g)| *v = *v * inv * g);
+    }
 }
 
 multiversion! {

@@ -14,7 +14,7 @@
 
 use super::cross_entropy::{log_sum_exp, nll_grad_in_place};
 use super::gemm::{matmul, View};
-use super::is_f32_cpu;
+use super::{exp_fast, is_f32_cpu, multiversion, tanh_fast};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Mutex, OnceLock};
@@ -29,8 +29,9 @@ pub fn applies(h: &Tensor, w: &Tensor, targets: &Tensor) -> bool {
 }
 
 /// `h (N, C)`, head weight `w (V, C)`, `targets (N)` u32 and `mask (N)` (1.0 = real target,
-/// 0.0 = pad) → the SUM over real rows of `−log softmax(h wᵀ)[target]`, a scalar f32, on the
-/// fused kernel (check [`applies`] first).
+/// 0.0 = pad) → the SUM over real rows of `−log softmax(cap(h wᵀ))[target]`, a scalar f32, on
+/// the fused kernel (check [`applies`] first). `cap(z) = softcap · tanh(z / softcap)`, or `z`
+/// when `softcap` is 0.
 ///
 /// `with_grad` says whether a backward pass will follow: without it the kernel skips the
 /// gradient work, and a backward through its result is an error.
@@ -40,9 +41,23 @@ pub fn head_nll_sum(
     targets: &Tensor,
     mask: &Tensor,
     with_grad: bool,
+    softcap: f64,
 ) -> Result<Tensor> {
     let v = w.dim(0)?;
-    head_nll_sum_blocked(h, w, targets, mask, with_grad, rows_per_block(v))
+    let shape = Blocking {
+        with_grad,
+        softcap: softcap as f32,
+        block_rows: rows_per_block(v),
+    };
+    head_nll_sum_blocked(h, w, targets, mask, shape)
+}
+
+/// How the kernel runs: gradients or not, the soft cap (0 = none), rows per block.
+#[derive(Debug, Clone, Copy)]
+struct Blocking {
+    with_grad: bool,
+    softcap: f32,
+    block_rows: usize,
 }
 
 /// Rows per block for a vocabulary of `v`: [`BLOCK_LOGITS`] logits, at least 16 rows.
@@ -55,8 +70,7 @@ fn head_nll_sum_blocked(
     w: &Tensor,
     targets: &Tensor,
     mask: &Tensor,
-    with_grad: bool,
-    block_rows: usize,
+    shape: Blocking,
 ) -> Result<Tensor> {
     let (n, c) = h.dims2()?;
     let (v, cw) = w.dims2()?;
@@ -78,8 +92,9 @@ fn head_nll_sum_blocked(
     let op = HeadNll {
         targets,
         mask,
-        with_grad,
-        block_rows,
+        with_grad: shape.with_grad,
+        softcap: shape.softcap,
+        block_rows: shape.block_rows,
         grads: OnceLock::new(),
     };
     h.contiguous()?.apply_op2(&w.contiguous()?, op)
@@ -90,6 +105,8 @@ struct HeadNll {
     targets: Vec<u32>, // (N)
     mask: Vec<f32>,    // (N)
     with_grad: bool,
+    /// `c` of `c · tanh(z / c)` on the logits; 0 = none.
+    softcap: f32,
     block_rows: usize,
     /// `(dh (N, C), dW (V, C))` of the loss sum, set by the forward when `with_grad`.
     grads: OnceLock<(Vec<f32>, Vec<f32>)>,
@@ -163,11 +180,16 @@ impl HeadNll {
                 .zip(losses.par_iter_mut())
                 .zip(block.par_iter())
                 .for_each(|((row, loss), &i)| {
-                    let (t, m) = (self.targets[i] as usize, self.mask[i]);
+                    let (t, m, cap) = (self.targets[i] as usize, self.mask[i], self.softcap);
+                    if cap > 0.0 {
+                        softcap_in_place(row, cap);
+                    }
                     let lse = log_sum_exp(row);
                     *loss = m * (lse - row[t]);
-                    if self.with_grad {
-                        nll_grad_in_place(row, lse, t, m);
+                    match (self.with_grad, cap > 0.0) {
+                        (false, _) => {}
+                        (true, false) => nll_grad_in_place(row, lse, t, m),
+                        (true, true) => capped_nll_grad_in_place(row, lse, t, m, cap),
                     }
                 });
             // Rows in order, whatever order they ran in: the sum is reproducible.
@@ -186,6 +208,27 @@ impl HeadNll {
             matmul(dw, c, k > 0, g.t(), h_blk, 1.0, threads)?;
         }
         Ok(total)
+    }
+}
+
+multiversion! {
+    /// `z ← cap · tanh(z / cap)` over a row of logits.
+    fn softcap_in_place(row: &mut [f32], cap: f32) {
+        row.iter_mut().for_each(|z| *z = cap * tanh_fast(*z / cap));
+    }
+}
+
+multiversion! {
+    /// [`nll_grad_in_place`] through the soft cap: the row holds the capped logits `y` on
+    /// entry and `s · (softmax(y) − onehot(target)) · (1 − (y / cap)²)` on return (the cap's
+    /// derivative, `1 − tanh²`, read off the capped value itself).
+    fn capped_nll_grad_in_place(row: &mut [f32], lse: f32, target: usize, s: f32, cap: f32) {
+        let slope = |y: f32| 1.0 - (y / cap) * (y / cap);
+        let at_target = slope(row[target]);
+        for y in row.iter_mut() {
+            *y = s * exp_fast(*y - lse) * slope(*y);
+        }
+        row[target] -= s * at_target;
     }
 }
 
@@ -297,18 +340,38 @@ mod tests {
     /// blocks, the last partial), one row, and all rows at once. The fused kernel is f32
     /// throughout: the loss (~30 rows of ~4.5 nats) to 1e-4 absolute, gradients (entries up to
     /// ~2.5) to 2e-5.
+    ///
+    /// With a soft cap of 2 (the logits here reach ~±10, so the cap bends most of them) the
+    /// same against the composed `2 · tanh(z / 2)`: tanh_fast's 3e-7 absolute error adds
+    /// ~1e-6 per row to the loss, well inside the same bounds.
     #[test]
     fn matches_the_f64_composed_loss_and_gradients_for_any_block_size() {
+        for softcap in [0.0, 2.0] {
+            matches_the_f64_composed_loss(softcap);
+        }
+    }
+
+    fn blocking(block_rows: usize, softcap: f32) -> Blocking {
+        Blocking {
+            with_grad: true,
+            softcap,
+            block_rows,
+        }
+    }
+
+    fn matches_the_f64_composed_loss(softcap: f64) {
         let (h, w, targets, mask) = data();
         let (h64, w64) = (
             Var::from_tensor(&h.to_dtype(DType::F64).unwrap()).unwrap(),
             Var::from_tensor(&w.to_dtype(DType::F64).unwrap()).unwrap(),
         );
         let logits = h64.matmul(&w64.t().unwrap()).unwrap(); // (N, V)
+        let logits = crate::kernels::composed::loss::softcap(&logits, softcap).unwrap();
         let want = masked_nll_sum_composed(&logits, &targets, &mask).unwrap();
         let (want, want_dh, want_dw) = run(&want, &h64, &w64);
         for block_rows in [7, 1, N] {
-            let got = head_nll_sum_blocked(&h, &w, &targets, &mask, true, block_rows).unwrap();
+            let shape = blocking(block_rows, softcap as f32);
+            let got = head_nll_sum_blocked(&h, &w, &targets, &mask, shape).unwrap();
             let (got, dh, dw) = run(&got, &h, &w);
             assert!((got - want).abs() < 1e-4, "loss {got} vs {want}");
             let (edh, edw) = (max_diff(&dh, &want_dh), max_diff(&dw, &want_dw));
@@ -318,7 +381,7 @@ mod tests {
             );
         }
         // Pad rows get exactly zero dh.
-        let got = head_nll_sum_blocked(&h, &w, &targets, &mask, true, 7).unwrap();
+        let got = head_nll_sum_blocked(&h, &w, &targets, &mask, blocking(7, 0.0)).unwrap();
         let (_, dh, _) = run(&got, &h, &w);
         assert!(dh[4 * C..5 * C].iter().all(|&g| g == 0.0));
     }
@@ -330,8 +393,8 @@ mod tests {
         let mut hv = h.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         hv[4 * C] = f32::NAN; // row 4 is a pad row
         let poisoned = Tensor::from_vec(hv, (N, C), &Device::Cpu).unwrap();
-        let clean = head_nll_sum(&h, &w, &targets, &mask, false).unwrap();
-        let dirty = head_nll_sum(&poisoned, &w, &targets, &mask, false).unwrap();
+        let clean = head_nll_sum(&h, &w, &targets, &mask, false, 0.0).unwrap();
+        let dirty = head_nll_sum(&poisoned, &w, &targets, &mask, false, 0.0).unwrap();
         let (a, b) = (
             clean.to_scalar::<f32>().unwrap(),
             dirty.to_scalar::<f32>().unwrap(),
@@ -342,8 +405,8 @@ mod tests {
     #[test]
     fn without_gradients_the_value_is_the_same_and_backward_is_an_error() {
         let (h, w, targets, mask) = data();
-        let with = head_nll_sum(&h, &w, &targets, &mask, true).unwrap();
-        let without = head_nll_sum(&h, &w, &targets, &mask, false).unwrap();
+        let with = head_nll_sum(&h, &w, &targets, &mask, true, 0.0).unwrap();
+        let without = head_nll_sum(&h, &w, &targets, &mask, false, 0.0).unwrap();
         assert_eq!(
             with.to_scalar::<f32>().unwrap(),
             without.to_scalar::<f32>().unwrap()
@@ -356,11 +419,11 @@ mod tests {
     fn bad_shapes_and_targets_are_errors() {
         let (h, w, targets, mask) = data();
         let short = mask.narrow(0, 0, N - 1).unwrap();
-        assert!(head_nll_sum(&h, &w, &targets, &short, true).is_err());
+        assert!(head_nll_sum(&h, &w, &targets, &short, true, 0.0).is_err());
         let wide = Tensor::zeros((V, C + 1), DType::F32, &Device::Cpu).unwrap();
-        assert!(head_nll_sum(&h, &wide, &targets, &mask, true).is_err());
+        assert!(head_nll_sum(&h, &wide, &targets, &mask, true, 0.0).is_err());
         let far = Tensor::from_vec(vec![V as u32; N], N, &Device::Cpu).unwrap();
-        let err = head_nll_sum(&h, &w, &far, &mask, true).unwrap_err();
+        let err = head_nll_sum(&h, &w, &far, &mask, true, 0.0).unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
     }
 }
