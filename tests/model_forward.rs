@@ -302,3 +302,47 @@ fn strided_evaluation_scores_each_target_once_with_its_context() {
         );
     }
 }
+
+/// `qk_norm` normalises each head's queries and keys: scaling the query and key rows of the
+/// packed projection (no biases, so nothing else feeds them) by any positive factor leaves
+/// every logit where it was, up to f32 rounding (1e-4 absolute on logits of order 1; the
+/// epsilon inside the norm is 1e-5 of a mean square ~1, so it moves them less than that).
+/// Without it the same scaling sharpens the attention and the logits move by ~0.1 or more.
+#[test]
+fn qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys() {
+    for qk_norm in [true, false] {
+        let cfg = ModelConfig {
+            qk_norm,
+            ..tiny(Positions::Rope, Norm::RmsNorm, Mlp::SwiGlu, false, false)
+        };
+        for (cfg, k) in under_each_kernels(vec![cfg]) {
+            let (vars, m) = init_model(&cfg, 7, &Device::Cpu).unwrap();
+            roughen(&vars, 11, 0.3);
+            let m = m.with_kernels(k);
+            let x = ids(&[&[1, 2, 3, 4, 5, 6, 7, 8]]);
+            let before = m.forward_t(&x, None, &Mode::Eval).unwrap();
+            let c = cfg.d_model;
+            // ×4 on the query and key rows (the first 2C of 3C), the value rows kept.
+            let rows: Vec<f32> = (0..3 * c)
+                .map(|r| if r < 2 * c { 4.0 } else { 1.0 })
+                .collect();
+            let rows = Tensor::from_vec(rows, (3 * c, 1), &Device::Cpu).unwrap();
+            for i in 0..cfg.n_layers {
+                let name = format!("blocks.{i}.attn.qkv.weight");
+                let var = vars.data().lock().unwrap()[&name].clone();
+                var.set(&var.as_tensor().broadcast_mul(&rows).unwrap())
+                    .unwrap();
+            }
+            let after = m.forward_t(&x, None, &Mode::Eval).unwrap();
+            let d = max_diff(&before, &after);
+            if qk_norm {
+                assert!(d < 1e-4, "{k:?}: qk_norm logits moved by {d}");
+            } else {
+                assert!(
+                    d > 1e-2,
+                    "{k:?}: without qk_norm the scale should matter ({d})"
+                );
+            }
+        }
+    }
+}

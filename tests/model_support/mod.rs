@@ -38,6 +38,9 @@ pub fn tiny(positions: Positions, norm: Norm, mlp: Mlp, bias: bool, tied: bool) 
         trigram_buckets: 0,
         norm_eps: 1e-5,
         rope_theta: 10_000.0,
+        qk_norm: false,
+        logit_softcap: 0.0,
+        zero_init_proj: false,
         init_from: Default::default(),
     }
 }
@@ -47,14 +50,16 @@ pub fn tiny_default() -> ModelConfig {
     tiny(Positions::Learned, Norm::LayerNorm, Mlp::Gelu, true, true)
 }
 
-/// Every combination of positions × norm × MLP × bias × tying (32 configs); half of them, those
+/// Every combination of positions × norm × MLP × bias × tying (48 configs); half of them, those
 /// where `bias` differs from `tied`, also have a 13-row bigram table, and of those the RMSNorm
-/// ones a 17-row trigram table too.
+/// ones a 17-row trigram table too. The block options run in halves crossing those: `qk_norm`
+/// where `tied` differs from the norm being RMSNorm, a logit soft cap of 3 (tight enough to
+/// bend the roughened models' logits) where there are no biases.
 pub fn all_variants() -> Vec<ModelConfig> {
     let mut out = Vec::new();
     for positions in [Positions::Learned, Positions::Rope] {
         for norm in [Norm::LayerNorm, Norm::RmsNorm] {
-            for mlp in [Mlp::Gelu, Mlp::SwiGlu] {
+            for mlp in [Mlp::Gelu, Mlp::Relu2, Mlp::SwiGlu] {
                 for bias in [true, false] {
                     for tied in [true, false] {
                         out.push(ModelConfig {
@@ -64,6 +69,8 @@ pub fn all_variants() -> Vec<ModelConfig> {
                             } else {
                                 0
                             },
+                            qk_norm: tied != (norm == Norm::RmsNorm),
+                            logit_softcap: if bias { 0.0 } else { 3.0 },
                             ..tiny(positions, norm, mlp, bias, tied)
                         });
                     }
