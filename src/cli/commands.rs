@@ -121,7 +121,11 @@ pub fn eval_cmd(a: EvalArgs, out: &mut String) -> anyhow::Result<()> {
     say!(out, "bits per token  {:.4}", r.bits_per_token);
     say!(out, "tokens          {}", r.tokens);
     say!(out, "tokens/s        {:.0}", r.tokens_per_s);
-    say!(out, "unk rate        {:.4} (share of targets that are <unk>)", r.unk_rate);
+    say!(
+        out,
+        "unk rate        {:.4} (share of targets that are <unk>)",
+        r.unk_rate
+    );
     if let Some((order, bits)) = r.baseline {
         say!(
             out,

@@ -55,6 +55,13 @@ mod tests {
         let packed_train = TokenSeqs::from_vecs(vec![vec![2, 9, 3, 7, 3, 5, 6, 3]]);
         let packed_val = TokenSeqs::from_vecs(vec![vec![2, 5, 6, 3, 5, 6, 3, 8, 3]]);
         assert_eq!(val_in_train(&packed_train, &packed_val, (2, 3)), 2);
-        assert_eq!(val_in_train(&train, &TokenSeqs::from_vecs(vec![vec![2, 6, 5, 3]]), (2, 3)), 0);
+        assert_eq!(
+            val_in_train(
+                &train,
+                &TokenSeqs::from_vecs(vec![vec![2, 6, 5, 3]]),
+                (2, 3)
+            ),
+            0
+        );
     }
 }

@@ -15,16 +15,16 @@
 
 use super::format::{parse_line_into, FormatError, LineError};
 use super::input::{Chunk, ChunkReader};
+use super::normalize::apply;
 use super::split::{Extremes, Splitter};
 use super::tokens::SeqWriter;
 use super::vocab::Vocab;
-use super::normalize::apply;
 use ahash::AHashMap;
-use std::borrow::Cow;
-use tokenizers::NormalizerWrapper;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use tokenizers::NormalizerWrapper;
 
 /// Bytes per chunk: a few waves' worth of chunks stay far below any memory budget, and a chunk
 /// is enough work that scheduling it costs nothing.
@@ -361,7 +361,10 @@ fn encode_seqs(
         };
         flat.push(Vocab::BOS_ID);
         for t in seq {
-            let id = ids.get(apply(norm, t).as_ref()).copied().unwrap_or(Vocab::UNK_ID);
+            let id = ids
+                .get(apply(norm, t).as_ref())
+                .copied()
+                .unwrap_or(Vocab::UNK_ID);
             *unk += u64::from(id == Vocab::UNK_ID);
             flat.push(id);
         }
