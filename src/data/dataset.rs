@@ -3,7 +3,7 @@
 //! `prepare` writes `cache_root/<key>/` with `tokenizer.json`, `train.bin`, `val.bin` (ids,
 //! little-endian u16 when the vocabulary has ≤ 65,536 ids, else u32), `train.idx`, `val.idx`
 //! (u64 LE token offsets, one per sequence plus the end) and `meta.json`. The key hashes the
-//! corpus bytes, the split and vocab settings and [`FORMAT_VERSION`], so editing the corpus or a
+//! corpus bytes, the split, vocab, normalization and packing settings and [`FORMAT_VERSION`], so editing the corpus or a
 //! setting prepares anew while an unchanged rerun reuses the cache. The corpus is streamed
 //! ([`super::stream`]): memory does not grow with it. Everything is written into a temporary
 //! sibling folder that is renamed into place last: a folder named by a key is complete.
