@@ -286,6 +286,25 @@ pub struct DataConfig {
     pub bucket_by_length: bool,
     /// Folder for the prepared token-id cache; `""` = `<out_dir>/.cache`.
     pub cache_dir: PathBuf,
+    /// Join each split's documents (or lines) into one stream `<BOS> d1 <EOS> d2 <EOS> …`,
+    /// cut into `model.context + 1`-token windows overlapping by one (nanoGPT, llm.c): no
+    /// padding, and attention crosses document boundaries. `false` = one sequence each.
+    pub pack: bool,
+    /// Text normalization before tokenization, saved in the tokenizer (`tokenizer.json`'s
+    /// `normalizer`) so eval, sample and export apply it to new text: `none`, `nfkc` (folds
+    /// full-width and half-width forms, ligatures, circled digits), `lowercase`. The line
+    /// format normalizes each token string before counting and lookup.
+    pub normalize: Normalize,
+}
+
+/// `data.normalize`: the `tokenizers` crate's normalizer applied to text before tokenization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalize {
+    #[default]
+    None,
+    Nfkc,
+    Lowercase,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -572,6 +591,8 @@ impl Default for DataConfig {
             eval_stride: 0,
             bucket_by_length: true,
             cache_dir: PathBuf::new(),
+            pack: false,
+            normalize: Normalize::None,
         }
     }
 }
@@ -841,6 +862,12 @@ fn validate_data(d: &DataConfig, m: &ModelConfig) -> Result<(), ConfigError> {
     }
     if d.min_freq == 0 {
         return bad("data.min_freq", "must be >= 1".into());
+    }
+    if d.pack && d.long_sequences == LongSequences::Truncate {
+        return bad(
+            "data.pack",
+            "true needs data.long_sequences = \"window\": a packed split is one long sequence, and \"truncate\" would keep only its first window".into(),
+        );
     }
     validate_tokenizer(d, m)
 }

@@ -6,7 +6,7 @@
 //! token = loss / ln 2.
 
 use crate::config::DataFormat;
-use crate::data::batch::{make_eval_windows, Batcher};
+use crate::data::batch::{make_eval_windows, Batcher, Window};
 use crate::data::dataset::{self, TokenSeqs};
 use crate::model::{Gpt, Mode};
 use crate::train::checkpoint::Pick;
@@ -120,6 +120,22 @@ pub fn evaluate_share(
     })
 }
 
+/// The share of the targets `windows` score that are `unk` (none without an unknown token).
+fn unk_share(seqs: &TokenSeqs, windows: &[Window], unk: Option<u32>) -> f64 {
+    let Some(unk) = unk else {
+        return 0.0;
+    };
+    let (mut n_unk, mut scored) = (0usize, 0usize);
+    for w in windows {
+        let toks = seqs.slice(w.seq, w.start, w.len);
+        // Target k is token k + 1; the first `scored_from` targets are context only.
+        let targets = toks.get(1 + w.scored_from..).unwrap_or_default();
+        n_unk += targets.iter().filter(|&&t| t == unk).count();
+        scored += targets.len();
+    }
+    n_unk as f64 / scored.max(1) as f64
+}
+
 /// How `lmtrain eval` was invoked.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -157,8 +173,9 @@ pub struct EvalReport {
     pub bits_per_token: f64,
     pub tokens: u64,
     pub tokens_per_s: f64,
-    /// Fraction of scored tokens that are `<unk>` (only for `--data`).
-    pub unk_rate: Option<f64>,
+    /// Fraction of the scored target tokens that are `<unk>` (0 for a vocabulary without one):
+    /// what the loss charges for text the vocabulary cannot spell.
+    pub unk_rate: f64,
     /// The run's Kneser-Ney baseline on the same data (val split only): order and bits/token.
     pub baseline: Option<(usize, f64)>,
 }
@@ -167,12 +184,12 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
     let device = crate::device::select(&opts.device)?;
     let loaded = restore::load_model(&opts.checkpoint, Pick::Best, &device)?;
     let cfg = &loaded.config;
-    let (seqs, source, unk_rate) = match &opts.data {
+    let (seqs, source) = match &opts.data {
         Some(path) => {
             let mut data_cfg = cfg.data.clone();
             data_cfg.format = opts.format.unwrap_or(data_cfg.format);
-            let (seqs, unk) = dataset::encode_file(path, &loaded.vocab, &data_cfg)?;
-            (seqs, path.display().to_string(), Some(unk))
+            let (seqs, _) = dataset::encode_file(path, &loaded.vocab, &data_cfg)?;
+            (seqs, path.display().to_string())
         }
         None => {
             let prepared = dataset::prepare(&cfg.data, &cfg.cache_root(), false)
@@ -192,7 +209,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
                 );
             }
             let source = format!("val split of {}", cfg.data.train_file.display());
-            (prepared.val, source, None)
+            (prepared.val, source)
         }
     };
     let stride = opts.stride.unwrap_or(cfg.data.eval_stride);
@@ -203,6 +220,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalReport> {
         );
     }
     let windows = make_eval_windows(&seqs, cfg.model.context, cfg.data.long_sequences, stride);
+    let unk_rate = unk_share(&seqs, &windows, loaded.vocab.specials().unk);
     let batcher = Batcher::new(
         windows,
         opts.batch_size.unwrap_or(cfg.train.batch_size),

@@ -87,7 +87,12 @@ impl DataFacts {
             tokens: data.stats.tokens as u64,
             train_tokens: data.stats.train_tokens as u64,
             cache_bytes: size("train.bin") + size("val.bin"),
-            longest: context.min(data.stats.len_max + 1).max(1),
+            // A packed split is one long sequence: every window is a full one.
+            longest: if data.stats.packed {
+                context.max(1)
+            } else {
+                context.min(data.stats.len_max + 1).max(1)
+            },
         }
     }
 }

@@ -19,6 +19,9 @@ pub fn prepare(a: PrepareArgs, out: &mut String) -> anyhow::Result<()> {
     let verb = if p.reused { "reused" } else { "prepared" };
     say!(out, "{verb} {}", p.dir.display());
     say!(out, "{}", p.stats.summary());
+    for w in p.stats.warnings(cfg.model.context) {
+        crate::note!("{w}");
+    }
     Ok(())
 }
 
@@ -118,9 +121,11 @@ pub fn eval_cmd(a: EvalArgs, out: &mut String) -> anyhow::Result<()> {
     say!(out, "bits per token  {:.4}", r.bits_per_token);
     say!(out, "tokens          {}", r.tokens);
     say!(out, "tokens/s        {:.0}", r.tokens_per_s);
-    if let Some(u) = r.unk_rate {
-        say!(out, "unk rate        {u:.4}");
-    }
+    say!(
+        out,
+        "unk rate        {:.4} (share of targets that are <unk>)",
+        r.unk_rate
+    );
     if let Some((order, bits)) = r.baseline {
         say!(
             out,

@@ -17,7 +17,13 @@ pub const MIN_VOCAB: usize = 256 + SPECIALS.len() + 1;
 
 /// Trains a `vocab_size`-token byte-level BPE on `texts`. The same texts give the same
 /// tokenizer.
-pub fn train(texts: &[String], vocab_size: usize) -> anyhow::Result<Tokenizer> {
+/// `normalizer` (`data.normalize`) is part of the tokenizer: the merges are learnt on
+/// normalized text, and new text is normalized alike.
+pub fn train(
+    texts: &[String],
+    vocab_size: usize,
+    normalizer: Option<NormalizerWrapper>,
+) -> anyhow::Result<Tokenizer> {
     if vocab_size < MIN_VOCAB {
         anyhow::bail!(
             "data.vocab_size = {vocab_size} is too small for a byte-level BPE: use at least {MIN_VOCAB} (256 bytes, 4 special tokens, one merge)"
@@ -40,7 +46,7 @@ pub fn train(texts: &[String], vocab_size: usize) -> anyhow::Result<Tokenizer> {
     let byte_level = ByteLevel::new(false, true, true);
     let mut tokenizer = TokenizerBuilder::new()
         .with_model(BPE::default())
-        .with_normalizer(None::<NormalizerWrapper>)
+        .with_normalizer(normalizer)
         .with_pre_tokenizer(Some(byte_level))
         .with_post_processor(None::<PostProcessorWrapper>)
         .with_decoder(Some(byte_level))

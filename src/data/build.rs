@@ -10,7 +10,7 @@ use super::stats::{stats_of, PrepareStats};
 use super::stream::{self, Outputs, Scan, Sides, Source};
 use super::tokens::SeqWriter;
 use super::vocab::{SpecialNames, Vocab};
-use crate::config::DataConfig;
+use crate::config::{DataConfig, Normalize};
 use anyhow::Context;
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -35,17 +35,20 @@ pub fn lines(
     let progress = Progress::new(bytes, "pass 1/2, scanning");
     let mut scans = Vec::new();
     let mut sources = sources.to_vec();
+    let norm = normalizer(cfg);
     for s in &mut sources {
-        let scan = stream::scan(s, &|b, l| progress.update(b, l))?;
+        let scan = stream::scan(s, norm.as_ref(), &|b, l| progress.update(b, l))?;
         progress.next_source();
         scans.push(settle_split(s, scan)?);
     }
-    let vocab = match cfg.tokenizer.as_str() {
+    let mut vocab = match cfg.tokenizer.as_str() {
         "" => Vocab::from_counts(scans[0].counts.drain(), cfg.min_freq, cfg.max_size)?,
         path => given_word_level(Path::new(path))?,
     };
+    // The counts were of normalized tokens; the saved tokenizer normalizes new text alike.
+    vocab.add_normalizer(norm)?;
     progress.phase("pass 2/2, encoding");
-    in_temp_sibling(dir, vocab, |vocab, out| {
+    in_temp_sibling(dir, (vocab, cfg.pack), |vocab, out| {
         for s in &sources {
             stream::encode(s, vocab, out, &|b, l| progress.update(b, l))?;
             progress.next_source();
@@ -84,7 +87,7 @@ pub fn documents(
     let how = (cfg.format, cfg.text_field.as_str());
     let vocab = tokenizer_vocab(sources, cfg)?;
     let progress = Progress::new(bytes, "tokenizing");
-    in_temp_sibling(dir, vocab, |vocab, out| {
+    in_temp_sibling(dir, (vocab, cfg.pack), |vocab, out| {
         let mut lens = BTreeMap::new();
         for s in sources {
             let scan = documents::encode(s, how, vocab, out, &|b, l| progress.update(b, l))?;
@@ -108,20 +111,35 @@ pub fn documents(
 }
 
 /// The vocabulary of `data.tokenizer`: a BPE trained on the first `bpe_sample_bytes` of the
-/// train documents, or a `tokenizer.json`, with its specials named by the config.
+/// train documents, or a `tokenizer.json`, with its specials named by the config and
+/// `data.normalize`'s normalizer in its pipeline (the BPE learns its merges on normalized text).
 fn tokenizer_vocab(sources: &[Source], cfg: &DataConfig) -> anyhow::Result<Vocab> {
-    let tokenizer = match cfg.tokenizer.as_str() {
+    let norm = normalizer(cfg);
+    let (tokenizer, given) = match cfg.tokenizer.as_str() {
         "bpe" => {
             let how = (cfg.format, cfg.text_field.as_str());
             let texts = documents::sample_texts(&sources[0], how, cfg.bpe_sample_bytes)?;
-            super::bpe::train(&texts, cfg.vocab_size)?
+            (super::bpe::train(&texts, cfg.vocab_size, norm.clone())?, false)
         }
-        path => tokenizers::Tokenizer::from_file(path).map_err(|e| {
+        path => (tokenizers::Tokenizer::from_file(path).map_err(|e| {
             anyhow::anyhow!("cannot load data.tokenizer {path}: {e} (give the path of a Hugging Face tokenizer.json)")
-        })?,
+        })?, true),
     };
-    Vocab::from_tokenizer(tokenizer, &special_names(cfg))
-        .with_context(|| format!("data.tokenizer {}", cfg.tokenizer))
+    let mut vocab = Vocab::from_tokenizer(tokenizer, &special_names(cfg))
+        .with_context(|| format!("data.tokenizer {}", cfg.tokenizer))?;
+    if given {
+        vocab.add_normalizer(norm)?;
+    }
+    Ok(vocab)
+}
+
+/// The normalizer of `data.normalize`; `None` for `none`.
+pub fn normalizer(cfg: &DataConfig) -> Option<tokenizers::NormalizerWrapper> {
+    match cfg.normalize {
+        Normalize::None => None,
+        Normalize::Nfkc => Some(super::normalize::nfkc()),
+        Normalize::Lowercase => Some(super::normalize::lowercase()),
+    }
 }
 
 /// The config's names for a tokenizer's BOS, EOS and PAD tokens.
@@ -134,24 +152,27 @@ pub fn special_names(cfg: &DataConfig) -> SpecialNames {
 }
 
 /// Runs `write` with writers into a fresh temporary sibling of `dir` (u16 ids when `vocab` fits,
-/// else u32), then finishes the files; `write` returns the sequence lengths for the stats. On
-/// any error the folder is removed.
+/// else u32; each split packed into one sequence when `pack`), then finishes the files; `write`
+/// returns the sequence lengths for the stats. On any error the folder is removed.
 fn in_temp_sibling(
     dir: &Path,
-    vocab: Vocab,
+    (vocab, pack): (Vocab, bool),
     write: impl FnOnce(&Vocab, &mut Outputs) -> anyhow::Result<BTreeMap<usize, u64>>,
 ) -> anyhow::Result<Built> {
     let width = if vocab.len() <= 1 << 16 { 2 } else { 4 };
     let tmp = temp_sibling(dir)?;
     let result = (|| {
         let mut out = Outputs {
-            train: SeqWriter::create(&tmp, "train", width)?,
-            val: SeqWriter::create(&tmp, "val", width)?,
+            train: SeqWriter::create(&tmp, "train", width)?.packing(pack),
+            val: SeqWriter::create(&tmp, "val", width)?.packing(pack),
             train_unk: 0,
             val_unk: 0,
         };
         let lens = write(&vocab, &mut out)?;
-        let stats = stats_of(&lens, &out, vocab.len(), width);
+        let stats = PrepareStats {
+            packed: pack,
+            ..stats_of(&lens, &out, vocab.len(), width)
+        };
         out.train.finish()?;
         out.val.finish()?;
         Ok(stats)

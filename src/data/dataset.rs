@@ -3,7 +3,7 @@
 //! `prepare` writes `cache_root/<key>/` with `tokenizer.json`, `train.bin`, `val.bin` (ids,
 //! little-endian u16 when the vocabulary has ≤ 65,536 ids, else u32), `train.idx`, `val.idx`
 //! (u64 LE token offsets, one per sequence plus the end) and `meta.json`. The key hashes the
-//! corpus bytes, the split and vocab settings and [`FORMAT_VERSION`], so editing the corpus or a
+//! corpus bytes, the split, vocab, normalization and packing settings and [`FORMAT_VERSION`], so editing the corpus or a
 //! setting prepares anew while an unchanged rerun reuses the cache. The corpus is streamed
 //! ([`super::stream`]): memory does not grow with it. Everything is written into a temporary
 //! sibling folder that is renamed into place last: a folder named by a key is complete.
@@ -17,7 +17,7 @@ pub use super::stats::PrepareStats;
 use super::stream::{Sides, Source};
 pub use super::tokens::TokenSeqs;
 use super::vocab::{SpecialNames, Vocab};
-use crate::config::{DataConfig, DataFormat};
+use crate::config::{DataConfig, DataFormat, Normalize};
 use crate::rng::fnv1a64;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,10 @@ pub struct PrepareSettings {
     pub split_seed: u64,
     pub min_freq: u64,
     pub max_size: usize,
+    #[serde(default)]
+    pub pack: bool,
+    #[serde(default)]
+    pub normalize: Normalize,
 }
 
 /// The contents of `meta.json`.
@@ -119,15 +123,33 @@ pub fn prepare(cfg: &DataConfig, cache_root: &Path, force: bool) -> anyhow::Resu
             split_seed: cfg.split_seed,
             min_freq: cfg.min_freq,
             max_size: cfg.max_size,
+            pack: cfg.pack,
+            normalize: cfg.normalize,
         },
         stats: PrepareStats {
             corpus_hash: hashes.0,
             val_hash: hashes.1,
+            val_docs_in_train: overlap(&built)?,
             ..built.stats
         },
     };
     finish_cache(&dir, &built.tmp, &meta, &built.vocab, force)?;
     load_prepared(&dir, false, &names)
+}
+
+/// Val documents of a fresh build that also occur in its train split (see [`super::overlap`]).
+fn overlap(built: &build::Built) -> anyhow::Result<usize> {
+    let width = built.stats.id_width_bytes;
+    let train = TokenSeqs::open_written(&built.tmp, "train", width);
+    let val = TokenSeqs::open_written(&built.tmp, "val", width);
+    let markers = (built.vocab.bos_id(), built.vocab.eos_id());
+    match (train, val) {
+        (Ok(t), Ok(v)) => Ok(super::overlap::val_in_train(&t, &v, markers)),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = std::fs::remove_dir_all(&built.tmp);
+            Err(e)
+        }
+    }
 }
 
 /// The cache key: a hash of the corpus bytes (each train file's FNV-1a and length, in order;
@@ -174,6 +196,13 @@ fn cache_key(
             cfg.format, cfg.text_field, cfg.bos_token, cfg.eos_token, cfg.pad_token
         ));
     }
+    // Added only when set, so the caches of earlier versions keep their keys.
+    if cfg.normalize != Normalize::None {
+        key_text.push_str(&format!("normalize {:?}\n", cfg.normalize));
+    }
+    if cfg.pack {
+        key_text.push_str("pack\n");
+    }
     Ok(format!("{:016x}", fnv1a64(key_text.as_bytes())))
 }
 
@@ -216,18 +245,30 @@ fn encode(seqs: &[Vec<String>], vocab: &Vocab) -> (TokenSeqs, f64) {
 
 /// Encodes another corpus file with `vocab` (e.g. a test set); returns the unk rate too.
 /// In `cfg`'s format: the line format's sequences, or raw-text documents tokenized with the
-/// run's tokenizer.
+/// run's tokenizer; packed into one sequence as the run's splits were (`data.pack`).
 pub fn encode_file(
     path: &Path,
     vocab: &Vocab,
     cfg: &DataConfig,
 ) -> anyhow::Result<(TokenSeqs, f64)> {
-    if cfg.format != DataFormat::Lines {
+    let (seqs, unk) = if cfg.format != DataFormat::Lines {
         let (docs, unk) = documents::read_file(path, (cfg.format, &cfg.text_field), vocab)?;
-        return Ok((TokenSeqs::from_vecs(docs), unk));
+        (TokenSeqs::from_vecs(docs), unk)
+    } else {
+        encode(&super::format::read_corpus(path)?, vocab)
+    };
+    Ok((if cfg.pack { pack(&seqs) } else { seqs }, unk))
+}
+
+/// `[BOS, d1…, EOS]`, `[BOS, d2…, EOS]`, … as one `[BOS, d1…, EOS, d2…, EOS, …]`, the layout
+/// a packing prepare writes.
+pub fn pack(seqs: &TokenSeqs) -> TokenSeqs {
+    let mut one = Vec::with_capacity(seqs.total_tokens());
+    for i in 0..seqs.len() {
+        let skip = usize::from(i > 0);
+        one.extend(seqs.slice(i, skip, seqs.seq_len(i)));
     }
-    let seqs = super::format::read_corpus(path)?;
-    Ok(encode(&seqs, vocab))
+    TokenSeqs::from_vecs(vec![one])
 }
 
 /// Completes the cache in `tmp` (vocabulary and `meta.json`) and renames it to `dir`. An

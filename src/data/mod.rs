@@ -13,6 +13,8 @@ pub mod dataset;
 mod documents;
 pub mod format;
 pub mod input;
+pub mod normalize;
+mod overlap;
 pub mod split;
 mod stats;
 mod stream;

@@ -32,16 +32,36 @@ pub struct PrepareStats {
     pub corpus_hash: String,
     /// FNV-1a 64 of the val file bytes, hex; `""` when val is split off the train file.
     pub val_hash: String,
+    /// `data.pack`: each split is one sequence of its documents (the `lines` figures are then
+    /// 1 per split; the documents are counted below). Absent from older caches: `false`.
+    #[serde(default)]
+    pub packed: bool,
+    /// Documents (lines of the line format) per split; 0 in older caches.
+    #[serde(default)]
+    pub train_docs: usize,
+    #[serde(default)]
+    pub val_docs: usize,
+    /// Val documents whose ids are those of some train document; 0 in older caches.
+    #[serde(default)]
+    pub val_docs_in_train: usize,
 }
 
 impl PrepareStats {
     /// A few human-readable lines.
     pub fn summary(&self) -> String {
         let pct = |x: f64| format!("{:.3}%", 100.0 * x);
+        let packed = if self.packed {
+            format!(
+                "\npacked (data.pack): {} train / {} val documents, one sequence per split",
+                self.train_docs, self.val_docs
+            )
+        } else {
+            String::new()
+        };
         format!(
             "sequences {} ({} train / {} val), tokens {} ({} train / {} val, incl. <BOS>/<EOS>)\n\
              vocabulary {} ids, unk rate {} train / {} val, ids stored as u{}\n\
-             tokens per sequence p50 {} / p90 {} / p99 {} / max {}",
+             tokens per document p50 {} / p90 {} / p99 {} / max {}{packed}",
             self.lines,
             self.train_lines,
             self.val_lines,
@@ -100,5 +120,45 @@ pub fn stats_of(
         id_width_bytes: width,
         corpus_hash: String::new(),
         val_hash: String::new(),
+        packed: false,
+        train_docs: out.train.docs() as usize,
+        val_docs: out.val.docs() as usize,
+        val_docs_in_train: 0,
+    }
+}
+
+/// The median document below this share of the context, unpacked, is worth a warning.
+const SHORT_DOCS: usize = 4;
+/// A val split with more unknown tokens than this is worth a warning.
+const HIGH_UNK: f64 = 0.01;
+
+impl PrepareStats {
+    /// What a prepare should warn about for a model of `context` positions: documents far
+    /// shorter than the context and not packed (padding then fills most of every batch), val
+    /// documents that also occur in train (the val loss flatters the model), a high unknown
+    /// rate on val (every unknown token is scored as `<unk>`, not as what it was).
+    pub fn warnings(&self, context: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.packed && self.len_p50 < context / SHORT_DOCS {
+            out.push(format!(
+                "warning: the median document has {} tokens, less than a quarter of model.context = {context}: most of every batch is padding; set data.pack = true to join the documents into full windows",
+                self.len_p50
+            ));
+        }
+        if self.val_docs_in_train > 0 {
+            out.push(format!(
+                "warning: {} of {} val documents ({:.1}%) also occur in train: the val loss is measured partly on training text (deduplicate the corpus or set data.val_file)",
+                self.val_docs_in_train,
+                self.val_docs,
+                100.0 * self.val_docs_in_train as f64 / self.val_docs.max(1) as f64
+            ));
+        }
+        if self.unk_rate_val > HIGH_UNK {
+            out.push(format!(
+                "warning: {:.2}% of the val split's tokens are <unk> (unknown to the vocabulary built from train): lower data.min_freq or raise data.max_size, set data.normalize = \"nfkc\" for full-width forms, or use a tokenizer that covers the text",
+                100.0 * self.unk_rate_val
+            ));
+        }
+        out
     }
 }

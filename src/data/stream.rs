@@ -15,13 +15,16 @@
 
 use super::format::{parse_line_into, FormatError, LineError};
 use super::input::{Chunk, ChunkReader};
+use super::normalize::apply;
 use super::split::{Extremes, Splitter};
 use super::tokens::SeqWriter;
 use super::vocab::Vocab;
 use ahash::AHashMap;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use tokenizers::NormalizerWrapper;
 
 /// Bytes per chunk: a few waves' worth of chunks stay far below any memory budget, and a chunk
 /// is enough work that scheduling it costs nothing.
@@ -208,15 +211,20 @@ fn parse_wave<'c>(
     Ok(out)
 }
 
-/// Pass 1 over `source`.
-pub fn scan(source: &Source, progress: &dyn Fn(u64, u64)) -> anyhow::Result<Scan> {
+/// Pass 1 over `source`, every token normalized by `norm` (`data.normalize`) before it is
+/// counted.
+pub fn scan(
+    source: &Source,
+    norm: Option<&NormalizerWrapper>,
+    progress: &dyn Fn(u64, u64),
+) -> anyhow::Result<Scan> {
     let mut total = Scan::default();
     let (mut next_seq, mut pool) = (0u64, Vec::new());
     for_each_wave(&source.files, progress, |wave| {
         let parsed = parse_wave(wave, &source.files, &mut next_seq, &mut pool)?;
         let scans: Vec<Scan> = parsed
             .par_iter()
-            .map(|(first, seqs)| scan_seqs(seqs, *first, &source.sides))
+            .map(|(first, seqs)| scan_seqs(seqs, *first, &source.sides, norm))
             .collect();
         for s in scans {
             merge(&mut total, s);
@@ -228,15 +236,15 @@ pub fn scan(source: &Source, progress: &dyn Fn(u64, u64)) -> anyhow::Result<Scan
 }
 
 /// The counts of one chunk's sequences, the first being sequence `first` of the corpus.
-fn scan_seqs(seqs: &Parsed, first: u64, sides: &Sides) -> Scan {
-    let mut counts: AHashMap<&str, u64> = AHashMap::new();
+fn scan_seqs(seqs: &Parsed, first: u64, sides: &Sides, norm: Option<&NormalizerWrapper>) -> Scan {
+    let mut counts: AHashMap<Cow<str>, u64> = AHashMap::new();
     let mut out = Scan::default();
     for (k, seq) in seqs.seqs().enumerate() {
         let index = first + k as u64;
         *out.lens.entry(seq.len()).or_default() += 1;
         if let Sides::Split { splitter, .. } = sides {
             let (is_min, is_max) = out.extremes.note(splitter.draw(index), index);
-            let owned = || seq.iter().map(|t| t.to_string()).collect();
+            let owned = || seq.iter().map(|t| apply(norm, t).into_owned()).collect();
             if is_min {
                 out.min_tokens = owned();
             }
@@ -249,13 +257,13 @@ fn scan_seqs(seqs: &Parsed, first: u64, sides: &Sides) -> Scan {
         } else {
             out.train_seqs += 1;
             for t in seq {
-                *counts.entry(t).or_default() += 1;
+                *counts.entry(apply(norm, t)).or_default() += 1;
             }
         }
     }
     out.counts = counts
         .into_iter()
-        .map(|(t, n)| (t.to_string(), n))
+        .map(|(t, n)| (t.into_owned(), n))
         .collect();
     out
 }
@@ -299,6 +307,7 @@ pub fn encode(
     let ids: AHashMap<&str, u32> = (0..vocab.len() as u32)
         .map(|i| (vocab.token(i), i))
         .collect();
+    let norm = vocab.normalizer();
     let (mut next_seq, mut pool, mut spare) = (0u64, Vec::new(), Vec::new());
     for_each_wave(&source.files, progress, |wave| {
         let parsed = parse_wave(wave, &source.files, &mut next_seq, &mut pool)?;
@@ -308,7 +317,9 @@ pub fn encode(
         let encoded: Vec<Encoded> = parsed
             .par_iter()
             .zip(buffers)
-            .map(|((first, seqs), buf)| encode_seqs(seqs, *first, &source.sides, &ids, buf))
+            .map(|((first, seqs), buf)| {
+                encode_seqs(seqs, (*first, &source.sides), (&ids, norm), buf)
+            })
             .collect();
         for e in &encoded {
             write_encoded(e, out)?;
@@ -329,11 +340,11 @@ struct Encoded {
 }
 
 /// One chunk's ids into `out`'s buffers (emptied first: they are reused from chunk to chunk).
+/// Each token is normalized by `norm` (the vocabulary's) before it is looked up.
 fn encode_seqs(
     seqs: &Parsed,
-    first: u64,
-    sides: &Sides,
-    ids: &AHashMap<&str, u32>,
+    (first, sides): (u64, &Sides),
+    (ids, norm): (&AHashMap<&str, u32>, Option<&NormalizerWrapper>),
     mut out: Encoded,
 ) -> Encoded {
     for v in [&mut out.train, &mut out.val] {
@@ -350,7 +361,10 @@ fn encode_seqs(
         };
         flat.push(Vocab::BOS_ID);
         for t in seq {
-            let id = ids.get(t).copied().unwrap_or(Vocab::UNK_ID);
+            let id = ids
+                .get(apply(norm, t).as_ref())
+                .copied()
+                .unwrap_or(Vocab::UNK_ID);
             *unk += u64::from(id == Vocab::UNK_ID);
             flat.push(id);
         }

@@ -105,6 +105,21 @@ impl TokenSeqs {
         width: usize,
         vocab_size: usize,
     ) -> anyhow::Result<TokenSeqs> {
+        Self::open_checking(dir, name, width, Some(vocab_size))
+    }
+
+    /// [`TokenSeqs::open`] of files this process has just written, whose ids need no check
+    /// (the cache's later load checks them).
+    pub(crate) fn open_written(dir: &Path, name: &str, width: usize) -> anyhow::Result<TokenSeqs> {
+        Self::open_checking(dir, name, width, None)
+    }
+
+    fn open_checking(
+        dir: &Path,
+        name: &str,
+        width: usize,
+        vocab_size: Option<usize>,
+    ) -> anyhow::Result<TokenSeqs> {
         let idx_path = dir.join(format!("{name}.idx"));
         let bin_path = dir.join(format!("{name}.bin"));
         let corrupt = |p: &Path, what: String| {
@@ -140,9 +155,11 @@ impl TokenSeqs {
             let what = format!("{} bytes, expected {want} (truncated?)", map.len());
             return Err(corrupt(&bin_path, what));
         }
-        if let Some(bad) = first_id_at_least(&bin_path, width, vocab_size as u64)? {
-            let what = format!("id {bad} ≥ vocabulary size {vocab_size}");
-            return Err(corrupt(&bin_path, what));
+        if let Some(vocab_size) = vocab_size {
+            if let Some(bad) = first_id_at_least(&bin_path, width, vocab_size as u64)? {
+                let what = format!("id {bad} ≥ vocabulary size {vocab_size}");
+                return Err(corrupt(&bin_path, what));
+            }
         }
         Ok(TokenSeqs {
             ids: Ids::Mapped { map, width },
@@ -188,12 +205,17 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Writes sequences of ids to `<name>.bin` (little-endian, `width` bytes each) and their
 /// offsets to `<name>.idx` (u64, from 0) as they come: the layout [`TokenSeqs::open`] reads.
+/// A packing writer (`data.pack`) joins every pushed `[BOS, …, EOS]` into one sequence
+/// `[BOS, d1…, EOS, d2…, EOS, …]`: the later documents' BOS is dropped, EOS separates them.
 pub(crate) struct SeqWriter {
     bin: BufWriter<File>,
     idx: BufWriter<File>,
     width: usize,
     tokens: u64,
     seqs: u64,
+    /// Sequences pushed (documents, when packing).
+    docs: u64,
+    packed: bool,
     name: String,
 }
 
@@ -211,14 +233,27 @@ impl SeqWriter {
             width,
             tokens: 0,
             seqs: 0,
+            docs: 0,
+            packed: false,
             name: name.to_string(),
         };
         w.write_idx(0)?;
         Ok(w)
     }
 
-    /// Appends one sequence.
+    /// This writer packs its sequences into one (see [`SeqWriter`]).
+    pub(crate) fn packing(mut self, packed: bool) -> Self {
+        self.packed = packed;
+        self
+    }
+
+    /// Appends one sequence (`[BOS, …, EOS]`), or, packing, its tokens after BOS to the one.
     pub(crate) fn push(&mut self, ids: &[u32]) -> anyhow::Result<()> {
+        let ids = if self.packed && self.docs > 0 {
+            ids.get(1..).unwrap_or_default()
+        } else {
+            ids
+        };
         let mut bytes = Vec::with_capacity(ids.len() * self.width);
         for &id in ids {
             match self.width {
@@ -230,6 +265,10 @@ impl SeqWriter {
             .write_all(&bytes)
             .with_context(|| format!("writing {}.bin", self.name))?;
         self.tokens += ids.len() as u64;
+        self.docs += 1;
+        if self.packed {
+            return Ok(()); // the one sequence ends in `finish`
+        }
         self.seqs += 1;
         self.write_idx(self.tokens)
     }
@@ -240,13 +279,23 @@ impl SeqWriter {
             .with_context(|| format!("writing {}.idx", self.name))
     }
 
-    /// Sequences and tokens written so far.
+    /// Sequences and tokens written so far (a packing writer's one sequence counts once it has
+    /// a document, as `finish` will write it).
     pub(crate) fn counts(&self) -> (u64, u64) {
-        (self.seqs, self.tokens)
+        let open = u64::from(self.packed && self.docs > 0);
+        (self.seqs + open, self.tokens)
     }
 
-    /// Flushes both files to disk.
-    pub(crate) fn finish(self) -> anyhow::Result<()> {
+    /// Sequences pushed so far: documents, whether packed or not.
+    pub(crate) fn docs(&self) -> u64 {
+        self.docs
+    }
+
+    /// Ends a packing writer's sequence and flushes both files to disk.
+    pub(crate) fn finish(mut self) -> anyhow::Result<()> {
+        if self.packed && self.docs > 0 {
+            self.write_idx(self.tokens)?;
+        }
         for (w, ext) in [(self.bin, "bin"), (self.idx, "idx")] {
             let f = w
                 .into_inner()

@@ -17,11 +17,12 @@
 
 use super::format::{BOS, EOS};
 use anyhow::Context;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
 /// Padding token string (id 0).
 pub const PAD: &str = "<pad>";
@@ -254,10 +255,45 @@ impl Vocab {
     fn compute_char_level(&self) -> bool {
         let s = self.specials;
         let special = |id: u32| [Some(s.pad), s.unk, Some(s.bos), Some(s.eos)].contains(&Some(id));
-        self.is_word_level()
-            && (0..self.tokens.len() as u32)
-                .filter(|&id| !special(id))
-                .all(|id| self.tokens[id as usize].chars().count() == 1)
+        let regular: Vec<&str> = (0..self.tokens.len() as u32)
+            .filter(|&id| !special(id))
+            .map(|id| self.tokens[id as usize].as_str())
+            .collect();
+        let single = regular.iter().filter(|t| t.chars().count() == 1).count();
+        // A normalizer turns a few one-character tokens into several characters (NFKC: `…`
+        // into `...`, `㈠` into `(一)`); a character corpus stays one when 99% of its tokens
+        // are single characters. Without one, every token must be.
+        let tolerated = if self.normalizer().is_some() {
+            regular.len() / 100
+        } else {
+            0
+        };
+        self.is_word_level() && regular.len() - single <= tolerated
+    }
+
+    /// The normalizer this vocabulary's text goes through (`data.normalize`, saved in
+    /// `tokenizer.json`); `None` for none (older checkpoints have none).
+    pub fn normalizer(&self) -> Option<&NormalizerWrapper> {
+        self.tokenizer.get_normalizer()
+    }
+
+    /// Puts `data.normalize`'s normalizer before the tokenizer's own (a given tokenizer may
+    /// have one), so that it is saved with the tokenizer; `None` changes nothing.
+    pub fn add_normalizer(&mut self, ours: Option<NormalizerWrapper>) -> anyhow::Result<()> {
+        let Some(ours) = ours else {
+            return Ok(());
+        };
+        let n = super::normalize::compose(Some(ours), self.normalizer());
+        self.tokenizer
+            .with_normalizer(n)
+            .map_err(|e| anyhow::anyhow!("data.normalize: cannot set the normalizer: {e}"))?;
+        self.char_level = Default::default();
+        Ok(())
+    }
+
+    /// `text` as this vocabulary's normalizer writes it (unchanged without one).
+    pub fn normalize<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        super::normalize::apply(self.normalizer(), text)
     }
 
     /// The ids of plain `text` without special tokens added: the tokenizer's for raw-text
@@ -266,6 +302,8 @@ impl Vocab {
     /// reads a plain prompt and the exported tokenizer reads plain text.
     pub fn encode_text(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         if self.is_word_level() {
+            // The HF pipeline is bypassed here, so its normalizer is applied by hand.
+            let text = self.normalize(text);
             return Ok(if self.is_char_level() {
                 let mut buf = [0u8; 4];
                 text.chars()
@@ -389,11 +427,11 @@ impl Vocab {
         self.tokens.get(id as usize).map_or(UNK, String::as_str)
     }
 
-    /// `[BOS, ids…, EOS]` for a sequence of tokens without markers.
+    /// `[BOS, ids…, EOS]` for a sequence of tokens without markers, each normalized first.
     pub fn encode_sequence(&self, tokens: &[String]) -> Vec<u32> {
         let mut out = Vec::with_capacity(tokens.len() + 2);
         out.push(Self::BOS_ID);
-        out.extend(tokens.iter().map(|t| self.id(t)));
+        out.extend(tokens.iter().map(|t| self.id(&self.normalize(t))));
         out.push(Self::EOS_ID);
         out
     }

@@ -118,7 +118,7 @@ impl Session {
             world.local_size(),
         )?;
         injected_bad_input(world.rank(), &config)?;
-        let data = prepare_data(&mut config)?;
+        let data = prepare_data(&mut config, quiet)?;
         let data_key = data.key();
         let (train_batcher, val_batcher, windows) = batchers(&config, &data)?;
         let micro_batch = plan_memory(&mut config, &data, &device, quiet, world)?;
@@ -316,11 +316,18 @@ fn check_parallel(config: &Config, world: &World) -> Result<()> {
     Ok(())
 }
 
-/// Prepares (or reuses) the corpus' token-id cache and takes the vocabulary size from it.
-fn prepare_data(config: &mut Config) -> Result<Prepared> {
+/// Prepares (or reuses) the corpus' token-id cache and takes the vocabulary size from it; a
+/// fresh prepare's warnings are printed unless `quiet` (a reused cache warned when it was
+/// prepared, and `lmtrain prepare` repeats them).
+fn prepare_data(config: &mut Config, quiet: bool) -> Result<Prepared> {
     let cache_root = config.cache_root();
     let data = dataset::prepare(&config.data, &cache_root, false)
         .with_context(|| format!("preparing {}", config.data.train_file.display()))?;
+    if !quiet && !data.reused {
+        for w in data.stats.warnings(config.model.context) {
+            crate::note!("{w}");
+        }
+    }
     let vocab = data.vocab.len();
     if config.model.vocab_size != 0 && config.model.vocab_size != vocab {
         bail!(
