@@ -6,7 +6,8 @@
 //! (orthogonalised as three `(C, C)` blocks, as modded-nanogpt treats q, k, v separately),
 //! its output projection, and the MLP's matrices. The embeddings, the head, norms, biases and
 //! the n-gram tables are AdamW's: they are looked up or read out, not hidden maps, and
-//! Muon's equal-singular-value update does not suit them.
+//! Muon's equal-singular-value update does not suit them. `groups` hands them over
+//! (`AdamW::set_muon`).
 //!
 //! With data parallelism the gradients are all-reduced before the optimizer sees them (see
 //! `train::step`), so the orthogonalisation runs on the summed gradient, the same on every
