@@ -68,24 +68,33 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    #[test]
-    fn relu2_is_the_square_of_the_positive_part() {
+    /// A one-unit MLP (`fc` weight 1, `proj` weight `out`) of `variant`, applied to `xs` as
+    /// one sequence of scalars.
+    fn scalar_mlp(variant: Mlp, out: f64, xs: &[f64]) -> Vec<f64> {
         let dev = Device::Cpu;
         let one = |w: f64| Linear::new(Tensor::new(&[[w]], &dev).unwrap(), None);
-        let mlp = FeedForward::Relu2 {
-            fc: one(1.0),
-            proj: one(2.0),
+        let mlp = match variant {
+            Mlp::Relu2 => FeedForward::Relu2 {
+                fc: one(1.0),
+                proj: one(out),
+            },
+            _ => FeedForward::Gelu {
+                fc: one(1.0),
+                proj: one(out),
+            },
         };
-        let xs = [-2.0f64, -0.5, 0.0, 0.7, 1.5];
-        let x = Tensor::new(&xs, &dev).unwrap().reshape((1, 5, 1)).unwrap();
-        let y: Vec<f64> = mlp
-            .forward(Kernels::Auto, &x)
+        let x = Tensor::new(xs, &dev)
             .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
+            .reshape((1, xs.len(), 1))
             .unwrap();
-        for (x, y) in xs.iter().zip(y) {
+        let y = mlp.forward(Kernels::Auto, &x).unwrap();
+        y.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn relu2_is_the_square_of_the_positive_part() {
+        let xs = [-2.0f64, -0.5, 0.0, 0.7, 1.5];
+        for (x, y) in xs.iter().zip(scalar_mlp(Mlp::Relu2, 2.0, &xs)) {
             let want = 2.0 * x.max(0.0).powi(2);
             assert!((y - want).abs() < 1e-12, "relu2({x}) = {y}, want {want}");
         }
@@ -93,23 +102,9 @@ mod tests {
 
     #[test]
     fn gelu_is_the_tanh_approximation() {
-        let dev = Device::Cpu;
-        let one = |w: f64| Linear::new(Tensor::new(&[[w]], &dev).unwrap(), None);
-        let mlp = FeedForward::Gelu {
-            fc: one(1.0),
-            proj: one(1.0),
-        };
         let xs = [-2.0f64, -0.5, 0.7, 1.5];
-        let x = Tensor::new(&xs, &dev).unwrap().reshape((1, 4, 1)).unwrap();
-        let y: Vec<f64> = mlp
-            .forward(Kernels::Auto, &x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
         let k = (2.0 / std::f64::consts::PI).sqrt();
-        for (x, y) in xs.iter().zip(y) {
+        for (x, y) in xs.iter().zip(scalar_mlp(Mlp::Gelu, 1.0, &xs)) {
             let want = 0.5 * x * (1.0 + (k * (x + 0.044715 * x.powi(3))).tanh());
             assert!((y - want).abs() < 1e-9, "gelu({x}) = {y}, want {want}");
         }

@@ -44,12 +44,12 @@ pub fn head_nll_sum(
     softcap: f64,
 ) -> Result<Tensor> {
     let v = w.dim(0)?;
-    let shape = Blocking {
+    let how = Blocking {
         with_grad,
         softcap: softcap as f32,
         block_rows: rows_per_block(v),
     };
-    head_nll_sum_blocked(h, w, targets, mask, shape)
+    head_nll_sum_blocked(h, w, targets, mask, how)
 }
 
 /// How the kernel runs: gradients or not, the soft cap (0 = none), rows per block.
@@ -70,7 +70,7 @@ fn head_nll_sum_blocked(
     w: &Tensor,
     targets: &Tensor,
     mask: &Tensor,
-    shape: Blocking,
+    how: Blocking,
 ) -> Result<Tensor> {
     let (n, c) = h.dims2()?;
     let (v, cw) = w.dims2()?;
@@ -92,9 +92,9 @@ fn head_nll_sum_blocked(
     let op = HeadNll {
         targets,
         mask,
-        with_grad: shape.with_grad,
-        softcap: shape.softcap,
-        block_rows: shape.block_rows,
+        with_grad: how.with_grad,
+        softcap: how.softcap,
+        block_rows: how.block_rows,
         grads: OnceLock::new(),
     };
     h.contiguous()?.apply_op2(&w.contiguous()?, op)
@@ -370,8 +370,8 @@ mod tests {
         let want = masked_nll_sum_composed(&logits, &targets, &mask).unwrap();
         let (want, want_dh, want_dw) = run(&want, &h64, &w64);
         for block_rows in [7, 1, N] {
-            let shape = blocking(block_rows, softcap as f32);
-            let got = head_nll_sum_blocked(&h, &w, &targets, &mask, shape).unwrap();
+            let how = blocking(block_rows, softcap as f32);
+            let got = head_nll_sum_blocked(&h, &w, &targets, &mask, how).unwrap();
             let (got, dh, dw) = run(&got, &h, &w);
             assert!((got - want).abs() < 1e-4, "loss {got} vs {want}");
             let (edh, edw) = (max_diff(&dh, &want_dh), max_diff(&dw, &want_dw));
